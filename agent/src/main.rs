@@ -1,0 +1,191 @@
+//! `restic-manager-agent`: the command line over the agent library. Parses
+//! arguments, sets up logging and signals, and turns errors into `error: …`
+//! with exit code 1. Nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use agent::client::{self, RunOptions};
+use agent::config::{self, AgentConfig, ConfigError, DEFAULT_CONFIG_PATH};
+use agent::{enroll, version};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "restic-manager-agent",
+    about = "Connects this host to a restic-manager server and runs what it sends",
+    // `--version` is our own flag: its first line is a contract the
+    // self-updater checks byte for byte, so clap must not format it.
+    disable_version_flag = true,
+    subcommand_required = false,
+    arg_required_else_help = true
+)]
+struct Cli {
+    /// Print `restic-manager-agent <version>` (and the commit) and exit.
+    #[arg(short = 'V', long = "version")]
+    version: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Trade a one-time enrollment token for this host's secret and write the config (mode 0600).
+    Enroll(EnrollArgs),
+    /// Connect to the server and run until SIGTERM/SIGINT; reconnects on its own.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConfigPath {
+    /// Agent config file.
+    #[arg(long = "config", env = config::CONFIG_ENV, default_value = DEFAULT_CONFIG_PATH)]
+    path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct EnrollArgs {
+    /// Server base URL, e.g. https://rm.example.com
+    #[arg(long, env = "RM_AGENT_SERVER")]
+    server: String,
+    /// One-time enrollment token from `restic-manager host add` or the dashboard.
+    /// Prefer the env twin: a flag shows up in the process list.
+    #[arg(long, env = "RM_AGENT_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Name this host reports (default: the system hostname).
+    #[arg(long, env = "RM_AGENT_HOSTNAME")]
+    hostname: Option<String>,
+    #[command(flatten)]
+    config: ConfigPath,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigPath,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.version {
+        println!("restic-manager-agent {}", version::VERSION);
+        println!("commit {}", version::COMMIT);
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = cli.command else {
+        // Unreachable thanks to arg_required_else_help, but never panic.
+        eprintln!("error: a subcommand is required (try --help)");
+        return ExitCode::from(2);
+    };
+    init_logging();
+    agent::install_crypto_provider();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match command {
+            Command::Enroll(args) => enroll_cmd(args).await,
+            Command::Run(args) => run_cmd(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr so stdout stays clean for `--version` and `enroll`'s
+/// one-line answer. `RUST_LOG` filters; the default is `info`.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour only for a person watching; journald and files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn enroll_cmd(args: EnrollArgs) -> anyhow::Result<()> {
+    let path = args.config.path;
+    // The token is single-use: make sure the result can be saved before
+    // spending it.
+    config::check_writable(&path)?;
+    let hostname = args
+        .hostname
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(client::local_hostname);
+    let config = enroll::enroll(&args.server, &args.token, &hostname).await?;
+    config.save(&path).with_context(|| {
+        format!(
+            "enrolled as host {} but could not save the secret; enroll again with a new token",
+            config.host_id
+        )
+    })?;
+    println!(
+        "enrolled as host {}; config written to {}",
+        config.host_id,
+        path.display()
+    );
+    Ok(())
+}
+
+async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
+    let path = args.config.path;
+    let config = match AgentConfig::load(&path) {
+        Ok(config) => config,
+        Err(ConfigError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!(
+                "no agent config at {0}: enroll this host first with \
+                 `restic-manager-agent enroll --server URL --token TOKEN --config {0}`",
+                path.display()
+            )
+        }
+        Err(e) => return Err(e.into()),
+    };
+    client::run(config, RunOptions::default(), shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGTERM (what supervisors send) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the agent")
+            }
+        }
+    }
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        // Without any signal handler the agent can only be killed; keep
+        // running rather than exiting at once.
+        tracing::warn!(error = %e, "cannot listen for SIGINT either");
+        std::future::pending::<()>().await;
+    }
+}

@@ -1,0 +1,158 @@
+//! Credentials: argon2 password hashes, random tokens (sessions, agent
+//! secrets, enrollment tokens) stored only as SHA-256 hashes and compared in
+//! constant time, and login throttling. Never logs a secret.
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use argon2::{Argon2, PasswordHasher, PasswordVerifier, password_hash::phc::PasswordHash};
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("hashing password: {e}"))
+}
+
+pub fn verify_password(password: &str, stored: &str) -> bool {
+    match PasswordHash::new(stored) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A fresh random token: 32 bytes from the OS, base64url without padding.
+pub fn random_token() -> String {
+    let mut buf = [0u8; 32];
+    // The OS RNG failing leaves nothing safe to do: this is a true invariant.
+    getrandom::fill(&mut buf).expect("operating system random number generator failed");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// Hex SHA-256 of a token, the only form in which tokens are stored.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Constant-time equality of two stored hashes.
+pub fn hashes_equal(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// Failed-login limiter keyed by username and by client address: after
+/// `max_failures` failures inside `window` the key is locked until the window
+/// since the first failure passes. In memory on purpose: a restart forgiving
+/// a few attempts is harmless, a database write per guess is not.
+pub struct LoginThrottle {
+    max_failures: u32,
+    window: Duration,
+    entries: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+impl LoginThrottle {
+    pub fn new(max_failures: u32, window: Duration) -> Self {
+        LoginThrottle {
+            max_failures,
+            window,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn keys(username: &str, ip: Option<IpAddr>) -> Vec<String> {
+        let mut k = vec![format!("u:{}", username.to_lowercase())];
+        if let Some(ip) = ip {
+            k.push(format!("ip:{ip}"));
+        }
+        k
+    }
+
+    /// Seconds until the caller may try again, if locked.
+    pub fn locked_for(&self, username: &str, ip: Option<IpAddr>) -> Option<u64> {
+        let now = Instant::now();
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut worst = None;
+        for key in Self::keys(username, ip) {
+            if let Some(&(count, since)) = map.get(&key) {
+                let elapsed = now.duration_since(since);
+                if elapsed >= self.window {
+                    map.remove(&key);
+                } else if count >= self.max_failures {
+                    let left = (self.window - elapsed).as_secs().max(1);
+                    worst = Some(worst.map_or(left, |w: u64| w.max(left)));
+                }
+            }
+        }
+        worst
+    }
+
+    pub fn record_failure(&self, username: &str, ip: Option<IpAddr>) {
+        let now = Instant::now();
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 100_000 {
+            // Bound memory under a spray of usernames: drop expired entries.
+            let window = self.window;
+            map.retain(|_, (_, since)| now.duration_since(*since) < window);
+        }
+        for key in Self::keys(username, ip) {
+            let e = map.entry(key).or_insert((0, now));
+            if now.duration_since(e.1) >= self.window {
+                *e = (0, now);
+            }
+            e.0 += 1;
+        }
+    }
+
+    pub fn record_success(&self, username: &str) {
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&format!("u:{}", username.to_lowercase()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_round_trip_and_wrong_password() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2"));
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong", &h));
+        assert!(!verify_password("x", "not-a-hash"));
+    }
+
+    #[test]
+    fn tokens_are_random_and_hashed() {
+        let a = random_token();
+        let b = random_token();
+        assert_ne!(a, b);
+        assert!(a.len() >= 43);
+        assert_eq!(token_hash(&a).len(), 64);
+        assert!(hashes_equal(&token_hash(&a), &token_hash(&a)));
+        assert!(!hashes_equal(&token_hash(&a), &token_hash(&b)));
+    }
+
+    #[test]
+    fn throttle_locks_after_max_failures_per_user_and_ip() {
+        let t = LoginThrottle::new(3, Duration::from_secs(60));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..3 {
+            assert!(t.locked_for("admin", Some(ip)).is_none());
+            t.record_failure("admin", Some(ip));
+        }
+        assert!(t.locked_for("admin", Some(ip)).is_some());
+        // Same user from elsewhere is locked too (guessing from many IPs).
+        assert!(t.locked_for("Admin", None).is_some());
+        // Same IP, other user: the IP key is locked as well.
+        assert!(t.locked_for("bob", Some(ip)).is_some());
+        assert!(t.locked_for("bob", None).is_none());
+    }
+}

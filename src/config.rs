@@ -1,0 +1,119 @@
+//! Server settings, built once from the command line (each flag has an `RM_`
+//! environment twin). Secrets are redacted in `Debug`.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Full database URL; `sqlite://<data-dir>/restic-manager.db?mode=rwc` when unset.
+    pub database_url: String,
+    /// Base URL agents and install scripts use to reach this server
+    /// (e.g. `https://backup.example.com`). When unset, taken from the request.
+    pub public_url: Option<String>,
+    pub bootstrap_admin_password: Option<String>,
+    pub session_idle: Duration,
+    pub session_absolute: Duration,
+    pub update_timeout: Duration,
+    pub update_min_healthy: Duration,
+    pub offline_alert_after: Duration,
+    /// Close an agent connection that answered nothing for this long.
+    pub agent_ping_interval: Duration,
+    pub agent_ping_timeout: Duration,
+    /// How often the hub writes `last_seen_at` for connected agents.
+    pub presence_flush_interval: Duration,
+    pub workers: usize,
+    /// Stage the agent binary that sits beside this executable at start.
+    pub stage_sibling_agent: bool,
+}
+
+impl Settings {
+    /// Settings for a server rooted at `data_dir` with every default.
+    pub fn with_data_dir(data_dir: PathBuf) -> Self {
+        let database_url = default_database_url(&data_dir);
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir,
+            database_url,
+            public_url: None,
+            bootstrap_admin_password: None,
+            session_idle: Duration::from_secs(12 * 3600),
+            session_absolute: Duration::from_secs(7 * 24 * 3600),
+            update_timeout: Duration::from_secs(90),
+            update_min_healthy: Duration::from_secs(5),
+            offline_alert_after: Duration::from_secs(300),
+            agent_ping_interval: Duration::from_secs(20),
+            agent_ping_timeout: Duration::from_secs(60),
+            presence_flush_interval: Duration::from_secs(30),
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            stage_sibling_agent: true,
+        }
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+}
+
+pub fn default_database_url(data_dir: &std::path::Path) -> String {
+    format!("sqlite://{}/restic-manager.db?mode=rwc", data_dir.display())
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("public_url", &self.public_url)
+            .field(
+                "bootstrap_admin_password",
+                &self.bootstrap_admin_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("update_timeout", &self.update_timeout)
+            .field("update_min_healthy", &self.update_min_healthy)
+            .field("offline_alert_after", &self.offline_alert_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hides a password in `scheme://user:password@host/db`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:<redacted>{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_password_is_redacted() {
+        assert_eq!(
+            redact_url("postgres://rm:hunter2@db:5432/rm"),
+            "postgres://rm:<redacted>@db:5432/rm"
+        );
+        assert_eq!(redact_url("sqlite://./data/x.db"), "sqlite://./data/x.db");
+        let mut s = Settings::with_data_dir("./d".into());
+        s.bootstrap_admin_password = Some("secret-pw".into());
+        s.database_url = "postgres://a:b@c/d".into();
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("secret-pw") && !dbg.contains(":b@"), "{dbg}");
+    }
+}

@@ -1,0 +1,204 @@
+//! restic-manager server: builds the app from settings — database and
+//! migrations, the agent hub, background workers, the HTTP server.
+pub mod agent_binaries;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod entities;
+pub mod hub;
+pub mod presence;
+pub mod provisioning;
+pub mod routes;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod version;
+pub mod views;
+pub mod web;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use actix_web::{App, HttpServer, dev::ServerHandle, middleware, web as aweb};
+use anyhow::Context;
+
+use crate::{auth::LoginThrottle, clock::Clock, config::Settings, hub::Hub, state::AppState};
+
+/// A started server: its bound address and a handle to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    handle: ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, closes connections and waits for the server to end.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+    }
+}
+
+/// Installs the process-wide TLS crypto provider (ring) once; the workspace
+/// links more than one rustls user, and rustls refuses to guess.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Starts the server with a fresh clock.
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    start_with_clock(settings, Clock::default()).await
+}
+
+/// Starts everything and returns once the socket is bound.
+pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Running> {
+    install_crypto_provider();
+    let db = db::open(&settings).await?;
+    bootstrap_admin(&db, &settings, &clock).await?;
+    store::hosts::mark_all_offline(&db).await?;
+    if settings.stage_sibling_agent {
+        if let Err(e) = agent_binaries::stage_sibling_if_missing(&db, &settings.data_dir).await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "could not stage the agent binary beside the server"
+            );
+        }
+    }
+    let hub = Arc::new(Hub::new());
+    let presence = presence::spawn(
+        db.clone(),
+        hub.clone(),
+        clock.clone(),
+        settings.presence_flush_interval,
+    );
+    spawn_session_purger(db.clone(), clock.clone(), settings.session_idle);
+    let state = AppState {
+        db,
+        settings: Arc::new(settings.clone()),
+        hub,
+        presence,
+        clock,
+        throttle: Arc::new(LoginThrottle::new(5, Duration::from_secs(15 * 60))),
+    };
+    let app_state = aweb::Data::new(state.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .wrap(middleware::from_fn(web::cross_site_guard))
+            .wrap(web::security_headers())
+            .configure(web::configure)
+            .default_service(aweb::to(not_found))
+    })
+    .workers(settings.workers)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .bind(settings.listen)
+    .with_context(|| format!("listening on {}", settings.listen))?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .context("server bound no address")?;
+    let server = server.run();
+    let handle = server.handle();
+    let task = tokio::spawn(server);
+    tracing::info!(%addr, version = version::VERSION, "restic-manager listening");
+    Ok(Running {
+        addr,
+        state,
+        handle,
+        task,
+    })
+}
+
+async fn not_found(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
+    use actix_web::ResponseError;
+    let e = web::AppError::NotFound("not_found", "no such page: check the address".into());
+    if web::is_api(&req) {
+        e.error_response()
+    } else {
+        web::PageError(e).error_response()
+    }
+}
+
+/// Runs until SIGINT or SIGTERM, then shuts down cleanly.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    tracing::info!(settings = ?settings, "starting");
+    let running = start(settings).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// On first start (no users) creates `admin` with `RM_BOOTSTRAP_ADMIN_PASSWORD`
+/// or a random password printed once to stdout.
+async fn bootstrap_admin(
+    db: &sea_orm::DatabaseConnection,
+    settings: &Settings,
+    clock: &Clock,
+) -> anyhow::Result<()> {
+    if store::users::count(db).await? > 0 {
+        return Ok(());
+    }
+    let (password, generated) = match &settings.bootstrap_admin_password {
+        Some(p) => (p.clone(), false),
+        None => (auth::random_token()[..20].to_string(), true),
+    };
+    provisioning::user_save(
+        db,
+        "admin",
+        store::users::Role::Admin,
+        &password,
+        clock.now_ms(),
+    )
+    .await
+    .context("creating the bootstrap admin")?;
+    if generated {
+        println!();
+        println!("  Created the first user: admin");
+        println!("  Password (shown once, change it under Users): {password}");
+        println!();
+    } else {
+        tracing::info!("created the bootstrap admin from RM_BOOTSTRAP_ADMIN_PASSWORD");
+    }
+    Ok(())
+}
+
+fn spawn_session_purger(db: sea_orm::DatabaseConnection, clock: Clock, idle: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            if let Err(e) =
+                store::sessions::purge_expired(&db, clock.now_ms(), idle.as_millis() as i64).await
+            {
+                tracing::warn!(error = %e, "purging expired sessions failed");
+            }
+        }
+    });
+}

@@ -1,0 +1,49 @@
+//! Every path the server answers, shared by handlers, views and tests.
+
+pub const DASHBOARD: &str = "/";
+pub const LOGIN: &str = "/login";
+pub const LOGOUT: &str = "/logout";
+pub const HOST_NEW: &str = "/hosts/new";
+pub const USERS_PAGE: &str = "/settings/users";
+
+pub const API_LOGIN: &str = "/api/login";
+pub const API_LOGOUT: &str = "/api/logout";
+pub const API_ME: &str = "/api/me";
+pub const API_VERSION: &str = "/api/version";
+pub const API_HOSTS: &str = "/api/hosts";
+pub const API_USERS: &str = "/api/users";
+
+pub const AGENT_ENROLL: &str = "/agent/enroll";
+pub const AGENT_WS: &str = "/agent/ws";
+pub const AGENT_BINARY: &str = "/agent/binary";
+pub const AGENT_INSTALL_SH: &str = "/agent/install.sh";
+
+pub const SESSION_COOKIE: &str = "rm_session";
+
+pub fn host(id: i64) -> String {
+    format!("/hosts/{id}")
+}
+pub fn host_token(id: i64) -> String {
+    format!("/hosts/{id}/token")
+}
+pub fn host_delete(id: i64) -> String {
+    format!("/hosts/{id}/delete")
+}
+pub fn api_host(id: i64) -> String {
+    format!("/api/hosts/{id}")
+}
+pub fn user_role(id: i64) -> String {
+    format!("/settings/users/{id}/role")
+}
+pub fn user_password(id: i64) -> String {
+    format!("/settings/users/{id}/password")
+}
+pub fn user_delete(id: i64) -> String {
+    format!("/settings/users/{id}/delete")
+}
+pub fn api_user(id: i64) -> String {
+    format!("/api/users/{id}")
+}
+pub fn asset(name: &str) -> String {
+    format!("/assets/{}/{}", crate::web::assets::hash_of(name), name)
+}

@@ -1,0 +1,267 @@
+//! Hosts: identity, the agent facts reported at hello, online state and the
+//! hashed agent secret. List queries are paged and indexed so the dashboard
+//! stays fast at 10,000 hosts.
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
+};
+use serde::Serialize;
+
+use super::{Page, Result, StoreError, is_unique_violation};
+use crate::entities::hosts;
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Host {
+    pub id: i64,
+    pub name: String,
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub agent_version: String,
+    pub online: bool,
+    pub last_seen_at: Option<i64>,
+    pub created_at: i64,
+    pub enrolled: bool,
+}
+
+impl Host {
+    /// Out of date: a reported version that differs, byte for byte, from the
+    /// server's. An empty (never reported) version is never out of date.
+    pub fn is_behind(&self, server_version: &str) -> bool {
+        !self.agent_version.is_empty() && self.agent_version != server_version
+    }
+}
+
+impl From<hosts::Model> for Host {
+    fn from(m: hosts::Model) -> Self {
+        Host {
+            id: m.id,
+            name: m.name,
+            hostname: m.hostname,
+            os: m.os,
+            arch: m.arch,
+            agent_version: m.agent_version,
+            online: m.online,
+            last_seen_at: m.last_seen_at,
+            created_at: m.created_at,
+            enrolled: m.secret_hash.is_some(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Online,
+    Offline,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct HostFilter {
+    pub status: Option<Status>,
+    /// Only hosts behind this (the server's) version.
+    pub behind: Option<String>,
+}
+
+impl HostFilter {
+    fn condition(&self) -> Condition {
+        let mut c = Condition::all();
+        match self.status {
+            Some(Status::Online) => c = c.add(hosts::Column::Online.eq(true)),
+            Some(Status::Offline) => c = c.add(hosts::Column::Online.eq(false)),
+            None => {}
+        }
+        if let Some(v) = &self.behind {
+            c = c.add(behind_condition(v));
+        }
+        c
+    }
+}
+
+fn behind_condition(server_version: &str) -> Condition {
+    Condition::all()
+        .add(hosts::Column::AgentVersion.ne(""))
+        .add(hosts::Column::AgentVersion.ne(server_version))
+}
+
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(
+            "invalid_name",
+            "host names are 1–64 characters of letters, digits, '.', '-' or '_'".into(),
+        ))
+    }
+}
+
+pub async fn create<C: ConnectionTrait>(db: &C, name: &str, now: i64) -> Result<Host> {
+    validate_name(name)?;
+    let m = hosts::ActiveModel {
+        name: Set(name.to_string()),
+        hostname: Set(String::new()),
+        os: Set(String::new()),
+        arch: Set(String::new()),
+        agent_version: Set(String::new()),
+        online: Set(false),
+        last_seen_at: Set(None),
+        secret_hash: Set(None),
+        created_at: Set(now),
+        ..Default::default()
+    };
+    match m.insert(db).await {
+        Ok(m) => Ok(m.into()),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(
+            "host_exists",
+            format!("a host named {name:?} already exists"),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn get<C: ConnectionTrait>(db: &C, id: i64) -> Result<Host> {
+    hosts::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .map(Into::into)
+        .ok_or(StoreError::NotFound("host"))
+}
+
+pub async fn list<C: ConnectionTrait>(
+    db: &C,
+    filter: &HostFilter,
+    page: Page,
+) -> Result<Vec<Host>> {
+    Ok(hosts::Entity::find()
+        .filter(filter.condition())
+        .order_by_asc(hosts::Column::Name)
+        .limit(page.limit)
+        .offset(page.offset)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect())
+}
+
+pub async fn count<C: ConnectionTrait>(db: &C, filter: &HostFilter) -> Result<u64> {
+    Ok(hosts::Entity::find()
+        .filter(filter.condition())
+        .count(db)
+        .await?)
+}
+
+/// Number of hosts whose agent is behind `server_version` (one indexed count).
+pub async fn behind_count<C: ConnectionTrait>(db: &C, server_version: &str) -> Result<u64> {
+    count(
+        db,
+        &HostFilter {
+            behind: Some(server_version.to_string()),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+pub async fn find_by_secret_hash<C: ConnectionTrait>(
+    db: &C,
+    hash: &str,
+) -> Result<Option<(Host, String)>> {
+    Ok(hosts::Entity::find()
+        .filter(hosts::Column::SecretHash.eq(hash))
+        .one(db)
+        .await?
+        .and_then(|m| {
+            let stored = m.secret_hash.clone()?;
+            Some((m.into(), stored))
+        }))
+}
+
+pub async fn set_secret_hash<C: ConnectionTrait>(db: &C, id: i64, hash: &str) -> Result<()> {
+    let r = hosts::Entity::update_many()
+        .col_expr(hosts::Column::SecretHash, Expr::value(hash))
+        .filter(hosts::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    if r.rows_affected == 0 {
+        return Err(StoreError::NotFound("host"));
+    }
+    Ok(())
+}
+
+/// What an agent's hello reports.
+#[derive(Clone, Debug)]
+pub struct HelloFacts {
+    pub agent_version: String,
+    pub os: String,
+    pub arch: String,
+    pub hostname: String,
+}
+
+pub async fn record_hello<C: ConnectionTrait>(
+    db: &C,
+    id: i64,
+    f: &HelloFacts,
+    now: i64,
+) -> Result<()> {
+    hosts::Entity::update_many()
+        .col_expr(
+            hosts::Column::AgentVersion,
+            Expr::value(f.agent_version.as_str()),
+        )
+        .col_expr(hosts::Column::Os, Expr::value(f.os.as_str()))
+        .col_expr(hosts::Column::Arch, Expr::value(f.arch.as_str()))
+        .col_expr(hosts::Column::Hostname, Expr::value(f.hostname.as_str()))
+        .col_expr(hosts::Column::Online, Expr::value(true))
+        .col_expr(hosts::Column::LastSeenAt, Expr::value(now))
+        .filter(hosts::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Marks hosts offline, stamping when they were last seen.
+pub async fn set_offline<C: ConnectionTrait>(db: &C, ids: &[i64], now: i64) -> Result<()> {
+    for chunk in ids.chunks(500) {
+        hosts::Entity::update_many()
+            .col_expr(hosts::Column::Online, Expr::value(false))
+            .col_expr(hosts::Column::LastSeenAt, Expr::value(now))
+            .filter(hosts::Column::Id.is_in(chunk.iter().copied()))
+            .exec(db)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Refreshes `last_seen_at` for connected hosts in batches.
+pub async fn touch<C: ConnectionTrait>(db: &C, ids: &[i64], now: i64) -> Result<()> {
+    for chunk in ids.chunks(500) {
+        hosts::Entity::update_many()
+            .col_expr(hosts::Column::LastSeenAt, Expr::value(now))
+            .filter(hosts::Column::Id.is_in(chunk.iter().copied()))
+            .exec(db)
+            .await?;
+    }
+    Ok(())
+}
+
+/// At start no agent is connected, whatever the last run left behind.
+pub async fn mark_all_offline<C: ConnectionTrait>(db: &C) -> Result<()> {
+    hosts::Entity::update_many()
+        .col_expr(hosts::Column::Online, Expr::value(false))
+        .filter(hosts::Column::Online.eq(true))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn delete<C: ConnectionTrait>(db: &C, id: i64) -> Result<Host> {
+    let h = get(db, id).await?;
+    hosts::Entity::delete_by_id(id).exec(db).await?;
+    Ok(h)
+}

@@ -1,0 +1,47 @@
+//! All database access, one file per aggregate. Functions take a
+//! `&DatabaseConnection` (or any `ConnectionTrait`) and return domain
+//! structs; sea-orm types never leave this module.
+pub mod agent_binaries;
+pub mod enrollment;
+pub mod hosts;
+pub mod sessions;
+pub mod users;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sea_orm::DbErr),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{1}")]
+    Conflict(&'static str, String),
+    #[error("{1}")]
+    Invalid(&'static str, String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Page of a list query: `limit` capped at 1000 (default 100).
+#[derive(Clone, Copy, Debug)]
+pub struct Page {
+    pub limit: u64,
+    pub offset: u64,
+}
+
+impl Page {
+    pub const MAX: u64 = 1000;
+    pub fn new(limit: Option<u64>, offset: Option<u64>) -> Self {
+        Page {
+            limit: limit.unwrap_or(100).clamp(1, Self::MAX),
+            offset: offset.unwrap_or(0),
+        }
+    }
+}
+
+/// True when the error is a unique-constraint violation (both backends).
+pub(crate) fn is_unique_violation(e: &sea_orm::DbErr) -> bool {
+    matches!(
+        e.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}

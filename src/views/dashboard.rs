@@ -1,0 +1,133 @@
+//! The dashboard: host counts, a status filter and the paged host table,
+//! whose online state refreshes itself (htmx) without a full reload.
+use maud::{Markup, html};
+
+use super::{
+    Nav,
+    components::{last_seen, online_pill, pagination},
+    page,
+};
+use crate::{
+    routes,
+    store::{
+        hosts::{Host, Status},
+        users::User,
+    },
+};
+
+pub struct DashboardView<'a> {
+    pub user: &'a User,
+    pub hosts: &'a [Host],
+    pub status: Option<Status>,
+    pub offset: u64,
+    pub limit: u64,
+    /// Hosts matching the filter.
+    pub total: u64,
+    pub count_all: u64,
+    pub count_online: u64,
+    pub now_ms: i64,
+}
+
+impl DashboardView<'_> {
+    fn query(&self, status: Option<Status>, offset: u64) -> String {
+        let mut q = Vec::new();
+        match status {
+            Some(Status::Online) => q.push("status=online".to_string()),
+            Some(Status::Offline) => q.push("status=offline".to_string()),
+            None => {}
+        }
+        if offset > 0 {
+            q.push(format!("offset={offset}"));
+        }
+        if self.limit != 100 {
+            q.push(format!("limit={}", self.limit));
+        }
+        if q.is_empty() {
+            routes::DASHBOARD.to_string()
+        } else {
+            format!("{}?{}", routes::DASHBOARD, q.join("&"))
+        }
+    }
+}
+
+fn tile(label: &str, value: u64, href: &str, testid: &str) -> Markup {
+    html! {
+        a class="tile" href=(href) data-testid=(testid) {
+            span class="text-3xl font-semibold" { (value) }
+            span class="text-sm text-gray-600" { (label) }
+        }
+    }
+}
+
+pub fn host_row(h: &Host, now_ms: i64) -> Markup {
+    html! {
+        tr data-testid="host-row" data-host-id=(h.id) {
+            td class="font-medium" { a class="link" href=(routes::host(h.id)) { (h.name) } }
+            td { (h.hostname) }
+            td { @if h.os.is_empty() { span class="text-gray-400" { "—" } } @else { (h.os) "/" (h.arch) } }
+            td data-testid="agent-version" {
+                @if h.agent_version.is_empty() { span class="text-gray-400" { "not enrolled" } } @else { (h.agent_version) }
+            }
+            td { (online_pill(h.online)) }
+            td { (last_seen(now_ms, h.last_seen_at)) }
+        }
+    }
+}
+
+/// The table and its pager; also the htmx partial that refreshes itself.
+pub fn hosts_table(v: &DashboardView) -> Markup {
+    let self_url = v.query(v.status, v.offset);
+    html! {
+        div id="hosts-table" hx-get=(self_url) hx-trigger="every 10s" hx-swap="outerHTML" {
+            div class="card p-0 overflow-x-auto" {
+                table class="table-base" {
+                    thead { tr { th { "Name" } th { "Hostname" } th { "OS/arch" } th { "Agent" } th { "Status" } th { "Last seen" } } }
+                    tbody {
+                        @for h in v.hosts { (host_row(h, v.now_ms)) }
+                        @if v.hosts.is_empty() {
+                            tr { td colspan="6" class="text-center text-gray-500 py-8" {
+                                @if v.count_all == 0 {
+                                    "No hosts yet. "
+                                    @if v.user.role == crate::store::users::Role::Admin {
+                                        a class="link" href=(routes::HOST_NEW) { "Add your first host" } "."
+                                    } @else { "An admin can add hosts." }
+                                } @else { "No hosts match this filter." }
+                            } }
+                        }
+                    }
+                }
+            }
+            (pagination(v.offset, v.limit, v.total, |o| v.query(v.status, o)))
+        }
+    }
+}
+
+pub fn dashboard(v: &DashboardView) -> Markup {
+    let filter_link = |status: Option<Status>, label: &str| {
+        let active = v.status == status;
+        let cls = if active {
+            "px-3 py-1 rounded bg-slate-800 text-white"
+        } else {
+            "px-3 py-1 rounded bg-white border hover:bg-gray-100"
+        };
+        html! { a class=(cls) href=(v.query(status, 0)) aria-current=[active.then_some("page")] { (label) } }
+    };
+    page(
+        "Hosts",
+        v.user,
+        Nav::Dashboard,
+        html! {
+            div class="flex flex-wrap gap-4 mb-6" {
+                (tile("hosts", v.count_all, &v.query(None, 0), "tile-total"))
+                (tile("online", v.count_online, &v.query(Some(Status::Online), 0), "tile-online"))
+                (tile("offline", v.count_all.saturating_sub(v.count_online), &v.query(Some(Status::Offline), 0), "tile-offline"))
+            }
+            div class="flex items-center gap-2 mb-3 text-sm" data-testid="status-filter" {
+                (filter_link(None, "All"))
+                (filter_link(Some(Status::Online), "Online"))
+                (filter_link(Some(Status::Offline), "Offline"))
+            }
+            (hosts_table(v))
+        },
+    )
+}

@@ -1,0 +1,97 @@
+//! `GET /agent/binary?os=&arch=`: streams the staged agent binary with its
+//! SHA-256 and version in headers. Only for an agent secret or an unexpired,
+//! unused enrollment token (a download does not use the token up).
+use actix_web::{HttpRequest, HttpResponse, http::header, web};
+use serde::Deserialize;
+use tokio_util::io::ReaderStream;
+
+use super::{AppError, enroll::token_error};
+use crate::{agent_binaries, auth, routes, state::AppState, store};
+
+pub const SHA256_HEADER: &str = "X-Agent-Sha256";
+pub const VERSION_HEADER: &str = "X-Agent-Version";
+
+#[derive(Deserialize)]
+pub struct BinaryQuery {
+    os: String,
+    arch: String,
+}
+
+pub fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The host behind an agent secret, compared in constant time.
+pub async fn host_for_secret(
+    state: &AppState,
+    secret: &str,
+) -> Result<Option<store::hosts::Host>, AppError> {
+    let hash = auth::token_hash(secret);
+    Ok(store::hosts::find_by_secret_hash(&state.db, &hash)
+        .await?
+        .filter(|(_, stored)| auth::hashes_equal(stored, &hash))
+        .map(|(h, _)| h))
+}
+
+async fn agent_binary(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    q: web::Query<BinaryQuery>,
+) -> Result<HttpResponse, AppError> {
+    let Some(token) = bearer(&req) else {
+        return Err(AppError::Unauthenticated(
+            "unauthorized",
+            "send `Authorization: Bearer <agent secret or enrollment token>`".into(),
+        ));
+    };
+    if host_for_secret(&state, token).await?.is_none() {
+        store::enrollment::check(&state.db, token, state.clock.now_ms())
+            .await
+            .map_err(token_error)?;
+    }
+    let (os, arch) = agent_binaries::check_platform(&q.os, &q.arch).ok_or_else(|| {
+        AppError::BadRequest(
+            "unsupported_platform",
+            format!(
+                "no agent builds for that platform: os must be one of {:?}, arch one of {:?}",
+                agent_binaries::ALLOWED_OS,
+                agent_binaries::ALLOWED_ARCH
+            ),
+        )
+    })?;
+    let b = store::agent_binaries::get(&state.db, os, arch)
+        .await?
+        .ok_or_else(|| {
+            AppError::NotFound(
+                "no_binary",
+                format!("no agent binary is staged for {os}/{arch}: run `restic-manager agent-binary add PATH --os {os} --arch {arch}` on the server"),
+            )
+        })?;
+    let path = agent_binaries::staged_path(&state.settings.data_dir, &b);
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        AppError::Internal(anyhow::anyhow!(
+            "opening staged binary {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "application/octet-stream"))
+        .insert_header((SHA256_HEADER, b.sha256.clone()))
+        .insert_header((VERSION_HEADER, b.version.clone()))
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{}\"", b.file_name),
+        ))
+        .no_chunking(b.size as u64)
+        .streaming(ReaderStream::with_capacity(file, 64 * 1024)))
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route(routes::AGENT_BINARY, web::get().to(agent_binary));
+}

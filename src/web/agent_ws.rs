@@ -1,0 +1,237 @@
+//! `GET /agent/ws`: one task per connected agent. Authenticates the agent
+//! secret, registers with the hub (replacing an older connection of the
+//! same host), takes the hello, keeps the link alive with pings and routes
+//! frames. Never holds a lock across an await; unknown message types are
+//! logged and ignored; oversized frames close with a policy violation.
+use std::time::{Duration, Instant};
+
+use actix_web::{HttpRequest, HttpResponse, rt, web};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use agent::wire::{self, Envelope, Hello, HelloAck, HelloRejected, Message as _};
+use futures_util::StreamExt;
+
+use super::{
+    AppError,
+    agent_binary::{bearer, host_for_secret},
+};
+use crate::{
+    agent_binaries::check_platform, hub::Outbound, routes, state::AppState,
+    store::hosts::HelloFacts, version,
+};
+
+/// An agent that has not said hello by then is dropped.
+const HELLO_DEADLINE: Duration = Duration::from_secs(30);
+
+async fn agent_ws(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    let Some(secret) = bearer(&req) else {
+        return Err(AppError::Unauthenticated(
+            "unauthorized",
+            "send `Authorization: Bearer <agent secret>`; enroll the host first".into(),
+        )
+        .into());
+    };
+    let Some(host) = host_for_secret(&state, secret).await? else {
+        tracing::warn!(peer = ?req.peer_addr(), "agent connection with an unknown secret");
+        return Err(AppError::Unauthenticated(
+            "invalid_secret",
+            "agent secret not recognised: re-enroll this host with a new token".into(),
+        )
+        .into());
+    };
+    let (resp, session, stream) = actix_ws::handle(&req, body)?;
+    let stream = stream
+        .max_frame_size(wire::MAX_FRAME_BYTES)
+        .aggregate_continuations()
+        .max_continuation_size(wire::MAX_FRAME_BYTES);
+    let state = state.get_ref().clone();
+    rt::spawn(async move {
+        let span = tracing::info_span!("agent", host_id = host.id);
+        let _ = tracing::Instrument::instrument(connection(state, host.id, session, stream), span)
+            .await;
+    });
+    Ok(resp)
+}
+
+fn close(code: CloseCode, why: &str) -> Option<CloseReason> {
+    Some(CloseReason {
+        code,
+        description: Some(why.to_string()),
+    })
+}
+
+/// Checks a hello's fields; the reason is sent back to the agent.
+pub fn validate_hello(h: &Hello) -> Result<HelloFacts, String> {
+    let printable = |s: &str| s.chars().all(|c| c.is_ascii_graphic());
+    if h.agent_version.is_empty() || h.agent_version.len() > 64 || !printable(&h.agent_version) {
+        return Err("agent_version must be 1–64 printable characters".into());
+    }
+    let Some((os, arch)) = check_platform(&h.os, &h.arch) else {
+        return Err(format!(
+            "unsupported platform {:?}/{:?}",
+            truncate(&h.os),
+            truncate(&h.arch)
+        ));
+    };
+    let hostname_ok = !h.hostname.is_empty()
+        && h.hostname.len() <= 253
+        && h.hostname
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if !hostname_ok {
+        return Err("hostname must be 1–253 characters of letters, digits, '.', '-' or '_'".into());
+    }
+    Ok(HelloFacts {
+        agent_version: h.agent_version.clone(),
+        os: os.to_string(),
+        arch: arch.to_string(),
+        hostname: h.hostname.clone(),
+    })
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(32).collect()
+}
+
+async fn connection(
+    state: AppState,
+    host_id: i64,
+    mut session: Session,
+    mut stream: actix_ws::AggregatedMessageStream,
+) {
+    let (conn_id, mut outbox) = state.hub.register(host_id);
+    tracing::debug!(conn_id, "agent connected");
+    let mut last_heard = Instant::now();
+    let connected_at = Instant::now();
+    let mut said_hello = false;
+    let mut ping = tokio::time::interval(state.settings.agent_ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let reason: Option<CloseReason> = loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let Some(msg) = msg else { break None };
+                last_heard = Instant::now();
+                match msg {
+                    Ok(AggregatedMessage::Text(text)) => {
+                        match handle_text(&state, host_id, conn_id, &mut session, &text, &mut said_hello).await {
+                            Ok(()) => {}
+                            Err(reason) => break reason,
+                        }
+                    }
+                    Ok(AggregatedMessage::Binary(_)) => {
+                        tracing::warn!("binary frame from agent ignored");
+                    }
+                    Ok(AggregatedMessage::Ping(p)) => {
+                        if session.pong(&p).await.is_err() { break None; }
+                    }
+                    Ok(AggregatedMessage::Pong(_)) => {}
+                    Ok(AggregatedMessage::Close(_)) => break None,
+                    Err(actix_ws::ProtocolError::Overflow) => {
+                        tracing::warn!("agent sent an oversized frame; closing");
+                        break close(CloseCode::Policy, "frame too large");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "websocket protocol error; closing");
+                        break close(CloseCode::Protocol, "protocol error");
+                    }
+                }
+            }
+            out = outbox.recv() => {
+                match out {
+                    Some(Outbound::Frame(text)) => {
+                        if session.text(text).await.is_err() { break None; }
+                    }
+                    Some(Outbound::Close(why)) => break close(CloseCode::Normal, why),
+                    None => break None,
+                }
+            }
+            _ = ping.tick() => {
+                if !said_hello && connected_at.elapsed() > HELLO_DEADLINE {
+                    break close(CloseCode::Policy, "no hello");
+                }
+                if last_heard.elapsed() > state.settings.agent_ping_timeout {
+                    tracing::info!("agent stopped answering pings");
+                    break close(CloseCode::Away, "ping timeout");
+                }
+                if session.ping(b"").await.is_err() { break None; }
+            }
+        }
+    };
+    let _ = session.close(reason).await;
+    if state.hub.unregister(host_id, conn_id) {
+        state.presence.offline(host_id);
+        tracing::info!(conn_id, "agent disconnected");
+    } else {
+        tracing::debug!(conn_id, "replaced connection closed");
+    }
+}
+
+/// Handles one text frame. `Err` closes the connection with that reason.
+async fn handle_text(
+    state: &AppState,
+    host_id: i64,
+    conn_id: u64,
+    session: &mut Session,
+    text: &str,
+    said_hello: &mut bool,
+) -> Result<(), Option<CloseReason>> {
+    let env = match Envelope::parse(text) {
+        Ok(env) => env,
+        Err(wire::WireError::TooLarge(_)) => {
+            return Err(close(CloseCode::Policy, "frame too large"));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "malformed frame from agent ignored");
+            return Ok(());
+        }
+    };
+    match env.kind.as_str() {
+        wire::AGENT_HELLO => {
+            let hello = env
+                .payload::<Hello>()
+                .map_err(|e| e.to_string())
+                .and_then(|h| validate_hello(&h));
+            let facts = match hello {
+                Ok(f) => f,
+                Err(reason) => {
+                    tracing::warn!(%reason, "hello rejected");
+                    let _ = session
+                        .text(HelloRejected { reason }.envelope().to_text())
+                        .await;
+                    return Err(close(CloseCode::Policy, "hello rejected"));
+                }
+            };
+            if !state.hub.is_current(host_id, conn_id) {
+                return Err(close(CloseCode::Normal, "replaced by a newer connection"));
+            }
+            if let Err(e) = state.presence.hello(host_id, facts.clone()).await {
+                tracing::error!(error = %e, "recording hello failed");
+                return Err(close(CloseCode::Error, "server error"));
+            }
+            *said_hello = true;
+            tracing::info!(agent_version = %facts.agent_version, hostname = %facts.hostname, "agent hello");
+            let ack = HelloAck {
+                host_id,
+                server_version: version::VERSION.to_string(),
+            };
+            if session.text(ack.envelope().to_text()).await.is_err() {
+                return Err(None);
+            }
+        }
+        _ if !*said_hello => {
+            tracing::warn!(kind = %env.kind, "message before hello ignored");
+        }
+        other => {
+            tracing::debug!(kind = %other, "unknown message type ignored");
+        }
+    }
+    Ok(())
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route(routes::AGENT_WS, web::get().to(agent_ws));
+}

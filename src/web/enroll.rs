@@ -1,0 +1,59 @@
+//! `POST /agent/enroll`: trades a one-time enrollment token for the host's
+//! agent secret, and `GET /agent/install.sh`, the script that does it all.
+use actix_web::{HttpRequest, HttpResponse, http::header, web};
+use sea_orm::TransactionTrait;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{AppError, assets::INSTALL_SH, public_url};
+use crate::{auth, routes, state::AppState, store};
+
+#[derive(Deserialize)]
+pub struct EnrollBody {
+    token: String,
+    #[serde(default)]
+    hostname: String,
+}
+
+/// Token errors answer 401 (the token is the credential here).
+pub fn token_error(e: store::StoreError) -> AppError {
+    match e {
+        store::StoreError::Invalid(code, msg) => AppError::Unauthenticated(code, msg),
+        other => other.into(),
+    }
+}
+
+async fn agent_enroll(
+    state: web::Data<AppState>,
+    body: web::Json<EnrollBody>,
+) -> Result<HttpResponse, AppError> {
+    let now = state.clock.now_ms();
+    let secret = auth::random_token();
+    let txn = state.db.begin().await?;
+    let host_id = match store::enrollment::redeem(&txn, body.token.trim(), now).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(error = %e, "enrollment refused");
+            return Err(token_error(e));
+        }
+    };
+    store::hosts::set_secret_hash(&txn, host_id, &auth::token_hash(&secret)).await?;
+    txn.commit().await?;
+    // A re-enrolled host's old connection used the old secret: drop it.
+    state.hub.disconnect(host_id, "host re-enrolled");
+    tracing::info!(host_id, hostname = %body.hostname.chars().take(64).collect::<String>(), "agent enrolled");
+    Ok(HttpResponse::Ok().json(json!({"host_id": host_id, "secret": secret})))
+}
+
+async fn install_sh(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let url = public_url(&state, &req);
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/x-shellscript; charset=utf-8"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(INSTALL_SH.replace("__SERVER_URL__", &url))
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route(routes::AGENT_ENROLL, web::post().to(agent_enroll))
+        .route(routes::AGENT_INSTALL_SH, web::get().to(install_sh));
+}

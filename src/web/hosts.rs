@@ -1,0 +1,308 @@
+//! Hosts: the JSON API, the dashboard, the host page and adding/removing
+//! hosts (admin).
+use actix_web::{HttpRequest, HttpResponse, web};
+use maud::Markup;
+use serde::{Deserialize, Serialize};
+
+use super::{AppError, CurrentUser, Htmx, PageError, public_url, redirect};
+use crate::{
+    clock, provisioning, routes,
+    state::AppState,
+    store::{
+        self, Page,
+        hosts::{Host, HostFilter, Status},
+        users::Role,
+    },
+    version,
+    views::{self, dashboard::DashboardView},
+};
+
+#[derive(Serialize)]
+pub struct HostJson {
+    id: i64,
+    name: String,
+    hostname: String,
+    os: String,
+    arch: String,
+    agent_version: String,
+    online: bool,
+    last_seen_at: Option<String>,
+    update_available: bool,
+    target_version: String,
+    enrolled: bool,
+    created_at: String,
+}
+
+impl From<Host> for HostJson {
+    fn from(h: Host) -> Self {
+        HostJson {
+            update_available: h.is_behind(version::VERSION),
+            target_version: version::VERSION.to_string(),
+            last_seen_at: h.last_seen_at.map(clock::rfc3339),
+            created_at: clock::rfc3339(h.created_at),
+            id: h.id,
+            name: h.name,
+            hostname: h.hostname,
+            os: h.os,
+            arch: h.arch,
+            agent_version: h.agent_version,
+            online: h.online,
+            enrolled: h.enrolled,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    updates: Option<String>,
+    limit: Option<u64>,
+    offset: Option<u64>,
+}
+
+impl ListQuery {
+    fn filter(&self) -> Result<HostFilter, AppError> {
+        let status = match self.status.as_deref() {
+            None | Some("") | Some("all") => None,
+            Some("online") => Some(Status::Online),
+            Some("offline") => Some(Status::Offline),
+            Some(other) => {
+                return Err(AppError::BadRequest(
+                    "invalid_status",
+                    format!("status must be online or offline, not {other:?}"),
+                ));
+            }
+        };
+        let behind = match self.updates.as_deref() {
+            None | Some("") => None,
+            Some("behind") => Some(version::VERSION.to_string()),
+            Some(other) => {
+                return Err(AppError::BadRequest(
+                    "invalid_updates",
+                    format!("updates must be behind, not {other:?}"),
+                ));
+            }
+        };
+        Ok(HostFilter { status, behind })
+    }
+    fn page(&self) -> Page {
+        Page::new(self.limit, self.offset)
+    }
+}
+
+async fn api_hosts_list(
+    state: web::Data<AppState>,
+    _user: CurrentUser,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, AppError> {
+    let filter = q.filter()?;
+    let hosts = store::hosts::list(&state.db, &filter, q.page()).await?;
+    Ok(HttpResponse::Ok().json(hosts.into_iter().map(HostJson::from).collect::<Vec<_>>()))
+}
+
+async fn api_host_get(
+    state: web::Data<AppState>,
+    _user: CurrentUser,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
+    let h = store::hosts::get(&state.db, *id).await?;
+    Ok(HttpResponse::Ok().json(HostJson::from(h)))
+}
+
+#[derive(Deserialize)]
+pub struct NewHost {
+    name: String,
+}
+
+async fn api_host_create(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+    body: web::Json<NewHost>,
+) -> Result<HttpResponse, AppError> {
+    user.require(Role::Admin)?;
+    let created = provisioning::host_add(&state.db, body.name.trim(), state.clock.now_ms()).await?;
+    tracing::info!(host_id = created.host_id, by = %user.username, "host added");
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "id": created.host_id,
+        "enrollment_token": created.enrollment_token,
+        "expires_at": clock::rfc3339(created.expires_at),
+    })))
+}
+
+async fn api_host_token(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
+    user.require(Role::Admin)?;
+    let t = provisioning::host_new_token(&state.db, *id, state.clock.now_ms()).await?;
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "id": *id,
+        "enrollment_token": t.token,
+        "expires_at": clock::rfc3339(t.expires_at),
+    })))
+}
+
+async fn remove_host(state: &AppState, id: i64) -> Result<Host, AppError> {
+    let h = store::hosts::delete(&state.db, id).await?;
+    state.hub.disconnect(id, "host removed");
+    Ok(h)
+}
+
+async fn api_host_delete(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
+    user.require(Role::Admin)?;
+    let h = remove_host(&state, *id).await?;
+    tracing::info!(host_id = h.id, by = %user.username, "host removed");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+fn html(m: Markup) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(m.into_string())
+}
+
+async fn dashboard(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+    htmx: Htmx,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, PageError> {
+    let filter = q.filter()?;
+    let page = q.page();
+    let hosts = store::hosts::list(&state.db, &filter, page).await?;
+    let total = store::hosts::count(&state.db, &filter).await?;
+    let count_all = store::hosts::count(&state.db, &HostFilter::default()).await?;
+    let count_online = store::hosts::count(
+        &state.db,
+        &HostFilter {
+            status: Some(Status::Online),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let v = DashboardView {
+        user: &user,
+        hosts: &hosts,
+        status: filter.status,
+        offset: page.offset,
+        limit: page.limit,
+        total,
+        count_all,
+        count_online,
+        now_ms: state.clock.now_ms(),
+    };
+    Ok(html(if htmx.0 {
+        views::dashboard::hosts_table(&v)
+    } else {
+        views::dashboard::dashboard(&v)
+    }))
+}
+
+async fn host_page(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+    htmx: Htmx,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, PageError> {
+    let h = store::hosts::get(&state.db, *id).await?;
+    let now = state.clock.now_ms();
+    Ok(html(if htmx.0 {
+        views::host::host_status(&h, now)
+    } else {
+        views::host::host_page(&user, &h, now)
+    }))
+}
+
+async fn host_new_page(user: CurrentUser) -> Result<HttpResponse, PageError> {
+    user.require(Role::Admin)?;
+    Ok(html(views::host::add_host_page(&user, None, "")))
+}
+
+#[derive(Deserialize)]
+pub struct NewHostForm {
+    name: String,
+}
+
+async fn host_new_submit(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+    req: HttpRequest,
+    form: web::Form<NewHostForm>,
+) -> Result<HttpResponse, PageError> {
+    user.require(Role::Admin)?;
+    let name = form.name.trim();
+    match provisioning::host_add(&state.db, name, state.clock.now_ms()).await {
+        Ok(c) => {
+            tracing::info!(host_id = c.host_id, by = %user.username, "host added");
+            Ok(html(views::host::enroll_instructions(
+                &user,
+                c.host_id,
+                &c.name,
+                &c.enrollment_token,
+                c.expires_at,
+                &public_url(&state, &req),
+            )))
+        }
+        Err(e @ (store::StoreError::Invalid(..) | store::StoreError::Conflict(..))) => {
+            let e = AppError::from(e);
+            Ok(
+                HttpResponse::build(actix_web::ResponseError::status_code(&e))
+                    .content_type("text/html; charset=utf-8")
+                    .body(
+                        views::host::add_host_page(&user, Some(&e.message()), name).into_string(),
+                    ),
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn host_token_submit(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+    req: HttpRequest,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, PageError> {
+    user.require(Role::Admin)?;
+    let h = store::hosts::get(&state.db, *id).await?;
+    let t = provisioning::host_new_token(&state.db, h.id, state.clock.now_ms()).await?;
+    Ok(html(views::host::enroll_instructions(
+        &user,
+        h.id,
+        &h.name,
+        &t.token,
+        t.expires_at,
+        &public_url(&state, &req),
+    )))
+}
+
+async fn host_delete_submit(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+    htmx: Htmx,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, PageError> {
+    user.require(Role::Admin)?;
+    let h = remove_host(&state, *id).await?;
+    tracing::info!(host_id = h.id, by = %user.username, "host removed");
+    Ok(redirect(htmx.0, routes::DASHBOARD))
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route(routes::API_HOSTS, web::get().to(api_hosts_list))
+        .route(routes::API_HOSTS, web::post().to(api_host_create))
+        .route("/api/hosts/{id}", web::get().to(api_host_get))
+        .route("/api/hosts/{id}", web::delete().to(api_host_delete))
+        .route("/api/hosts/{id}/token", web::post().to(api_host_token))
+        .route(routes::DASHBOARD, web::get().to(dashboard))
+        .route(routes::HOST_NEW, web::get().to(host_new_page))
+        .route(routes::HOST_NEW, web::post().to(host_new_submit))
+        .route("/hosts/{id}", web::get().to(host_page))
+        .route("/hosts/{id}/token", web::post().to(host_token_submit))
+        .route("/hosts/{id}/delete", web::post().to(host_delete_submit));
+}

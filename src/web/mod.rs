@@ -1,0 +1,268 @@
+//! HTTP handlers, one file per resource, plus what they share: the session
+//! extractor, the cross-site guard and the extractor error handlers.
+pub mod agent_binary;
+pub mod agent_ws;
+pub mod assets;
+pub mod auth;
+pub mod enroll;
+pub mod error;
+pub mod hosts;
+pub mod users;
+pub mod version;
+
+use std::future::{Ready, ready};
+
+use actix_web::{
+    FromRequest, HttpRequest, HttpResponse,
+    body::MessageBody,
+    dev::{ServiceRequest, ServiceResponse},
+    http::{Method, header},
+    middleware::Next,
+    web,
+};
+use futures_util::future::LocalBoxFuture;
+
+pub use error::{AppError, PageError};
+
+use crate::{
+    routes,
+    state::AppState,
+    store::{
+        self,
+        users::{Role, User},
+    },
+};
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(64 * 1024)
+            .error_handler(|err, _req| {
+                AppError::BadRequest(
+                    "invalid_json",
+                    format!("request body is not valid JSON for this endpoint: {err}"),
+                )
+                .into()
+            }),
+    )
+    .app_data(
+        web::FormConfig::default()
+            .limit(64 * 1024)
+            .error_handler(|err, _req| {
+                PageError(AppError::BadRequest(
+                    "invalid_form",
+                    format!("the form could not be read: {err}"),
+                ))
+                .into()
+            }),
+    )
+    .app_data(web::PathConfig::default().error_handler(|_err, req| {
+        let e = AppError::NotFound(
+            "not_found",
+            "no such page or object: check the address".into(),
+        );
+        if is_api(req) {
+            e.into()
+        } else {
+            PageError(e).into()
+        }
+    }))
+    .app_data(web::QueryConfig::default().error_handler(|err, req| {
+        let e = AppError::BadRequest("invalid_query", format!("bad query parameters: {err}"));
+        if is_api(req) {
+            e.into()
+        } else {
+            PageError(e).into()
+        }
+    }));
+    version::configure(cfg);
+    assets::configure(cfg);
+    auth::configure(cfg);
+    hosts::configure(cfg);
+    users::configure(cfg);
+    enroll::configure(cfg);
+    agent_binary::configure(cfg);
+    agent_ws::configure(cfg);
+}
+
+pub fn is_api(req: &HttpRequest) -> bool {
+    req.path().starts_with("/api/")
+}
+
+pub fn is_htmx(req: &HttpRequest) -> bool {
+    req.headers().contains_key("HX-Request")
+}
+
+/// Client address for audit and throttling (the TCP peer; a reverse proxy's
+/// forwarded headers are not trusted by default).
+pub fn client_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
+    req.peer_addr().map(|a| a.ip())
+}
+
+/// The origin (`scheme://host`) this request was addressed to.
+pub fn request_origin(req: &HttpRequest) -> String {
+    let info = req.connection_info();
+    format!("{}://{}", info.scheme(), info.host())
+}
+
+/// Base URL agents should use: `--public-url`, else this request's origin.
+pub fn public_url(state: &AppState, req: &HttpRequest) -> String {
+    state
+        .settings
+        .public_url
+        .clone()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| request_origin(req))
+}
+
+/// Refuses state-changing browser requests that come from another site.
+/// `Sec-Fetch-Site` when the browser sends it, else `Origin` against the
+/// request's own origin. Clients that send neither (agents, curl) pass: they
+/// carry no ambient cookie authority a page could abuse.
+pub async fn cross_site_guard(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe {
+        let headers = req.headers();
+        let fetch_site = headers.get("Sec-Fetch-Site").and_then(|v| v.to_str().ok());
+        let refused = match fetch_site {
+            Some(site) => !matches!(site, "same-origin" | "none"),
+            None => match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+                Some("null") => true,
+                Some(origin) => origin != request_origin(req.request()),
+                None => false,
+            },
+        };
+        if refused {
+            tracing::warn!(path = req.path(), "refused a cross-site request");
+            return Err(AppError::CrossSite.into());
+        }
+    }
+    next.call(req).await
+}
+
+/// Security headers on every response.
+pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new()
+        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .add((header::X_FRAME_OPTIONS, "DENY"))
+        .add((header::REFERRER_POLICY, "same-origin"))
+        .add((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'; form-action 'self'",
+        ))
+}
+
+/// A logged-in user, from the session cookie. Missing or expired session:
+/// 401 JSON for the API, a redirect to the login page otherwise.
+pub struct CurrentUser(pub User);
+
+impl CurrentUser {
+    pub fn require(&self, role: Role) -> Result<&User, AppError> {
+        if self.0.role >= role {
+            Ok(&self.0)
+        } else {
+            Err(AppError::Forbidden)
+        }
+    }
+    pub fn is_admin(&self) -> bool {
+        self.0.role == Role::Admin
+    }
+}
+
+impl std::ops::Deref for CurrentUser {
+    type Target = User;
+    fn deref(&self) -> &User {
+        &self.0
+    }
+}
+
+pub async fn session_user(req: &HttpRequest) -> Result<Option<User>, AppError> {
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        return Err(AppError::Internal(anyhow::anyhow!("app state missing")));
+    };
+    let Some(cookie) = req.cookie(routes::SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    let idle = state.settings.session_idle.as_millis() as i64;
+    Ok(store::sessions::lookup(&state.db, cookie.value(), state.clock.now_ms(), idle).await?)
+}
+
+impl FromRequest for CurrentUser {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            match session_user(&req).await {
+                Ok(Some(u)) => Ok(CurrentUser(u)),
+                Ok(None) if is_api(&req) => Err(AppError::Unauthorized.into()),
+                Ok(None) => {
+                    let target = req
+                        .uri()
+                        .path_and_query()
+                        .map(|p| p.as_str().to_string())
+                        .unwrap_or_else(|| "/".into());
+                    let location =
+                        format!("{}?next={}", routes::LOGIN, urlencoding::encode(&target));
+                    let resp = if is_htmx(&req) {
+                        HttpResponse::Unauthorized()
+                            .insert_header(("HX-Redirect", location))
+                            .finish()
+                    } else {
+                        HttpResponse::SeeOther()
+                            .insert_header((header::LOCATION, location))
+                            .finish()
+                    };
+                    Err(
+                        actix_web::error::InternalError::from_response("login required", resp)
+                            .into(),
+                    )
+                }
+                Err(e) if is_api(&req) => Err(e.into()),
+                Err(e) => Err(PageError(e).into()),
+            }
+        })
+    }
+}
+
+/// The logged-in user if any (login page, error pages).
+pub struct MaybeUser(pub Option<User>);
+
+impl FromRequest for MaybeUser {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move { Ok(MaybeUser(session_user(&req).await.ok().flatten())) })
+    }
+}
+
+/// Whether the request came from htmx.
+pub struct Htmx(pub bool);
+
+impl FromRequest for Htmx {
+    type Error = actix_web::Error;
+    type Future = Ready<Result<Self, Self::Error>>;
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        ready(Ok(Htmx(is_htmx(req))))
+    }
+}
+
+/// Redirect after a successful form post: `HX-Redirect` for htmx, 303 otherwise.
+pub fn redirect(htmx: bool, to: &str) -> HttpResponse {
+    if htmx {
+        HttpResponse::Ok()
+            .insert_header(("HX-Redirect", to))
+            .finish()
+    } else {
+        HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, to))
+            .finish()
+    }
+}

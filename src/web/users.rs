@@ -1,0 +1,273 @@
+//! User management (admin only): the JSON API and the settings page.
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{AppError, CurrentUser, PageError};
+use crate::{
+    auth, clock, routes,
+    state::AppState,
+    store::{
+        self,
+        users::{self, Role, User},
+    },
+    views,
+};
+
+fn user_json(u: &User) -> serde_json::Value {
+    json!({"id": u.id, "username": u.username, "role": u.role, "created_at": clock::rfc3339(u.created_at)})
+}
+
+#[derive(Deserialize)]
+pub struct NewUser {
+    username: String,
+    password: String,
+    role: String,
+}
+
+fn parse_role(s: &str) -> Result<Role, AppError> {
+    Role::parse(s).ok_or_else(|| {
+        AppError::BadRequest(
+            "invalid_role",
+            format!("role must be viewer, operator or admin, not {s:?}"),
+        )
+    })
+}
+
+async fn hash(password: &str) -> Result<String, AppError> {
+    users::validate_password(password)?;
+    let pw = password.to_string();
+    tokio::task::spawn_blocking(move || auth::hash_password(&pw))
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?
+        .map_err(AppError::Internal)
+}
+
+async fn add_user(
+    state: &AppState,
+    by: &User,
+    username: &str,
+    password: &str,
+    role: &str,
+) -> Result<User, AppError> {
+    let role = parse_role(role)?;
+    users::validate_username(username)?;
+    let h = hash(password).await?;
+    let u = users::create(&state.db, username, &h, role, state.clock.now_ms()).await?;
+    tracing::info!(user = %u.username, role = role.as_str(), by = %by.username, "user added");
+    Ok(u)
+}
+
+async fn change_role(state: &AppState, by: &User, id: i64, role: &str) -> Result<User, AppError> {
+    let role = parse_role(role)?;
+    let u = users::set_role(&state.db, id, role, state.clock.now_ms()).await?;
+    // Sessions carry no role (it is read per request), so nothing to revoke.
+    tracing::info!(user = %u.username, role = role.as_str(), by = %by.username, "role changed");
+    Ok(u)
+}
+
+async fn reset_password(
+    state: &AppState,
+    by: &User,
+    id: i64,
+    password: &str,
+) -> Result<User, AppError> {
+    let h = hash(password).await?;
+    let u = users::get(&state.db, id).await?;
+    users::set_password_hash(&state.db, id, &h, state.clock.now_ms()).await?;
+    // A reset ends the user's other sessions, unless it is one's own.
+    if u.id != by.id {
+        store::sessions::delete_for_user(&state.db, id).await?;
+    }
+    tracing::info!(user = %u.username, by = %by.username, "password reset");
+    Ok(u)
+}
+
+async fn remove_user(state: &AppState, by: &User, id: i64) -> Result<User, AppError> {
+    let u = users::delete(&state.db, id).await?;
+    tracing::info!(user = %u.username, by = %by.username, "user removed");
+    Ok(u)
+}
+
+async fn api_users_list(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+) -> Result<HttpResponse, AppError> {
+    user.require(Role::Admin)?;
+    let list = users::list(&state.db).await?;
+    Ok(HttpResponse::Ok().json(list.iter().map(user_json).collect::<Vec<_>>()))
+}
+
+async fn api_user_create(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+    body: web::Json<NewUser>,
+) -> Result<HttpResponse, AppError> {
+    user.require(Role::Admin)?;
+    let u = add_user(
+        &state,
+        &user,
+        body.username.trim(),
+        &body.password,
+        &body.role,
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(user_json(&u)))
+}
+
+#[derive(Deserialize)]
+pub struct RoleBody {
+    role: String,
+}
+
+#[derive(Deserialize)]
+pub struct PasswordBody {
+    password: String,
+}
+
+async fn api_user_role(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+    id: web::Path<i64>,
+    body: web::Json<RoleBody>,
+) -> Result<HttpResponse, AppError> {
+    user.require(Role::Admin)?;
+    let u = change_role(&state, &user, *id, &body.role).await?;
+    Ok(HttpResponse::Ok().json(user_json(&u)))
+}
+
+async fn api_user_password(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+    id: web::Path<i64>,
+    body: web::Json<PasswordBody>,
+) -> Result<HttpResponse, AppError> {
+    user.require(Role::Admin)?;
+    reset_password(&state, &user, *id, &body.password).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn api_user_delete(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
+    user.require(Role::Admin)?;
+    remove_user(&state, &user, *id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Renders the users page, with the outcome of a form post.
+async fn render(
+    state: &AppState,
+    me: &User,
+    outcome: Result<String, AppError>,
+) -> Result<HttpResponse, PageError> {
+    let (status, error, notice) = match outcome {
+        Ok(n) => (actix_web::http::StatusCode::OK, None, Some(n)),
+        Err(e @ AppError::Internal(_)) => return Err(PageError(e)),
+        Err(e) => (
+            actix_web::ResponseError::status_code(&e),
+            Some(e.message()),
+            None,
+        ),
+    };
+    let list = users::list(&state.db).await?;
+    Ok(HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(
+            views::users::users_page(me, &list, error.as_deref(), notice.as_deref()).into_string(),
+        ))
+}
+
+async fn users_page(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+) -> Result<HttpResponse, PageError> {
+    user.require(Role::Admin)?;
+    let list = users::list(&state.db).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(views::users::users_page(&user, &list, None, None).into_string()))
+}
+
+async fn users_add_submit(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+    form: web::Form<NewUser>,
+) -> Result<HttpResponse, PageError> {
+    user.require(Role::Admin)?;
+    let r = add_user(
+        &state,
+        &user,
+        form.username.trim(),
+        &form.password,
+        &form.role,
+    )
+    .await
+    .map(|u| format!("added {} as {}", u.username, u.role.as_str()));
+    render(&state, &user, r).await
+}
+
+async fn users_role_submit(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+    id: web::Path<i64>,
+    form: web::Form<RoleBody>,
+) -> Result<HttpResponse, PageError> {
+    user.require(Role::Admin)?;
+    let r = change_role(&state, &user, *id, &form.role)
+        .await
+        .map(|u| format!("{} is now {}", u.username, u.role.as_str()));
+    render(&state, &user, r).await
+}
+
+async fn users_password_submit(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+    id: web::Path<i64>,
+    form: web::Form<PasswordBody>,
+) -> Result<HttpResponse, PageError> {
+    user.require(Role::Admin)?;
+    let r = reset_password(&state, &user, *id, &form.password)
+        .await
+        .map(|u| format!("password of {} reset", u.username));
+    render(&state, &user, r).await
+}
+
+async fn users_delete_submit(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, PageError> {
+    user.require(Role::Admin)?;
+    let r = remove_user(&state, &user, *id)
+        .await
+        .map(|u| format!("removed {}", u.username));
+    render(&state, &user, r).await
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route(routes::API_USERS, web::get().to(api_users_list))
+        .route(routes::API_USERS, web::post().to(api_user_create))
+        .route("/api/users/{id}", web::delete().to(api_user_delete))
+        .route("/api/users/{id}/role", web::post().to(api_user_role))
+        .route(
+            "/api/users/{id}/password",
+            web::post().to(api_user_password),
+        )
+        .route(routes::USERS_PAGE, web::get().to(users_page))
+        .route(routes::USERS_PAGE, web::post().to(users_add_submit))
+        .route(
+            "/settings/users/{id}/role",
+            web::post().to(users_role_submit),
+        )
+        .route(
+            "/settings/users/{id}/password",
+            web::post().to(users_password_submit),
+        )
+        .route(
+            "/settings/users/{id}/delete",
+            web::post().to(users_delete_submit),
+        );
+}
