@@ -57,13 +57,13 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
     let db = db::open(&settings).await?;
     bootstrap_admin(&db, &settings, &clock).await?;
     store::hosts::mark_all_offline(&db).await?;
-    if settings.stage_sibling_agent {
-        if let Err(e) = agent_binaries::stage_sibling_if_missing(&db, &settings.data_dir).await {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "could not stage the agent binary beside the server"
-            );
-        }
+    if settings.stage_sibling_agent
+        && let Err(e) = agent_binaries::stage_sibling_if_missing(&db, &settings.data_dir).await
+    {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "could not stage the agent binary beside the server"
+        );
     }
     let hub = Arc::new(Hub::new());
     let presence = presence::spawn(

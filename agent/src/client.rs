@@ -642,7 +642,14 @@ impl Runner {
             Ok(Err(tungstenite::Error::Http(response)))
                 if response.status() == http::StatusCode::UNAUTHORIZED =>
             {
-                error!(url = %self.url, "{SECRET_REJECTED}");
+                // The server's JSON error says why (unknown vs. missing secret).
+                let server_message = response
+                    .body()
+                    .as_deref()
+                    .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
+                    .and_then(|v| v.get("message")?.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                error!(url = %self.url, server_message, "{SECRET_REJECTED}");
                 self.note_error(SECRET_REJECTED.to_string());
                 return Ok(Attempt::NotConnected {
                     fatal_for_now: true,
@@ -708,6 +715,10 @@ impl Runner {
         let idle_timeout = self.opts.idle_timeout;
         let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);
+        // Pings alone would keep a connection that never gets its ack
+        // alive forever; without an ack nothing can be sent, so give up.
+        let ack_deadline = tokio::time::sleep(idle_timeout);
+        tokio::pin!(ack_deadline);
         let mut acked_at: Option<Instant> = None;
         loop {
             tokio::select! {
@@ -728,6 +739,10 @@ impl Runner {
                             let message = error_chain(&e);
                             warn!(error = %message, "connection lost");
                             self.note_error(message);
+                            if let tungstenite::Error::Capacity(_) = e {
+                                // The protocol's answer to an oversized frame.
+                                send_close(&mut sink, CloseCode::Policy, "frame too large").await;
+                            }
                             return ended(acked_at, false);
                         }
                         Some(Ok(WsMessage::Text(text))) => {
@@ -759,6 +774,16 @@ impl Runner {
                         return ended(acked_at, false);
                     }
                 }
+                () = &mut ack_deadline, if acked_at.is_none() => {
+                    let message = format!(
+                        "no hello.ack within {}s",
+                        idle_timeout.as_secs_f32()
+                    );
+                    warn!("{message}; reconnecting");
+                    self.note_error(message);
+                    send_close(&mut sink, CloseCode::Normal, "no hello.ack").await;
+                    return ended(None, false);
+                }
                 () = &mut idle => {
                     let message = format!(
                         "nothing from the server for {}s",
@@ -766,12 +791,8 @@ impl Runner {
                     );
                     warn!("{message}; reconnecting");
                     self.note_error(message);
-                    // A silent server will not answer the Close either:
-                    // send it for the record, do not wait for the reply.
-                    let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(WsMessage::Close(Some(CloseFrame {
-                        code: CloseCode::Away,
-                        reason: "idle timeout".into(),
-                    })))).await;
+                    // A silent server will not answer the Close either.
+                    send_close(&mut sink, CloseCode::Away, "idle timeout").await;
                     return ended(acked_at, false);
                 }
             }
@@ -846,15 +867,21 @@ impl Runner {
 /// Sends a Close and waits briefly for the server's, so the server records
 /// a clean close instead of a reset.
 async fn close(mut sink: WsSink, mut source: WsSource, code: CloseCode, reason: &'static str) {
+    send_close(&mut sink, code, reason).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(_)) = source.next().await {}
+    })
+    .await;
+}
+
+/// Sends a Close without waiting for the reply: for a peer that is silent
+/// or misbehaving, where waiting would only delay the reconnect.
+async fn send_close(sink: &mut WsSink, code: CloseCode, reason: &'static str) {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(WsMessage::Close(Some(frame)))).await;
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        while let Some(Ok(_)) = source.next().await {}
-    })
-    .await;
 }
 
 /// `error: cause: cause` on one line; tracing's `%` shows only the top.
@@ -1198,6 +1225,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_oversized_frame_closes_with_policy_violation_and_reconnects() {
+        let (close_tx, mut closes) = mpsc::unbounded_channel();
+        let url = serve(move |n, mut ws| {
+            let close_tx = close_tx.clone();
+            async move {
+                next_frame(&mut ws).await;
+                send(&mut ws, ack()).await;
+                if n == 1 {
+                    send(&mut ws, "x".repeat(wire::MAX_FRAME_BYTES + 1)).await;
+                }
+                while let Some(Ok(message)) = ws.next().await {
+                    if let WsMessage::Close(frame) = message {
+                        let _ = close_tx.send(frame.map(|f| u16::from(f.code)));
+                    }
+                }
+            }
+        })
+        .await;
+        let agent = spawn(test_config(&url), fast_opts());
+        let code = tokio::time::timeout(WAIT, closes.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(code, Some(1008));
+        agent
+            .wait_for(WAIT, |s| s.connects >= 2 && s.acks >= 2)
+            .await
+            .expect("reconnected");
+        agent.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn a_refused_secret_is_reported_and_retried() {
         let url = serve(|_, _| async {}).await;
         let mut config = test_config(&url);
@@ -1269,6 +1328,33 @@ mod tests {
                 .unwrap_or_default()
                 .contains("nothing from the server")
         );
+        agent.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_acks_is_dropped() {
+        let url = serve(|_, mut ws| async move {
+            next_frame(&mut ws).await;
+            // Keep the connection lively, but never answer the hello.
+            loop {
+                if ws.send(WsMessage::Ping(Vec::new().into())).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        let opts = RunOptions {
+            idle_timeout: Duration::from_millis(300),
+            ..fast_opts()
+        };
+        let agent = spawn(test_config(&url), opts);
+        let state = agent
+            .wait_for(WAIT, |s| s.connects >= 2)
+            .await
+            .expect("gave up on the silent handshake");
+        assert!(state.last_error.unwrap_or_default().contains("hello.ack"));
+        assert_eq!(state.acks, 0);
         agent.shutdown().await;
     }
 

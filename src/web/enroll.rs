@@ -45,15 +45,55 @@ async fn agent_enroll(
     Ok(HttpResponse::Ok().json(json!({"host_id": host_id, "secret": secret})))
 }
 
-async fn install_sh(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+/// The URL is pasted into shell code, and without `--public-url` it comes
+/// from the request's Host header: allow only what a URL needs.
+pub fn safe_for_script(url: &str) -> bool {
+    (url.starts_with("http://") || url.starts_with("https://"))
+        && url.len() <= 512
+        && url
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".:/-_[]%".contains(c))
+}
+
+async fn install_sh(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, AppError> {
     let url = public_url(&state, &req);
-    HttpResponse::Ok()
+    if !safe_for_script(&url) {
+        return Err(AppError::BadRequest(
+            "invalid_host",
+            "this request's Host header cannot be used in a script: set --public-url on the server"
+                .into(),
+        ));
+    }
+    Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/x-shellscript; charset=utf-8"))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .body(INSTALL_SH.replace("__SERVER_URL__", &url))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(INSTALL_SH.replace("__SERVER_URL__", &url)))
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(routes::AGENT_ENROLL, web::post().to(agent_enroll))
         .route(routes::AGENT_INSTALL_SH, web::get().to(install_sh));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_for_script;
+
+    #[test]
+    fn script_urls_refuse_shell_metacharacters() {
+        assert!(safe_for_script("http://127.0.0.1:8080"));
+        assert!(safe_for_script("https://backup.example.com/rm"));
+        for bad in [
+            "http://x\"; rm -rf /",
+            "http://x$(id)",
+            "http://x`id`",
+            "ftp://x",
+            "http://a b",
+        ] {
+            assert!(!safe_for_script(bad), "{bad}");
+        }
+    }
 }

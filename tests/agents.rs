@@ -1,0 +1,66 @@
+//! Real agents over real WebSockets: enroll, hello, online → offline,
+//! replacement on reconnect.
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn enrolled_agent_says_hello_and_goes_offline_when_it_stops() {
+    let app = TestApp::spawn().await;
+    let cfg = app.enrolled_host("web-1").await;
+    let agent = app.agent(&cfg, "v1.0.0");
+    wait_acked(&agent).await;
+
+    let h = app.host_json(cfg.host_id).await;
+    assert_eq!(h["online"], true, "{h}");
+    assert_eq!(h["agent_version"], "v1.0.0");
+    assert_eq!(h["os"], "linux");
+    assert_eq!(h["arch"], "x86_64");
+    assert_eq!(h["hostname"], format!("host-{}", cfg.host_id));
+    assert!(h["last_seen_at"].is_string());
+
+    agent.shutdown().await;
+    eventually("host goes offline", || async {
+        (app.host_json(cfg.host_id).await["online"] == false).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_second_connection_of_the_same_host_replaces_the_first() {
+    let app = TestApp::spawn().await;
+    let cfg = app.enrolled_host("web-1").await;
+    let first = app.agent(&cfg, "v1");
+    wait_acked(&first).await;
+    let second = app.agent(&cfg, "v2");
+    wait_acked(&second).await;
+    // The first is closed by the server; it keeps reconnecting and in turn
+    // replaces the second, but the host stays online throughout.
+    first
+        .wait_for(WAIT, |s| s.connects >= 2)
+        .await
+        .expect("first agent was disconnected and reconnected");
+    first.shutdown().await;
+    wait_acked(&second).await;
+    eventually("host online with the remaining agent", || async {
+        let h = app.host_json(cfg.host_id).await;
+        (h["online"] == true && h["agent_version"] == "v2").then_some(())
+    })
+    .await;
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn agent_with_a_wrong_secret_is_refused() {
+    let app = TestApp::spawn().await;
+    let mut cfg = app.enrolled_host("web-1").await;
+    cfg.secret = "not-the-secret".into();
+    let agent = app.agent(&cfg, "v1");
+    let s = agent
+        .wait_for(WAIT, |s| s.last_error.is_some())
+        .await
+        .expect("connection refused");
+    assert!(!s.acked);
+    assert_eq!(app.host_json(cfg.host_id).await["online"], false);
+    agent.shutdown().await;
+}

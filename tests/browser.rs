@@ -1,0 +1,714 @@
+//! The pages as a person uses them, in headless Chromium driven through
+//! Debian's chromedriver (fantoccini): login, the dashboard's live htmx
+//! refresh under the CSP, what a viewer sees, adding a host. Built only with
+//! `--features browser-tests`; a missing browser fails the run, never skips it.
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
+use restic_manager::store::users::Role;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+/// How long to wait for an element after a navigation or a click.
+const UI_WAIT: Duration = Duration::from_secs(10);
+/// The host table refreshes itself every 10 s; allow a missed tick and slack.
+const REFRESH_WAIT: Duration = Duration::from_secs(25);
+
+/// At most two browsers at once: enough to overlap the dashboard test's
+/// refresh wait with the others, few enough for a 2-core machine.
+static BROWSERS: Semaphore = Semaphore::const_new(2);
+
+fn chromium_bin() -> PathBuf {
+    std::env::var_os("RM_CHROMIUM").map_or_else(|| "/usr/bin/chromium".into(), PathBuf::from)
+}
+
+fn chromedriver_bin() -> PathBuf {
+    std::env::var_os("RM_CHROMEDRIVER")
+        .map_or_else(|| "/usr/bin/chromedriver".into(), PathBuf::from)
+}
+
+fn require_binary(path: &Path, package: &str) {
+    assert!(
+        path.is_file(),
+        "browser tests need {} (Debian package `{package}`: apt-get install {package}); \
+         not found. These tests never skip: install it, or build without --features browser-tests",
+        path.display()
+    );
+}
+
+/// A chromedriver child in its own process group, so that dropping it (also
+/// while a failed test unwinds) takes Chromium and its helpers down too.
+struct Chromedriver {
+    child: Child,
+    port: u16,
+    session: Option<String>,
+    log: PathBuf,
+    /// Chromium's profile and the driver's log; removed after the kill.
+    dir: tempfile::TempDir,
+}
+
+impl Chromedriver {
+    fn start() -> Chromedriver {
+        let bin = chromedriver_bin();
+        require_binary(&bin, "chromium-driver");
+        require_binary(&chromium_bin(), "chromium");
+        let mut last_failure = String::new();
+        // A port picked free can be taken before chromedriver binds it.
+        for _ in 0..3 {
+            match Self::try_start(&bin) {
+                Ok(d) => return d,
+                Err(e) => last_failure = e,
+            }
+        }
+        panic!("chromedriver did not start: {last_failure}");
+    }
+
+    fn try_start(bin: &Path) -> Result<Chromedriver, String> {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("picking a free port: {e}"))?
+            .port();
+        let log = dir.path().join("chromedriver.log");
+        let out = std::fs::File::create(&log).map_err(|e| format!("log file: {e}"))?;
+        let err = out.try_clone().map_err(|e| format!("log file: {e}"))?;
+        let child = Command::new(bin)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", bin.display()))?;
+        let mut d = Chromedriver {
+            child,
+            port,
+            session: None,
+            log,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                return Err(format!(
+                    "exited with {status} on port {port}; log:\n{}",
+                    d.log_text()
+                ));
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(d);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "not listening on port {port} after 10 s; log:\n{}",
+                    d.log_text()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Ends the WebDriver session synchronously (Drop cannot await), which
+    /// makes chromedriver quit Chromium cleanly and release the profile.
+    fn delete_session(&mut self) {
+        let Some(sid) = self.session.take() else {
+            return;
+        };
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+        let req = format!(
+            "DELETE /session/{sid} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        if s.write_all(req.as_bytes()).is_ok() {
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        }
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        self.delete_session();
+        // Whatever is left in chromedriver's process group (its own id).
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One browser session against one `TestApp`.
+struct Browser {
+    c: Client,
+    base: String,
+    driver: Chromedriver,
+    _permit: tokio::sync::SemaphorePermit<'static>,
+}
+
+impl Browser {
+    async fn open(app: &TestApp) -> Browser {
+        let permit = BROWSERS
+            .acquire()
+            .await
+            .expect("browser semaphore is never closed");
+        let mut driver = Chromedriver::start();
+        let profile = driver.dir.path().join("profile");
+        let caps = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium_bin(),
+                "args": [
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--disable-dev-shm-usage",
+                    "--window-size=1280,900",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            },
+        });
+        let Value::Object(caps) = caps else {
+            unreachable!("a JSON object literal")
+        };
+        let c = match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&driver.url())
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => panic!(
+                "could not open a Chromium session through chromedriver: {e}\nchromedriver log:\n{}",
+                driver.log_text()
+            ),
+        };
+        driver.session = c.session_id().await.ok().flatten();
+        Browser {
+            c,
+            base: app.url.clone(),
+            driver,
+            _permit: permit,
+        }
+    }
+
+    /// Ends the session cleanly; Drop covers the panicking path.
+    async fn close(mut self) {
+        if self.c.clone().close().await.is_ok() {
+            self.driver.session = None;
+        }
+    }
+
+    async fn goto(&self, path: &str) {
+        let url = format!("{}{}", self.base, path);
+        self.c
+            .goto(&url)
+            .await
+            .unwrap_or_else(|e| panic!("navigating to {url}: {e}"));
+    }
+
+    /// Path and query of the current page.
+    async fn location(&self) -> String {
+        let u = self.c.current_url().await.expect("current url");
+        match u.query() {
+            Some(q) => format!("{}?{}", u.path(), q),
+            None => u.path().to_string(),
+        }
+    }
+
+    /// What is on screen, for failure messages.
+    async fn describe(&self) -> String {
+        let url = self
+            .c
+            .current_url()
+            .await
+            .map(|u| u.to_string())
+            .unwrap_or_default();
+        let text = match self.c.find(Locator::Css("body")).await {
+            Ok(b) => b.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        format!(
+            "at {url}, page text:\n{}",
+            text.chars().take(1500).collect::<String>()
+        )
+    }
+
+    async fn wait_css(&self, css: &str) -> Element {
+        match self
+            .c
+            .wait()
+            .at_most(UI_WAIT)
+            .for_element(Locator::Css(css))
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => panic!(
+                "no `{css}` within {UI_WAIT:?} ({e}); {}",
+                self.describe().await
+            ),
+        }
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.wait_css(css)
+            .await
+            .text()
+            .await
+            .expect("element text")
+            .trim()
+            .to_string()
+    }
+
+    async fn texts(&self, css: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in self.c.find_all(Locator::Css(css)).await.expect("find_all") {
+            out.push(e.text().await.expect("element text").trim().to_string());
+        }
+        out
+    }
+
+    async fn fill(&self, css: &str, value: &str) {
+        let e = self.wait_css(css).await;
+        e.clear().await.expect("clear field");
+        e.send_keys(value).await.expect("type into field");
+    }
+
+    async fn click(&self, css: &str) {
+        self.wait_css(css)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("clicking `{css}`: {e}"));
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.c
+            .execute(script, vec![])
+            .await
+            .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+    }
+
+    /// Fills and submits the login form (the browser must be on /login).
+    async fn submit_login(&self, username: &str, password: &str) {
+        self.fill("#username", username).await;
+        self.fill("#password", password).await;
+        self.click("form[action='/login'] button[type=submit]")
+            .await;
+    }
+
+    /// Logs in through the form and waits for the dashboard.
+    async fn login(&self, username: &str, password: &str) {
+        self.goto("/login").await;
+        self.submit_login(username, password).await;
+        self.wait_css("[data-testid=whoami]").await;
+    }
+
+    /// Labels of the top navigation's links.
+    async fn nav_labels(&self) -> Vec<String> {
+        self.wait_css("header nav").await;
+        self.texts("header nav a").await
+    }
+
+    /// The status pill of one dashboard row, if the row is there right now
+    /// (an htmx swap can detach it between the find and the read).
+    async fn row_status(&self, host_id: i64) -> Option<String> {
+        let css = format!("tr[data-host-id='{host_id}'] [data-testid=status]");
+        let e = self.c.find(Locator::Css(&css)).await.ok()?;
+        e.text().await.ok().map(|t| t.trim().to_string())
+    }
+
+    async fn row_cell(&self, host_id: i64, testid: &str) -> String {
+        self.text(&format!(
+            "tr[data-host-id='{host_id}'] [data-testid={testid}]"
+        ))
+        .await
+    }
+
+    async fn row_name(&self, host_id: i64) -> String {
+        self.text(&format!("tr[data-host-id='{host_id}'] td:first-child"))
+            .await
+    }
+
+    async fn row_ids(&self) -> Vec<i64> {
+        let mut ids = Vec::new();
+        for row in self
+            .c
+            .find_all(Locator::Css("[data-testid=host-row]"))
+            .await
+            .expect("rows")
+        {
+            let id = row
+                .attr("data-host-id")
+                .await
+                .expect("attr")
+                .unwrap_or_default();
+            ids.push(
+                id.parse()
+                    .unwrap_or_else(|_| panic!("row with a bad data-host-id {id:?}")),
+            );
+        }
+        ids.sort();
+        ids
+    }
+
+    /// Every CSP violation this document reported since it loaded
+    /// (`buffered: true` hands over the ones from before the observer).
+    async fn csp_violations(&self) -> Vec<String> {
+        let script = r#"
+            const done = arguments[arguments.length - 1];
+            const seen = [];
+            const take = (reports) => {
+                for (const r of reports) seen.push(r.body.effectiveDirective + " " + r.body.blockedURL);
+            };
+            const obs = new ReportingObserver(take, { types: ["csp-violation"], buffered: true });
+            obs.observe();
+            setTimeout(() => { take(obs.takeRecords()); obs.disconnect(); done(seen); }, 200);
+        "#;
+        let v = self
+            .c
+            .execute_async(script, vec![])
+            .await
+            .expect("reading CSP reports");
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|s| s.as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn screenshot(&self, name: &str) {
+        if std::env::var("RM_SCREENSHOTS").as_deref() != Ok("1") {
+            return;
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots");
+        std::fs::create_dir_all(&dir).expect("creating docs/screenshots");
+        let png = self.c.screenshot().await.expect("screenshot");
+        std::fs::write(dir.join(name), png).expect("writing screenshot");
+    }
+}
+
+#[tokio::test]
+async fn login_redirects_shows_who_is_logged_in_and_refuses_a_wrong_password() {
+    let app = TestApp::spawn().await;
+    let b = Browser::open(&app).await;
+
+    b.goto("/").await;
+    b.wait_css("#username").await;
+    assert_eq!(
+        b.location().await,
+        "/login?next=%2F",
+        "an anonymous visit to / goes to the login page"
+    );
+    assert_eq!(b.c.title().await.expect("title"), "Log in · restic-manager");
+
+    b.submit_login("admin", "not-the-password").await;
+    let banner = b.text("[data-testid=error-banner]").await;
+    assert!(
+        banner.contains("wrong username or password"),
+        "error banner: {banner:?}"
+    );
+    assert!(
+        b.location().await.starts_with("/login"),
+        "stays on the login page"
+    );
+    let kept = b
+        .wait_css("#username")
+        .await
+        .prop("value")
+        .await
+        .expect("value");
+    assert_eq!(
+        kept.as_deref(),
+        Some("admin"),
+        "the username is kept for the retry"
+    );
+    assert_eq!(
+        b.c.find_all(Locator::Css("[data-testid=whoami]"))
+            .await
+            .expect("find")
+            .len(),
+        0
+    );
+
+    b.submit_login("admin", ADMIN_PASSWORD).await;
+    assert_eq!(b.text("[data-testid=whoami]").await, "admin · admin");
+    assert_eq!(b.location().await, "/", "lands on the dashboard");
+    assert_eq!(b.c.title().await.expect("title"), "Hosts · restic-manager");
+    assert_eq!(b.text("[data-testid=tile-total] span").await, "0");
+
+    // Logging out ends the session: the dashboard asks for a login again.
+    b.click("header form[action='/logout'] button").await;
+    b.wait_css("#username").await;
+    b.goto("/").await;
+    b.wait_css("#username").await;
+    assert!(b.location().await.starts_with("/login"));
+    b.close().await;
+}
+
+#[tokio::test]
+async fn dashboard_lists_hosts_filters_and_refreshes_status_without_reload() {
+    let app = TestApp::spawn().await;
+    let online_cfg = app.enrolled_host("web-1").await;
+    let silent_cfg = app.enrolled_host("db-1").await;
+    let agent = app.agent(&online_cfg, "v9.9.9");
+    wait_acked(&agent).await;
+    let (on, off) = (online_cfg.host_id, silent_cfg.host_id);
+
+    let b = Browser::open(&app).await;
+    b.login("admin", ADMIN_PASSWORD).await;
+    b.wait_css("[data-testid=host-row]").await;
+
+    // Both rows, with what a person reads in them.
+    assert_eq!(b.row_ids().await, {
+        let mut v = vec![on, off];
+        v.sort();
+        v
+    });
+    assert_eq!(b.row_name(on).await, "web-1");
+    assert_eq!(b.row_name(off).await, "db-1");
+    assert_eq!(b.row_cell(on, "agent-version").await, "v9.9.9");
+    assert!(
+        !b.row_cell(off, "agent-version").await.contains('v'),
+        "a host that never connected shows no agent version"
+    );
+    assert_eq!(b.row_status(on).await.as_deref(), Some("online"));
+    assert_eq!(b.row_status(off).await.as_deref(), Some("offline"));
+    assert_eq!(b.text("[data-testid=tile-total] span").await, "2");
+    assert_eq!(b.text("[data-testid=tile-online] span").await, "1");
+    assert_eq!(b.text("[data-testid=tile-offline] span").await, "1");
+
+    // The stylesheet and htmx loaded, under the CSP.
+    let bg = b
+        .wait_css(".pill-online")
+        .await
+        .css_value("background-color")
+        .await
+        .expect("computed style");
+    assert!(
+        !bg.is_empty() && bg != "rgba(0, 0, 0, 0)" && bg != "transparent",
+        "the .pill-online background is {bg:?}: app.css did not load or apply"
+    );
+    let htmx = b
+        .js("return (window.htmx && window.htmx.version) || null")
+        .await;
+    assert!(
+        htmx.as_str().is_some_and(|v| v.starts_with('2')),
+        "htmx 2 is loaded: {htmx}"
+    );
+    b.screenshot("dashboard.png").await;
+
+    // The Online filter shows only the online host.
+    b.click("[data-testid=status-filter] a[href='/?status=online']")
+        .await;
+    b.wait_css("[data-testid=status-filter] a[aria-current=page][href='/?status=online']")
+        .await;
+    assert_eq!(b.location().await, "/?status=online");
+    assert_eq!(b.row_ids().await, vec![on]);
+    assert_eq!(b.text("[data-testid=page-range]").await, "1–1 of 1");
+
+    // Back to all hosts; mark the document so a full reload would show.
+    b.click("[data-testid=status-filter] a[href='/']").await;
+    b.wait_css("[data-testid=status-filter] a[aria-current=page][href='/']")
+        .await;
+    assert_eq!(b.row_ids().await.len(), 2);
+    b.js("window.__rmNoReload = 'still here'; return null")
+        .await;
+
+    agent.shutdown().await;
+    eventually("the server sees the agent gone", || async {
+        (app.host_json(on).await["online"] == false).then_some(())
+    })
+    .await;
+
+    let deadline = Instant::now() + REFRESH_WAIT;
+    loop {
+        if b.row_status(on).await.as_deref() == Some("offline") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the web-1 row still says {:?} {REFRESH_WAIT:?} after its agent stopped: \
+             the htmx refresh did not run; {}",
+            b.row_status(on).await,
+            b.describe().await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        b.js("return window.__rmNoReload || null").await,
+        json!("still here"),
+        "the row changed by a full page reload, not by the htmx swap"
+    );
+    assert_eq!(b.location().await, "/");
+    assert_eq!(b.row_status(off).await.as_deref(), Some("offline"));
+
+    // Nothing was blocked by the CSP, and the check itself works: an inline
+    // style is refused and reported.
+    let violations = b.csp_violations().await;
+    assert!(
+        violations.is_empty(),
+        "CSP violations on the dashboard: {violations:?}"
+    );
+    b.js("const s = document.createElement('style'); s.textContent = 'body{}'; document.head.appendChild(s); return null")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = b.csp_violations().await;
+        if v.iter().any(|v| v.starts_with("style-src")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "an inline <style> was not reported as a CSP violation: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.close().await;
+}
+
+#[tokio::test]
+async fn viewer_sees_no_admin_navigation_and_gets_a_readable_403() {
+    let app = TestApp::spawn().await;
+    restic_manager::provisioning::user_save(
+        app.db(),
+        "vera",
+        Role::Viewer,
+        "viewer-password-1",
+        app.clock.now_ms(),
+    )
+    .await
+    .expect("creating the viewer");
+
+    let b = Browser::open(&app).await;
+    b.login("vera", "viewer-password-1").await;
+    assert_eq!(b.text("[data-testid=whoami]").await, "vera · viewer");
+    let nav = b.nav_labels().await;
+    assert!(nav.iter().any(|l| l == "Hosts"), "nav: {nav:?}");
+    for hidden in ["Add host", "Users"] {
+        assert!(
+            !nav.iter().any(|l| l == hidden),
+            "a viewer must not see {hidden:?} in the nav: {nav:?}"
+        );
+    }
+    assert_eq!(
+        b.c.find_all(Locator::Css("a[href='/hosts/new']"))
+            .await
+            .expect("find")
+            .len(),
+        0
+    );
+
+    for path in ["/settings/users", "/hosts/new"] {
+        b.goto(path).await;
+        let heading = b.text("h1").await;
+        assert_eq!(heading, "403 · Forbidden", "{path}: {}", b.describe().await);
+        let msg = b.text("[data-testid=error-message]").await;
+        assert!(
+            msg.contains("your role does not allow this"),
+            "{path}: {msg:?}"
+        );
+        assert!(
+            b.c.find_all(Locator::Css("table"))
+                .await
+                .expect("find")
+                .is_empty(),
+            "{path} leaks the page"
+        );
+        // The error page is styled too.
+        let card = b
+            .wait_css(".card")
+            .await
+            .css_value("background-color")
+            .await
+            .expect("style");
+        assert_ne!(
+            card, "rgba(0, 0, 0, 0)",
+            "{path}: the error page has no CSS"
+        );
+        b.click("a[href='/']").await;
+        b.wait_css("[data-testid=whoami]").await;
+    }
+    b.close().await;
+}
+
+#[tokio::test]
+async fn admin_adds_a_host_and_gets_a_working_install_command() {
+    let app = TestApp::spawn().await;
+    let b = Browser::open(&app).await;
+    b.login("admin", ADMIN_PASSWORD).await;
+
+    b.click("header nav a[href='/hosts/new']").await;
+    b.fill("#name", "web-7").await;
+    b.click("form[action='/hosts/new'] button[type=submit]")
+        .await;
+
+    let install = b.text("[data-testid=install-command]").await;
+    assert!(install.contains("/agent/install.sh"), "{install}");
+    assert!(
+        install.contains(&format!("{}/agent/install.sh", app.url)),
+        "the server's own URL: {install}"
+    );
+    assert!(install.contains("--token "), "{install}");
+    assert!(b.text("h1").await.contains("web-7"));
+    let token = install
+        .split("--token ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a token after --token")
+        .to_string();
+
+    // The host exists, and the token shown is the one that enrolls it.
+    let hosts: Value = app
+        .admin()
+        .await
+        .get(app.at("/api/hosts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = hosts
+        .as_array()
+        .and_then(|a| a.iter().find(|h| h["name"] == "web-7"))
+        .and_then(|h| h["id"].as_i64())
+        .unwrap_or_else(|| panic!("web-7 not in /api/hosts: {hosts}"));
+    let cfg = agent::enroll::enroll(&app.url, &token, "web-7")
+        .await
+        .expect("the shown token enrolls the host");
+    assert_eq!(cfg.host_id, id);
+
+    b.click(&format!("a[href='/hosts/{id}']")).await;
+    assert_eq!(b.text("[data-testid=host-name]").await, "web-7");
+    b.close().await;
+}
