@@ -1,6 +1,7 @@
 //! restic-manager server: builds the app from settings — database and
 //! migrations, the agent hub, background workers, the HTTP server.
 pub mod agent_binaries;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;

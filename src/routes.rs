@@ -5,6 +5,7 @@ pub const LOGIN: &str = "/login";
 pub const LOGOUT: &str = "/logout";
 pub const HOST_NEW: &str = "/hosts/new";
 pub const USERS_PAGE: &str = "/settings/users";
+pub const AUDIT_PAGE: &str = "/audit";
 
 pub const API_LOGIN: &str = "/api/login";
 pub const API_LOGOUT: &str = "/api/logout";
@@ -12,6 +13,7 @@ pub const API_ME: &str = "/api/me";
 pub const API_VERSION: &str = "/api/version";
 pub const API_HOSTS: &str = "/api/hosts";
 pub const API_USERS: &str = "/api/users";
+pub const API_AUDIT: &str = "/api/audit";
 
 pub const AGENT_ENROLL: &str = "/agent/enroll";
 pub const AGENT_WS: &str = "/agent/ws";

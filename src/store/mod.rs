@@ -2,6 +2,7 @@
 //! `&DatabaseConnection` (or any `ConnectionTrait`) and return domain
 //! structs; sea-orm types never leave this module.
 pub mod agent_binaries;
+pub mod audit;
 pub mod enrollment;
 pub mod hosts;
 pub mod sessions;

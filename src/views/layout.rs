@@ -13,6 +13,7 @@ pub enum Nav {
     Dashboard,
     AddHost,
     Users,
+    Audit,
     None,
 }
 
@@ -54,6 +55,7 @@ pub fn page(title: &str, user: &User, active: Nav, body: Markup) -> Markup {
                         @if user.role == Role::Admin {
                             (item(Nav::AddHost, routes::HOST_NEW, "Add host"))
                             (item(Nav::Users, routes::USERS_PAGE, "Users"))
+                            (item(Nav::Audit, routes::AUDIT_PAGE, "Audit"))
                         }
                         div class="ml-auto flex items-center gap-3 text-sm text-slate-300" {
                             span data-testid="whoami" { (user.username) " · " (user.role.as_str()) }

@@ -1,5 +1,6 @@
 //! maud views: the page shell, small components, one file per page. Views
 //! take plain data and return `Markup`; they never touch the database.
+pub mod audit;
 pub mod components;
 pub mod dashboard;
 pub mod host;

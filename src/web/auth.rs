@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::{AppError, CurrentUser, MaybeUser, PageError, client_ip};
 use crate::{
+    audit::{self, Actor},
     auth, routes,
     state::AppState,
     store::{self, users::User},
@@ -54,6 +55,17 @@ async fn authenticate(
     let Some(user) = user.filter(|_| ok) else {
         state.throttle.record_failure(username, ip);
         tracing::info!(username, ip = ?ip, "failed login");
+        let shown: String = username.chars().take(64).collect();
+        audit::record(
+            state,
+            Some(req),
+            Actor::Named(&shown),
+            "login.failed",
+            "user",
+            &shown,
+            serde_json::json!({}),
+        )
+        .await;
         return Err(AppError::BadCredentials(
             "wrong username or password".into(),
         ));
@@ -69,6 +81,16 @@ async fn authenticate(
     )
     .await?;
     tracing::info!(username = %user.username, "login");
+    audit::record(
+        state,
+        Some(req),
+        Actor::User(&user),
+        "login",
+        "user",
+        user.id,
+        serde_json::json!({}),
+    )
+    .await;
     Ok((user, session.token))
 }
 
@@ -114,6 +136,18 @@ async fn api_login(
 }
 
 async fn end_session(state: &AppState, req: &HttpRequest) -> Result<(), AppError> {
+    if let Some(user) = super::session_user(req).await? {
+        audit::record(
+            state,
+            Some(req),
+            Actor::User(&user),
+            "logout",
+            "user",
+            user.id,
+            serde_json::json!({}),
+        )
+        .await;
+    }
     if let Some(c) = req.cookie(routes::SESSION_COOKIE) {
         store::sessions::delete(&state.db, c.value()).await?;
     }

@@ -6,7 +6,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{AppError, assets::INSTALL_SH, public_url};
-use crate::{auth, routes, state::AppState, store};
+use crate::{
+    audit::{self, Actor},
+    auth, routes,
+    state::AppState,
+    store,
+};
 
 #[derive(Deserialize)]
 pub struct EnrollBody {
@@ -25,6 +30,7 @@ pub fn token_error(e: store::StoreError) -> AppError {
 
 async fn agent_enroll(
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<EnrollBody>,
 ) -> Result<HttpResponse, AppError> {
     let now = state.clock.now_ms();
@@ -41,7 +47,18 @@ async fn agent_enroll(
     txn.commit().await?;
     // A re-enrolled host's old connection used the old secret: drop it.
     state.hub.disconnect(host_id, "host re-enrolled");
-    tracing::info!(host_id, hostname = %body.hostname.chars().take(64).collect::<String>(), "agent enrolled");
+    let hostname: String = body.hostname.chars().take(64).collect();
+    tracing::info!(host_id, %hostname, "agent enrolled");
+    audit::record(
+        &state,
+        Some(&req),
+        Actor::Named("agent"),
+        "host.enroll",
+        "host",
+        host_id,
+        serde_json::json!({"hostname": hostname}),
+    )
+    .await;
     Ok(HttpResponse::Ok().json(json!({"host_id": host_id, "secret": secret})))
 }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AppError, CurrentUser, Htmx, PageError, public_url, redirect};
 use crate::{
+    audit::{self, Actor},
     clock, provisioning, routes,
     state::AppState,
     store::{
@@ -116,12 +117,23 @@ pub struct NewHost {
 
 async fn api_host_create(
     state: web::Data<AppState>,
+    req: HttpRequest,
     user: CurrentUser,
     body: web::Json<NewHost>,
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
     let created = provisioning::host_add(&state.db, body.name.trim(), state.clock.now_ms()).await?;
     tracing::info!(host_id = created.host_id, by = %user.username, "host added");
+    audit::record(
+        &state,
+        Some(&req),
+        Actor::User(&user),
+        "host.add",
+        "host",
+        created.host_id,
+        serde_json::json!({"name": created.name}),
+    )
+    .await;
     Ok(HttpResponse::Created().json(serde_json::json!({
         "id": created.host_id,
         "enrollment_token": created.enrollment_token,
@@ -131,11 +143,22 @@ async fn api_host_create(
 
 async fn api_host_token(
     state: web::Data<AppState>,
+    req: HttpRequest,
     user: CurrentUser,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
     let t = provisioning::host_new_token(&state.db, *id, state.clock.now_ms()).await?;
+    audit::record(
+        &state,
+        Some(&req),
+        Actor::User(&user),
+        "host.token_create",
+        "host",
+        *id,
+        serde_json::json!({}),
+    )
+    .await;
     Ok(HttpResponse::Created().json(serde_json::json!({
         "id": *id,
         "enrollment_token": t.token,
@@ -143,20 +166,36 @@ async fn api_host_token(
     })))
 }
 
-async fn remove_host(state: &AppState, id: i64) -> Result<Host, AppError> {
+async fn remove_host(
+    state: &AppState,
+    req: &HttpRequest,
+    user: &CurrentUser,
+    id: i64,
+) -> Result<Host, AppError> {
     let h = store::hosts::delete(&state.db, id).await?;
     state.hub.disconnect(id, "host removed");
+    tracing::info!(host_id = h.id, by = %user.username, "host removed");
+    audit::record(
+        state,
+        Some(req),
+        Actor::User(user),
+        "host.remove",
+        "host",
+        h.id,
+        serde_json::json!({"name": h.name}),
+    )
+    .await;
     Ok(h)
 }
 
 async fn api_host_delete(
     state: web::Data<AppState>,
+    req: HttpRequest,
     user: CurrentUser,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
-    let h = remove_host(&state, *id).await?;
-    tracing::info!(host_id = h.id, by = %user.username, "host removed");
+    remove_host(&state, &req, &user, *id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -239,6 +278,16 @@ async fn host_new_submit(
     match provisioning::host_add(&state.db, name, state.clock.now_ms()).await {
         Ok(c) => {
             tracing::info!(host_id = c.host_id, by = %user.username, "host added");
+            audit::record(
+                &state,
+                Some(&req),
+                Actor::User(&user),
+                "host.add",
+                "host",
+                c.host_id,
+                serde_json::json!({"name": c.name}),
+            )
+            .await;
             Ok(html(views::host::enroll_instructions(
                 &user,
                 c.host_id,
@@ -271,6 +320,16 @@ async fn host_token_submit(
     user.require(Role::Admin)?;
     let h = store::hosts::get(&state.db, *id).await?;
     let t = provisioning::host_new_token(&state.db, h.id, state.clock.now_ms()).await?;
+    audit::record(
+        &state,
+        Some(&req),
+        Actor::User(&user),
+        "host.token_create",
+        "host",
+        h.id,
+        serde_json::json!({}),
+    )
+    .await;
     Ok(html(views::host::enroll_instructions(
         &user,
         h.id,
@@ -283,13 +342,13 @@ async fn host_token_submit(
 
 async fn host_delete_submit(
     state: web::Data<AppState>,
+    req: HttpRequest,
     user: CurrentUser,
     htmx: Htmx,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, PageError> {
     user.require(Role::Admin)?;
-    let h = remove_host(&state, *id).await?;
-    tracing::info!(host_id = h.id, by = %user.username, "host removed");
+    remove_host(&state, &req, &user, *id).await?;
     Ok(redirect(htmx.0, routes::DASHBOARD))
 }
 

@@ -3,6 +3,7 @@
 pub mod agent_binary;
 pub mod agent_ws;
 pub mod assets;
+pub mod audit;
 pub mod auth;
 pub mod enroll;
 pub mod error;
@@ -81,6 +82,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     auth::configure(cfg);
     hosts::configure(cfg);
     users::configure(cfg);
+    audit::configure(cfg);
     enroll::configure(cfg);
     agent_binary::configure(cfg);
     agent_ws::configure(cfg);

@@ -1,10 +1,11 @@
 //! User management (admin only): the JSON API and the settings page.
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{AppError, CurrentUser, PageError};
 use crate::{
+    audit::{self, Actor},
     auth, clock, routes,
     state::AppState,
     store::{
@@ -45,6 +46,7 @@ async fn hash(password: &str) -> Result<String, AppError> {
 
 async fn add_user(
     state: &AppState,
+    req: &HttpRequest,
     by: &User,
     username: &str,
     password: &str,
@@ -55,19 +57,46 @@ async fn add_user(
     let h = hash(password).await?;
     let u = users::create(&state.db, username, &h, role, state.clock.now_ms()).await?;
     tracing::info!(user = %u.username, role = role.as_str(), by = %by.username, "user added");
+    audit::record(
+        state,
+        Some(req),
+        Actor::User(by),
+        "user.add",
+        "user",
+        u.id,
+        serde_json::json!({"username": u.username, "role": role}),
+    )
+    .await;
     Ok(u)
 }
 
-async fn change_role(state: &AppState, by: &User, id: i64, role: &str) -> Result<User, AppError> {
+async fn change_role(
+    state: &AppState,
+    req: &HttpRequest,
+    by: &User,
+    id: i64,
+    role: &str,
+) -> Result<User, AppError> {
     let role = parse_role(role)?;
     let u = users::set_role(&state.db, id, role, state.clock.now_ms()).await?;
     // Sessions carry no role (it is read per request), so nothing to revoke.
     tracing::info!(user = %u.username, role = role.as_str(), by = %by.username, "role changed");
+    audit::record(
+        state,
+        Some(req),
+        Actor::User(by),
+        "user.role_change",
+        "user",
+        u.id,
+        serde_json::json!({"username": u.username, "role": role}),
+    )
+    .await;
     Ok(u)
 }
 
 async fn reset_password(
     state: &AppState,
+    req: &HttpRequest,
     by: &User,
     id: i64,
     password: &str,
@@ -80,12 +109,37 @@ async fn reset_password(
         store::sessions::delete_for_user(&state.db, id).await?;
     }
     tracing::info!(user = %u.username, by = %by.username, "password reset");
+    audit::record(
+        state,
+        Some(req),
+        Actor::User(by),
+        "user.password_reset",
+        "user",
+        u.id,
+        serde_json::json!({"username": u.username}),
+    )
+    .await;
     Ok(u)
 }
 
-async fn remove_user(state: &AppState, by: &User, id: i64) -> Result<User, AppError> {
+async fn remove_user(
+    state: &AppState,
+    req: &HttpRequest,
+    by: &User,
+    id: i64,
+) -> Result<User, AppError> {
     let u = users::delete(&state.db, id).await?;
     tracing::info!(user = %u.username, by = %by.username, "user removed");
+    audit::record(
+        state,
+        Some(req),
+        Actor::User(by),
+        "user.remove",
+        "user",
+        u.id,
+        serde_json::json!({"username": u.username}),
+    )
+    .await;
     Ok(u)
 }
 
@@ -100,12 +154,14 @@ async fn api_users_list(
 
 async fn api_user_create(
     state: web::Data<AppState>,
+    req: HttpRequest,
     user: CurrentUser,
     body: web::Json<NewUser>,
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
     let u = add_user(
         &state,
+        &req,
         &user,
         body.username.trim(),
         &body.password,
@@ -127,33 +183,36 @@ pub struct PasswordBody {
 
 async fn api_user_role(
     state: web::Data<AppState>,
+    req: HttpRequest,
     user: CurrentUser,
     id: web::Path<i64>,
     body: web::Json<RoleBody>,
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
-    let u = change_role(&state, &user, *id, &body.role).await?;
+    let u = change_role(&state, &req, &user, *id, &body.role).await?;
     Ok(HttpResponse::Ok().json(user_json(&u)))
 }
 
 async fn api_user_password(
     state: web::Data<AppState>,
+    req: HttpRequest,
     user: CurrentUser,
     id: web::Path<i64>,
     body: web::Json<PasswordBody>,
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
-    reset_password(&state, &user, *id, &body.password).await?;
+    reset_password(&state, &req, &user, *id, &body.password).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 async fn api_user_delete(
     state: web::Data<AppState>,
+    req: HttpRequest,
     user: CurrentUser,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
-    remove_user(&state, &user, *id).await?;
+    remove_user(&state, &req, &user, *id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -193,12 +252,14 @@ async fn users_page(
 
 async fn users_add_submit(
     state: web::Data<AppState>,
+    req: HttpRequest,
     user: CurrentUser,
     form: web::Form<NewUser>,
 ) -> Result<HttpResponse, PageError> {
     user.require(Role::Admin)?;
     let r = add_user(
         &state,
+        &req,
         &user,
         form.username.trim(),
         &form.password,
@@ -211,12 +272,13 @@ async fn users_add_submit(
 
 async fn users_role_submit(
     state: web::Data<AppState>,
+    req: HttpRequest,
     user: CurrentUser,
     id: web::Path<i64>,
     form: web::Form<RoleBody>,
 ) -> Result<HttpResponse, PageError> {
     user.require(Role::Admin)?;
-    let r = change_role(&state, &user, *id, &form.role)
+    let r = change_role(&state, &req, &user, *id, &form.role)
         .await
         .map(|u| format!("{} is now {}", u.username, u.role.as_str()));
     render(&state, &user, r).await
@@ -224,12 +286,13 @@ async fn users_role_submit(
 
 async fn users_password_submit(
     state: web::Data<AppState>,
+    req: HttpRequest,
     user: CurrentUser,
     id: web::Path<i64>,
     form: web::Form<PasswordBody>,
 ) -> Result<HttpResponse, PageError> {
     user.require(Role::Admin)?;
-    let r = reset_password(&state, &user, *id, &form.password)
+    let r = reset_password(&state, &req, &user, *id, &form.password)
         .await
         .map(|u| format!("password of {} reset", u.username));
     render(&state, &user, r).await
@@ -237,11 +300,12 @@ async fn users_password_submit(
 
 async fn users_delete_submit(
     state: web::Data<AppState>,
+    req: HttpRequest,
     user: CurrentUser,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, PageError> {
     user.require(Role::Admin)?;
-    let r = remove_user(&state, &user, *id)
+    let r = remove_user(&state, &req, &user, *id)
         .await
         .map(|u| format!("removed {}", u.username));
     render(&state, &user, r).await
