@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod entities;
 pub mod hub;
+pub mod jobs;
 pub mod presence;
 pub mod provisioning;
 pub mod routes;
@@ -79,6 +80,7 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
         settings: Arc::new(settings.clone()),
         hub,
         presence,
+        live: Arc::new(jobs::LiveJobs::default()),
         clock,
         throttle: Arc::new(LoginThrottle::new(5, Duration::from_secs(15 * 60))),
     };

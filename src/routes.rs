@@ -6,6 +6,7 @@ pub const LOGOUT: &str = "/logout";
 pub const HOST_NEW: &str = "/hosts/new";
 pub const USERS_PAGE: &str = "/settings/users";
 pub const AUDIT_PAGE: &str = "/audit";
+pub const JOBS_PAGE: &str = "/jobs";
 
 pub const API_LOGIN: &str = "/api/login";
 pub const API_LOGOUT: &str = "/api/logout";
@@ -14,6 +15,7 @@ pub const API_VERSION: &str = "/api/version";
 pub const API_HOSTS: &str = "/api/hosts";
 pub const API_USERS: &str = "/api/users";
 pub const API_AUDIT: &str = "/api/audit";
+pub const API_JOBS: &str = "/api/jobs";
 
 pub const AGENT_ENROLL: &str = "/agent/enroll";
 pub const AGENT_WS: &str = "/agent/ws";
@@ -48,4 +50,14 @@ pub fn api_user(id: i64) -> String {
 }
 pub fn asset(name: &str) -> String {
     format!("/assets/{}/{}", crate::web::assets::hash_of(name), name)
+}
+pub fn job(id: i64) -> String {
+    format!("/jobs/{id}")
+}
+/// The live log stream, resuming after log position `after`.
+pub fn job_events(id: i64, after: i64) -> String {
+    format!("/jobs/{id}/events?after={after}")
+}
+pub fn api_job(id: i64) -> String {
+    format!("/api/jobs/{id}")
 }

@@ -3,7 +3,10 @@ use std::sync::Arc;
 
 use sea_orm::DatabaseConnection;
 
-use crate::{auth::LoginThrottle, clock::Clock, config::Settings, hub::Hub, presence::Presence};
+use crate::{
+    auth::LoginThrottle, clock::Clock, config::Settings, hub::Hub, jobs::LiveJobs,
+    presence::Presence,
+};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -11,6 +14,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub hub: Arc<Hub>,
     pub presence: Presence,
+    pub live: Arc<LiveJobs>,
     pub clock: Clock,
     pub throttle: Arc<LoginThrottle>,
 }

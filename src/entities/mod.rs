@@ -3,5 +3,7 @@ pub mod agent_binaries;
 pub mod audit_log;
 pub mod enrollment_tokens;
 pub mod hosts;
+pub mod job_logs;
+pub mod jobs;
 pub mod sessions;
 pub mod users;

@@ -265,3 +265,20 @@ pub async fn delete<C: ConnectionTrait>(db: &C, id: i64) -> Result<Host> {
     hosts::Entity::delete_by_id(id).exec(db).await?;
     Ok(h)
 }
+
+/// Names of the given hosts, in one query.
+pub async fn names<C: ConnectionTrait>(
+    db: &C,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, String>> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    Ok(hosts::Entity::find()
+        .filter(hosts::Column::Id.is_in(ids.iter().copied()))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m.name))
+        .collect())
+}

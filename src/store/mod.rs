@@ -5,6 +5,7 @@ pub mod agent_binaries;
 pub mod audit;
 pub mod enrollment;
 pub mod hosts;
+pub mod jobs;
 pub mod sessions;
 pub mod users;
 

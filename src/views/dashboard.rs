@@ -53,8 +53,8 @@ impl DashboardView<'_> {
 fn tile(label: &str, value: u64, href: &str, testid: &str) -> Markup {
     html! {
         a class="tile" href=(href) data-testid=(testid) {
-            span class="text-3xl font-semibold" { (value) }
-            span class="text-sm text-gray-600" { (label) }
+            span class="tile-value" { (value) }
+            span class="tile-label" { (label) }
         }
     }
 }
@@ -63,10 +63,12 @@ pub fn host_row(h: &Host, now_ms: i64) -> Markup {
     html! {
         tr data-testid="host-row" data-host-id=(h.id) {
             td class="font-medium" { a class="link" href=(routes::host(h.id)) { (h.name) } }
-            td { (h.hostname) }
+            td { @if h.hostname.is_empty() { span class="text-gray-400" { "—" } } @else { (h.hostname) } }
             td { @if h.os.is_empty() { span class="text-gray-400" { "—" } } @else { (h.os) "/" (h.arch) } }
             td data-testid="agent-version" {
-                @if h.agent_version.is_empty() { span class="text-gray-400" { "not enrolled" } } @else { (h.agent_version) }
+                @if !h.agent_version.is_empty() { (h.agent_version) }
+                @else if h.enrolled { span class="text-gray-400" { "never connected" } }
+                @else { span class="text-gray-400" { "not enrolled" } }
             }
             td { (online_pill(h.online)) }
             td { (last_seen(now_ms, h.last_seen_at)) }
@@ -76,9 +78,8 @@ pub fn host_row(h: &Host, now_ms: i64) -> Markup {
 
 /// The table and its pager; also the htmx partial that refreshes itself.
 pub fn hosts_table(v: &DashboardView) -> Markup {
-    let self_url = v.query(v.status, v.offset);
     html! {
-        div id="hosts-table" hx-get=(self_url) hx-trigger="every 10s" hx-swap="outerHTML" {
+        div id="hosts-table" {
             div class="card p-0 overflow-x-auto" {
                 table class="table-base" {
                     thead { tr { th { "Name" } th { "Hostname" } th { "OS/arch" } th { "Agent" } th { "Status" } th { "Last seen" } } }
@@ -102,7 +103,9 @@ pub fn hosts_table(v: &DashboardView) -> Markup {
     }
 }
 
-pub fn dashboard(v: &DashboardView) -> Markup {
+/// Tiles, filter and table: the part of the page that refreshes itself
+/// (and what the handler returns to htmx).
+pub fn dashboard_body(v: &DashboardView) -> Markup {
     let filter_link = |status: Option<Status>, label: &str| {
         let active = v.status == status;
         let cls = if active {
@@ -112,11 +115,8 @@ pub fn dashboard(v: &DashboardView) -> Markup {
         };
         html! { a class=(cls) href=(v.query(status, 0)) aria-current=[active.then_some("page")] { (label) } }
     };
-    page(
-        "Hosts",
-        v.user,
-        Nav::Dashboard,
-        html! {
+    html! {
+        div id="dashboard-body" hx-get=(v.query(v.status, v.offset)) hx-trigger="every 10s" hx-swap="outerHTML" {
             div class="flex flex-wrap gap-4 mb-6" {
                 (tile("hosts", v.count_all, &v.query(None, 0), "tile-total"))
                 (tile("online", v.count_online, &v.query(Some(Status::Online), 0), "tile-online"))
@@ -128,6 +128,10 @@ pub fn dashboard(v: &DashboardView) -> Markup {
                 (filter_link(Some(Status::Offline), "Offline"))
             }
             (hosts_table(v))
-        },
-    )
+        }
+    }
+}
+
+pub fn dashboard(v: &DashboardView) -> Markup {
+    page("Hosts", v.user, Nav::Dashboard, dashboard_body(v))
 }

@@ -27,7 +27,12 @@ pub fn host_status(h: &Host, now_ms: i64) -> Markup {
     }
 }
 
-pub fn host_page(user: &User, h: &Host, now_ms: i64) -> Markup {
+pub fn host_page(
+    user: &User,
+    h: &Host,
+    recent_jobs: &[(crate::store::jobs::Job, String)],
+    now_ms: i64,
+) -> Markup {
     let admin = user.role == crate::store::users::Role::Admin;
     page(
         &h.name,
@@ -53,6 +58,13 @@ pub fn host_page(user: &User, h: &Host, now_ms: i64) -> Markup {
                         p class="text-sm text-gray-500" { "Only admins can change this host." }
                     }
                 }
+            }
+            section class="mt-6" {
+                div class="flex items-baseline justify-between mb-2" {
+                    h2 class="font-semibold" { "Recent jobs" }
+                    a class="link text-sm" href=(format!("{}?host_id={}", routes::JOBS_PAGE, h.id)) { "All jobs of this host →" }
+                }
+                div class="card p-0 overflow-x-auto" data-testid="recent-jobs" { (super::jobs::jobs_table(recent_jobs, now_ms)) }
             }
         },
     )

@@ -11,6 +11,7 @@ use crate::{
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Nav {
     Dashboard,
+    Jobs,
     AddHost,
     Users,
     Audit,
@@ -23,12 +24,13 @@ fn head(title: &str) -> Markup {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
             // htmx's injected indicator <style> would be blocked by our CSP.
-            meta name="htmx-config" content=r#"{"includeIndicatorStyles":false}"#;
+            meta name="htmx-config" content=r#"{"includeIndicatorStyles":false,"allowEval":false}"#;
             title { (title) " · restic-manager" }
             link rel="icon" href=(routes::asset("favicon.svg")) type="image/svg+xml";
             link rel="stylesheet" href=(routes::asset("app.css"));
             script src=(routes::asset("htmx.min.js")) defer {}
             script src=(routes::asset("htmx-ext-sse.js")) defer {}
+            script src=(routes::asset("app.js")) defer {}
         }
     }
 }
@@ -52,6 +54,7 @@ pub fn page(title: &str, user: &User, active: Nav, body: Markup) -> Markup {
                     nav class="max-w-7xl mx-auto px-4 h-14 flex items-center gap-2" {
                         a href=(routes::DASHBOARD) class="text-white font-semibold mr-4" { "restic-manager" }
                         (item(Nav::Dashboard, routes::DASHBOARD, "Hosts"))
+                        (item(Nav::Jobs, routes::JOBS_PAGE, "Jobs"))
                         @if user.role == Role::Admin {
                             (item(Nav::AddHost, routes::HOST_NEW, "Add host"))
                             (item(Nav::Users, routes::USERS_PAGE, "Users"))

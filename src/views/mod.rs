@@ -4,6 +4,7 @@ pub mod audit;
 pub mod components;
 pub mod dashboard;
 pub mod host;
+pub mod jobs;
 pub mod layout;
 pub mod login;
 pub mod users;

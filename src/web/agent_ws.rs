@@ -225,6 +225,9 @@ async fn handle_text(
         _ if !*said_hello => {
             tracing::warn!(kind = %env.kind, "message before hello ignored");
         }
+        wire::JOB_STARTED | wire::JOB_FINISHED | wire::LOG_STREAM => {
+            crate::jobs::agent_message(state, host_id, &env).await;
+        }
         other => {
             tracing::debug!(kind = %other, "unknown message type ignored");
         }

@@ -174,7 +174,14 @@ pub struct NextQuery {
 /// Only same-site paths are allowed as a post-login target.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && !n.contains(char::is_control) =>
+        {
+            n.to_string()
+        }
         _ => routes::DASHBOARD.to_string(),
     }
 }

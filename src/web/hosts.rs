@@ -236,7 +236,7 @@ async fn dashboard(
         now_ms: state.clock.now_ms(),
     };
     Ok(html(if htmx.0 {
-        views::dashboard::hosts_table(&v)
+        views::dashboard::dashboard_body(&v)
     } else {
         views::dashboard::dashboard(&v)
     }))
@@ -250,11 +250,11 @@ async fn host_page(
 ) -> Result<HttpResponse, PageError> {
     let h = store::hosts::get(&state.db, *id).await?;
     let now = state.clock.now_ms();
-    Ok(html(if htmx.0 {
-        views::host::host_status(&h, now)
-    } else {
-        views::host::host_page(&user, &h, now)
-    }))
+    if htmx.0 {
+        return Ok(html(views::host::host_status(&h, now)));
+    }
+    let recent = super::jobs::recent_for_host(&state, h.id, 10).await?;
+    Ok(html(views::host::host_page(&user, &h, &recent, now)))
 }
 
 async fn host_new_page(user: CurrentUser) -> Result<HttpResponse, PageError> {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod enroll;
 pub mod error;
 pub mod hosts;
+pub mod jobs;
 pub mod users;
 pub mod version;
 
@@ -81,6 +82,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     assets::configure(cfg);
     auth::configure(cfg);
     hosts::configure(cfg);
+    jobs::configure(cfg);
     users::configure(cfg);
     audit::configure(cfg);
     enroll::configure(cfg);

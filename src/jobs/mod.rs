@@ -1,0 +1,160 @@
+//! Job lifecycle driven by agent messages (`job.started`, `log.stream`,
+//! `job.finished`) and by the server itself, with every change published to
+//! live watchers. Refuses messages about unknown jobs or other hosts' jobs.
+pub mod live;
+
+use agent::wire::{self, Envelope, FinishedStatus, JobFinished, JobStarted, LogStream};
+
+use crate::{
+    state::AppState,
+    store::{
+        self,
+        jobs::{Appended, Job, JobStatus, NewLine, Refusal, Transition},
+    },
+};
+pub use live::{LiveEvent, LiveJobs};
+
+fn refused(kind: &str, job_id: i64, host_id: i64, r: Refusal) {
+    tracing::warn!(job_id, host_id, message = kind, reason = %r, "agent job message refused");
+}
+
+fn publish_status(state: &AppState, t: &Transition) {
+    if t.changed {
+        state
+            .live
+            .publish(t.job.id, LiveEvent::Status(Box::new(t.job.clone())));
+    }
+}
+
+/// Handles a job message from `host_id`'s agent. Returns the job when its
+/// status changed (for callers that react to it, e.g. the update watcher).
+pub async fn agent_message(state: &AppState, host_id: i64, env: &Envelope) -> Option<Job> {
+    let now = state.clock.now_ms();
+    match env.kind.as_str() {
+        wire::JOB_STARTED => {
+            let m: JobStarted = parse(env)?;
+            match store::jobs::start(&state.db, m.job_id, Some(host_id), now).await {
+                Ok(Ok(t)) => {
+                    publish_status(state, &t);
+                    t.changed.then_some(t.job)
+                }
+                Ok(Err(r)) => {
+                    refused("job.started", m.job_id, host_id, r);
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, job_id = m.job_id, "recording job.started failed");
+                    None
+                }
+            }
+        }
+        wire::JOB_FINISHED => {
+            let m: JobFinished = parse(env)?;
+            let status = match m.status {
+                FinishedStatus::Succeeded => JobStatus::Succeeded,
+                FinishedStatus::Failed => JobStatus::Failed,
+                FinishedStatus::Cancelled => JobStatus::Cancelled,
+            };
+            match store::jobs::finish(
+                &state.db,
+                m.job_id,
+                Some(host_id),
+                status,
+                m.error.as_deref(),
+                m.exit_code,
+                now,
+            )
+            .await
+            {
+                Ok(Ok(t)) => {
+                    publish_status(state, &t);
+                    t.changed.then_some(t.job)
+                }
+                Ok(Err(r)) => {
+                    refused("job.finished", m.job_id, host_id, r);
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, job_id = m.job_id, "recording job.finished failed");
+                    None
+                }
+            }
+        }
+        wire::LOG_STREAM => {
+            let m: LogStream = parse(env)?;
+            let ts = chrono::DateTime::parse_from_rfc3339(&m.at)
+                .map(|t| t.timestamp_millis())
+                .unwrap_or(now);
+            let stream = match m.stream {
+                wire::LogStreamKind::Stdout => "stdout",
+                wire::LogStreamKind::Stderr => "stderr",
+                wire::LogStreamKind::System => "system",
+            };
+            if m.seq < 1 {
+                tracing::warn!(
+                    job_id = m.job_id,
+                    seq = m.seq,
+                    "log line with a seq below 1 ignored"
+                );
+                return None;
+            }
+            let line = NewLine {
+                seq: m.seq,
+                ts,
+                stream,
+                data: &m.data,
+            };
+            match store::jobs::append_log(&state.db, m.job_id, host_id, line).await {
+                Ok(Ok(Appended::Line(l) | Appended::Truncated(l))) => {
+                    state.live.publish(m.job_id, LiveEvent::Line(l));
+                }
+                Ok(Ok(Appended::Ignored(why))) => {
+                    tracing::debug!(job_id = m.job_id, seq = m.seq, why, "log line ignored");
+                }
+                Ok(Err(r)) => refused("log.stream", m.job_id, host_id, r),
+                Err(e) => {
+                    tracing::error!(error = %e, job_id = m.job_id, "storing a log line failed")
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+fn parse<P: serde::de::DeserializeOwned>(env: &Envelope) -> Option<P> {
+    match env.payload::<P>() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(kind = %env.kind, error = %e, "malformed job message ignored");
+            None
+        }
+    }
+}
+
+/// Ends a job from the server side (timeouts, failed dispatch, rollbacks).
+/// Returns the job if this call is the one that ended it.
+pub async fn finish(
+    state: &AppState,
+    job_id: i64,
+    status: JobStatus,
+    error: Option<&str>,
+) -> store::Result<Option<Job>> {
+    match store::jobs::finish(
+        &state.db,
+        job_id,
+        None,
+        status,
+        error,
+        None,
+        state.clock.now_ms(),
+    )
+    .await?
+    {
+        Ok(t) => {
+            publish_status(state, &t);
+            Ok(t.changed.then_some(t.job))
+        }
+        Err(_) => Ok(None),
+    }
+}

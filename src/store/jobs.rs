@@ -1,0 +1,437 @@
+//! Jobs and their logs. State changes are conditional updates, so a job in a
+//! terminal state never changes again and a job of another host can never
+//! be touched, whatever the caller passes in.
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait, sea_query::Expr,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{Page, Result, StoreError};
+use crate::entities::{job_logs, jobs};
+
+/// Per-job log cap; past it one "log truncated" line is kept and the rest dropped.
+pub const LOG_CAP_BYTES: i64 = 10 * 1024 * 1024;
+pub const TRUNCATED_LINE: &str =
+    "[log truncated: this job's output exceeded 10 MiB; later lines were dropped]";
+
+macro_rules! string_enum {
+    ($name:ident { $($var:ident => $s:literal),* $(,)? }) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($var),* }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$var),*];
+            pub fn as_str(self) -> &'static str { match self { $($name::$var => $s),* } }
+            pub fn parse(s: &str) -> Option<Self> { match s { $($s => Some($name::$var),)* _ => None } }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
+        }
+    };
+}
+
+string_enum!(JobKind {
+    Backup => "backup", Init => "init", Forget => "forget", Prune => "prune", Check => "check",
+    Unlock => "unlock", Restore => "restore", Diff => "diff", Update => "update",
+});
+string_enum!(JobStatus {
+    Queued => "queued", Running => "running", Succeeded => "succeeded", Failed => "failed",
+    Cancelled => "cancelled",
+});
+string_enum!(ActorKind { User => "user", Schedule => "schedule", System => "system" });
+
+impl JobStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+    const LIVE: [&'static str; 2] = ["queued", "running"];
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Job {
+    pub id: i64,
+    pub host_id: i64,
+    pub kind: JobKind,
+    pub status: JobStatus,
+    pub actor_kind: ActorKind,
+    pub actor_id: Option<i64>,
+    pub actor_name: String,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub target_version: Option<String>,
+    pub deadline_at: Option<i64>,
+    pub log_lines: i64,
+    pub log_truncated: bool,
+}
+
+impl From<jobs::Model> for Job {
+    fn from(m: jobs::Model) -> Self {
+        Job {
+            id: m.id,
+            host_id: m.host_id,
+            kind: JobKind::parse(&m.kind).unwrap_or(JobKind::Backup),
+            status: JobStatus::parse(&m.status).unwrap_or(JobStatus::Failed),
+            actor_kind: ActorKind::parse(&m.actor_kind).unwrap_or(ActorKind::System),
+            actor_id: m.actor_id,
+            actor_name: m.actor_name,
+            created_at: m.created_at,
+            started_at: m.started_at,
+            finished_at: m.finished_at,
+            exit_code: m.exit_code,
+            error: m.error,
+            target_version: m.target_version,
+            deadline_at: m.deadline_at,
+            log_lines: m.log_lines,
+            log_truncated: m.log_truncated,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub host_id: i64,
+    pub kind: JobKind,
+    pub actor_kind: ActorKind,
+    pub actor_id: Option<i64>,
+    pub actor_name: String,
+    pub target_version: Option<String>,
+    pub deadline_at: Option<i64>,
+}
+
+pub async fn create<C: ConnectionTrait>(db: &C, j: &NewJob, now: i64) -> Result<Job> {
+    let m = jobs::ActiveModel {
+        host_id: Set(j.host_id),
+        kind: Set(j.kind.as_str().into()),
+        status: Set(JobStatus::Queued.as_str().into()),
+        actor_kind: Set(j.actor_kind.as_str().into()),
+        actor_id: Set(j.actor_id),
+        actor_name: Set(j.actor_name.clone()),
+        created_at: Set(now),
+        started_at: Set(None),
+        finished_at: Set(None),
+        exit_code: Set(None),
+        error: Set(None),
+        stats: Set(None),
+        target_version: Set(j.target_version.clone()),
+        deadline_at: Set(j.deadline_at),
+        log_bytes: Set(0),
+        log_lines: Set(0),
+        log_truncated: Set(false),
+        ..Default::default()
+    }
+    .insert(db)
+    .await?;
+    Ok(m.into())
+}
+
+pub async fn get<C: ConnectionTrait>(db: &C, id: i64) -> Result<Job> {
+    jobs::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .map(Into::into)
+        .ok_or(StoreError::NotFound("job"))
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    pub host_id: Option<i64>,
+    pub kind: Option<JobKind>,
+    pub status: Option<JobStatus>,
+}
+
+impl JobFilter {
+    fn condition(&self) -> Condition {
+        let mut c = Condition::all();
+        if let Some(h) = self.host_id {
+            c = c.add(jobs::Column::HostId.eq(h));
+        }
+        if let Some(k) = self.kind {
+            c = c.add(jobs::Column::Kind.eq(k.as_str()));
+        }
+        if let Some(s) = self.status {
+            c = c.add(jobs::Column::Status.eq(s.as_str()));
+        }
+        c
+    }
+}
+
+pub async fn list<C: ConnectionTrait>(db: &C, f: &JobFilter, page: Page) -> Result<Vec<Job>> {
+    Ok(jobs::Entity::find()
+        .filter(f.condition())
+        .order_by_desc(jobs::Column::Id)
+        .limit(page.limit)
+        .offset(page.offset)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect())
+}
+
+pub async fn count<C: ConnectionTrait>(db: &C, f: &JobFilter) -> Result<u64> {
+    Ok(jobs::Entity::find().filter(f.condition()).count(db).await?)
+}
+
+/// The live (queued or running) job of `kind` on a host, if any.
+pub async fn live_of_kind<C: ConnectionTrait>(
+    db: &C,
+    host_id: i64,
+    kind: JobKind,
+) -> Result<Option<Job>> {
+    Ok(jobs::Entity::find()
+        .filter(jobs::Column::HostId.eq(host_id))
+        .filter(jobs::Column::Kind.eq(kind.as_str()))
+        .filter(jobs::Column::Status.is_in(JobStatus::LIVE))
+        .order_by_desc(jobs::Column::Id)
+        .one(db)
+        .await?
+        .map(Into::into))
+}
+
+/// Live jobs of `kind` across all hosts (e.g. update jobs awaiting a hello).
+pub async fn live_by_kind<C: ConnectionTrait>(db: &C, kind: JobKind) -> Result<Vec<Job>> {
+    Ok(jobs::Entity::find()
+        .filter(jobs::Column::Kind.eq(kind.as_str()))
+        .filter(jobs::Column::Status.is_in(JobStatus::LIVE))
+        .order_by_asc(jobs::Column::Id)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect())
+}
+
+/// Why an agent's job message was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("unknown job")]
+    UnknownJob,
+    #[error("job belongs to another host")]
+    OtherHost,
+}
+
+/// The job if it exists and (when `host_id` is given) belongs to that host.
+async fn owned<C: ConnectionTrait>(
+    db: &C,
+    job_id: i64,
+    host_id: Option<i64>,
+) -> Result<std::result::Result<Job, Refusal>> {
+    let Some(job) = jobs::Entity::find_by_id(job_id).one(db).await? else {
+        return Ok(Err(Refusal::UnknownJob));
+    };
+    if host_id.is_some_and(|h| h != job.host_id) {
+        return Ok(Err(Refusal::OtherHost));
+    }
+    Ok(Ok(job.into()))
+}
+
+/// Outcome of a state change: the job after it, and whether it changed.
+#[derive(Debug)]
+pub struct Transition {
+    pub job: Job,
+    pub changed: bool,
+}
+
+/// queued → running. Idempotent; never touches a terminal job.
+pub async fn start<C: ConnectionTrait>(
+    db: &C,
+    job_id: i64,
+    host_id: Option<i64>,
+    now: i64,
+) -> Result<std::result::Result<Transition, Refusal>> {
+    if let Err(r) = owned(db, job_id, host_id).await? {
+        return Ok(Err(r));
+    }
+    let res = jobs::Entity::update_many()
+        .col_expr(
+            jobs::Column::Status,
+            Expr::value(JobStatus::Running.as_str()),
+        )
+        .col_expr(jobs::Column::StartedAt, Expr::value(now))
+        .filter(jobs::Column::Id.eq(job_id))
+        .filter(jobs::Column::Status.eq(JobStatus::Queued.as_str()))
+        .exec(db)
+        .await?;
+    Ok(Ok(Transition {
+        job: get(db, job_id).await?,
+        changed: res.rows_affected == 1,
+    }))
+}
+
+/// → a terminal state, exactly once: a job already terminal stays as it is.
+pub async fn finish<C: ConnectionTrait>(
+    db: &C,
+    job_id: i64,
+    host_id: Option<i64>,
+    status: JobStatus,
+    error: Option<&str>,
+    exit_code: Option<i32>,
+    now: i64,
+) -> Result<std::result::Result<Transition, Refusal>> {
+    debug_assert!(status.is_terminal());
+    if let Err(r) = owned(db, job_id, host_id).await? {
+        return Ok(Err(r));
+    }
+    let error: Option<String> = error.map(|e| e.chars().take(4000).collect());
+    let res = jobs::Entity::update_many()
+        .col_expr(jobs::Column::Status, Expr::value(status.as_str()))
+        .col_expr(jobs::Column::FinishedAt, Expr::value(now))
+        .col_expr(jobs::Column::Error, Expr::value(error))
+        .col_expr(jobs::Column::ExitCode, Expr::value(exit_code))
+        .col_expr(
+            jobs::Column::StartedAt,
+            Expr::cust_with_values("COALESCE(started_at, ?)", [now]),
+        )
+        .filter(jobs::Column::Id.eq(job_id))
+        .filter(jobs::Column::Status.is_in(JobStatus::LIVE))
+        .exec(db)
+        .await?;
+    Ok(Ok(Transition {
+        job: get(db, job_id).await?,
+        changed: res.rows_affected == 1,
+    }))
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LogLine {
+    /// Server-assigned position (1, 2, …): the order lines were received,
+    /// and the SSE event id.
+    pub pos: i64,
+    /// The agent's sequence number.
+    pub seq: i64,
+    pub ts: i64,
+    pub stream: String,
+    pub data: String,
+}
+
+impl From<job_logs::Model> for LogLine {
+    fn from(m: job_logs::Model) -> Self {
+        LogLine {
+            pos: m.pos,
+            seq: m.seq,
+            ts: m.ts,
+            stream: m.stream,
+            data: m.payload,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Appended {
+    /// Stored: broadcast it.
+    Line(LogLine),
+    /// The cap was reached with this line: the truncation notice was stored instead.
+    Truncated(LogLine),
+    /// Same seq seen before, or the log is already truncated, or the job is over.
+    Ignored(&'static str),
+}
+
+pub struct NewLine<'a> {
+    pub seq: i64,
+    pub ts: i64,
+    pub stream: &'a str,
+    pub data: &'a str,
+}
+
+/// Appends one line, de-duplicated by `seq`, within the per-job cap.
+pub async fn append_log(
+    db: &sea_orm::DatabaseConnection,
+    job_id: i64,
+    host_id: i64,
+    line: NewLine<'_>,
+) -> Result<std::result::Result<Appended, Refusal>> {
+    let txn = db.begin().await?;
+    let Some(job) = jobs::Entity::find_by_id(job_id).one(&txn).await? else {
+        return Ok(Err(Refusal::UnknownJob));
+    };
+    if job.host_id != host_id {
+        return Ok(Err(Refusal::OtherHost));
+    }
+    if JobStatus::parse(&job.status).is_none_or(JobStatus::is_terminal) {
+        return Ok(Ok(Appended::Ignored("job already finished")));
+    }
+    if job.log_truncated {
+        return Ok(Ok(Appended::Ignored("log truncated")));
+    }
+    let dup = job_logs::Entity::find()
+        .filter(job_logs::Column::JobId.eq(job_id))
+        .filter(job_logs::Column::Seq.eq(line.seq))
+        .count(&txn)
+        .await?;
+    if dup > 0 {
+        return Ok(Ok(Appended::Ignored("duplicate seq")));
+    }
+    let len = line.data.len() as i64;
+    let pos = job.log_lines + 1;
+    let truncate = job.log_bytes + len > LOG_CAP_BYTES;
+    let stored = if truncate {
+        // seq 0 is never sent by agents (they count from 1): the notice's own.
+        LogLine {
+            pos,
+            seq: 0,
+            ts: line.ts,
+            stream: "system".into(),
+            data: TRUNCATED_LINE.into(),
+        }
+    } else {
+        LogLine {
+            pos,
+            seq: line.seq,
+            ts: line.ts,
+            stream: line.stream.into(),
+            data: line.data.into(),
+        }
+    };
+    job_logs::ActiveModel {
+        job_id: Set(job_id),
+        pos: Set(stored.pos),
+        seq: Set(stored.seq),
+        ts: Set(stored.ts),
+        stream: Set(stored.stream.clone()),
+        payload: Set(stored.data.clone()),
+    }
+    .insert(&txn)
+    .await?;
+    jobs::Entity::update_many()
+        .col_expr(jobs::Column::LogLines, Expr::value(pos))
+        .col_expr(
+            jobs::Column::LogBytes,
+            Expr::value(job.log_bytes + if truncate { 0 } else { len }),
+        )
+        .col_expr(jobs::Column::LogTruncated, Expr::value(truncate))
+        .filter(jobs::Column::Id.eq(job_id))
+        .exec(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(Ok(if truncate {
+        Appended::Truncated(stored)
+    } else {
+        Appended::Line(stored)
+    }))
+}
+
+/// Lines after position `after`, in order, at most `limit`.
+pub async fn logs<C: ConnectionTrait>(
+    db: &C,
+    job_id: i64,
+    after: i64,
+    limit: u64,
+) -> Result<Vec<LogLine>> {
+    Ok(job_logs::Entity::find()
+        .filter(job_logs::Column::JobId.eq(job_id))
+        .filter(job_logs::Column::Pos.gt(after))
+        .order_by_asc(job_logs::Column::Pos)
+        .limit(limit)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect())
+}

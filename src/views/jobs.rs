@@ -1,0 +1,201 @@
+//! Job pages: the jobs list, the live job page (log streamed over SSE) and
+//! the pieces the stream sends (log lines, the status block).
+use maud::{Markup, html};
+
+use super::{Nav, components::pagination, page};
+use crate::{
+    clock, routes,
+    store::{
+        hosts::Host,
+        jobs::{Job, JobKind, JobStatus, LogLine},
+        users::User,
+    },
+};
+
+pub fn status_pill(s: JobStatus) -> Markup {
+    let cls = match s {
+        JobStatus::Queued => "pill-queued",
+        JobStatus::Running => "pill-running",
+        JobStatus::Succeeded => "pill-succeeded",
+        JobStatus::Failed => "pill-failed",
+        JobStatus::Cancelled => "pill-cancelled",
+    };
+    html! { span class=(cls) data-testid="job-status" { (s.as_str()) } }
+}
+
+fn when(ms: Option<i64>) -> Markup {
+    html! {
+        @match ms {
+            Some(t) => time datetime=(clock::rfc3339(t)) { (clock::rfc3339(t)) },
+            None => span class="text-gray-400" { "—" },
+        }
+    }
+}
+
+fn duration(job: &Job, now_ms: i64) -> String {
+    match job.started_at {
+        None => "—".into(),
+        Some(s) => {
+            let secs = (job.finished_at.unwrap_or(now_ms) - s).max(0) / 1000;
+            if secs < 60 {
+                format!("{secs} s")
+            } else {
+                format!("{} min {} s", secs / 60, secs % 60)
+            }
+        }
+    }
+}
+
+fn actor(job: &Job) -> String {
+    if job.actor_name.is_empty() {
+        job.actor_kind.as_str().to_string()
+    } else {
+        format!("{} ({})", job.actor_name, job.actor_kind)
+    }
+}
+
+/// Status, timings and error: rendered in the page and re-sent live.
+pub fn job_summary(job: &Job, now_ms: i64) -> Markup {
+    html! {
+        dl class="grid grid-cols-2 md:grid-cols-4 gap-4" {
+            div { dt class="label" { "Status" } dd { (status_pill(job.status)) } }
+            div { dt class="label" { "Started" } dd { (when(job.started_at)) } }
+            div { dt class="label" { "Finished" } dd { (when(job.finished_at)) } }
+            div { dt class="label" { "Duration" } dd { (duration(job, now_ms)) } }
+        }
+        @if let Some(e) = &job.error {
+            div class="banner-error mt-4" role="alert" data-testid="job-error" { (e) }
+        }
+    }
+}
+
+pub fn log_line(l: &LogLine) -> Markup {
+    let cls = match l.stream.as_str() {
+        "stderr" => "text-red-300",
+        "system" => "text-sky-300",
+        _ => "text-slate-100",
+    };
+    html! {
+        div class=(format!("log-line whitespace-pre-wrap break-all {cls}")) data-pos=(l.pos) data-seq=(l.seq) {
+            span class="text-slate-500 select-none mr-2" { (clock::rfc3339(l.ts).get(11..19).unwrap_or("")) }
+            (l.data.trim_end_matches('\n'))
+        }
+    }
+}
+
+pub fn job_page(
+    user: &User,
+    job: &Job,
+    host: Option<&Host>,
+    lines: &[LogLine],
+    now_ms: i64,
+) -> Markup {
+    let last = lines.last().map(|l| l.pos).unwrap_or(0);
+    let live = !job.status.is_terminal();
+    page(
+        &format!("Job {}", job.id),
+        user,
+        Nav::Jobs,
+        html! {
+            div class="flex flex-wrap items-baseline gap-3 mb-4" {
+                h1 class="text-2xl font-semibold" { "Job " (job.id) " · " (job.kind.as_str()) }
+                @if let Some(h) = host { a class="link" href=(routes::host(h.id)) { (h.name) } }
+                span class="text-sm text-gray-500" { "by " (actor(job)) " · created " (clock::rfc3339(job.created_at)) }
+            }
+            div hx-ext="sse" sse-connect=[live.then(|| routes::job_events(job.id, last))] sse-close="end" {
+                section class="card mb-4" id="job-summary" sse-swap="status" { (job_summary(job, now_ms)) }
+                section class="card p-0" {
+                    div class="flex items-center justify-between px-4 py-2 border-b text-sm text-gray-600" {
+                        span { "Log" }
+                        @if live { span data-testid="live-indicator" { "● live" } }
+                    }
+                    div id="job-log" class="bg-slate-900 font-mono text-xs p-3 h-[32rem] overflow-y-auto rounded-b" sse-swap="line" hx-swap="beforeend" data-autoscroll="true" {
+                        @for l in lines { (log_line(l)) }
+                        @if lines.is_empty() && !live { div class="text-slate-500" { "No output." } }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub struct JobsView<'a> {
+    pub user: &'a User,
+    pub jobs: &'a [(Job, String)],
+    pub host_id: Option<i64>,
+    pub kind: Option<JobKind>,
+    pub status: Option<JobStatus>,
+    pub offset: u64,
+    pub limit: u64,
+    pub total: u64,
+}
+
+fn jobs_href(v: &JobsView, offset: u64) -> String {
+    let mut q = vec![];
+    if let Some(h) = v.host_id {
+        q.push(format!("host_id={h}"));
+    }
+    if let Some(k) = v.kind {
+        q.push(format!("kind={k}"));
+    }
+    if let Some(s) = v.status {
+        q.push(format!("status={s}"));
+    }
+    if offset > 0 {
+        q.push(format!("offset={offset}"));
+    }
+    if q.is_empty() {
+        routes::JOBS_PAGE.into()
+    } else {
+        format!("{}?{}", routes::JOBS_PAGE, q.join("&"))
+    }
+}
+
+/// A compact jobs table, shared by the jobs page and the host page.
+pub fn jobs_table(jobs: &[(Job, String)], now_ms: i64) -> Markup {
+    html! {
+        table class="table-base" {
+            thead { tr { th { "Job" } th { "Host" } th { "Kind" } th { "Status" } th { "Created" } th { "Duration" } } }
+            tbody {
+                @for (j, host) in jobs {
+                    tr data-testid="job-row" {
+                        td { a class="link" href=(routes::job(j.id)) { "#" (j.id) } }
+                        td { a class="link" href=(routes::host(j.host_id)) { (host) } }
+                        td { (j.kind.as_str()) }
+                        td { (status_pill(j.status)) }
+                        td { (clock::rfc3339(j.created_at)) }
+                        td { (duration(j, now_ms)) }
+                    }
+                }
+                @if jobs.is_empty() { tr { td colspan="6" class="text-center text-gray-500 py-6" { "No jobs." } } }
+            }
+        }
+    }
+}
+
+pub fn jobs_page(v: &JobsView, now_ms: i64) -> Markup {
+    let select = |name: &str, options: Vec<&str>, current: Option<&str>| {
+        html! {
+            select class="input" name=(name) id=(name) {
+                option value="" { "any" }
+                @for o in options { option value=(o) selected[current == Some(o)] { (o) } }
+            }
+        }
+    };
+    page(
+        "Jobs",
+        v.user,
+        Nav::Jobs,
+        html! {
+            h1 class="text-2xl font-semibold mb-4" { "Jobs" }
+            form method="get" action=(routes::JOBS_PAGE) class="flex flex-wrap items-end gap-3 mb-4" {
+                @if let Some(h) = v.host_id { input type="hidden" name="host_id" value=(h); }
+                div { label class="label" for="kind" { "Kind" } (select("kind", JobKind::ALL.iter().map(|k| k.as_str()).collect(), v.kind.map(|k| k.as_str()))) }
+                div { label class="label" for="status" { "Status" } (select("status", JobStatus::ALL.iter().map(|s| s.as_str()).collect(), v.status.map(|s| s.as_str()))) }
+                button class="btn" type="submit" { "Filter" }
+            }
+            div class="card p-0 overflow-x-auto" { (jobs_table(v.jobs, now_ms)) }
+            (pagination(v.offset, v.limit, v.total, |o| jobs_href(v, o)))
+        },
+    )
+}

@@ -1,0 +1,332 @@
+//! Jobs: the JSON API, the jobs list, the live job page and its event
+//! stream (server-sent events, resumable with `Last-Event-ID`).
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, http::header, rt, web};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+
+use super::{AppError, CurrentUser, PageError};
+use crate::{
+    clock,
+    jobs::LiveEvent,
+    routes,
+    state::AppState,
+    store::{
+        self, Page,
+        jobs::{Job, JobFilter, JobKind, JobStatus, LogLine},
+    },
+    views,
+};
+
+const KEEPALIVE: Duration = Duration::from_secs(15);
+const BACKLOG_CHUNK: u64 = 500;
+
+pub fn job_json(j: &Job) -> serde_json::Value {
+    json!({
+        "id": j.id,
+        "host_id": j.host_id,
+        "kind": j.kind,
+        "status": j.status,
+        "actor_kind": j.actor_kind,
+        "actor": j.actor_name,
+        "error": j.error,
+        "exit_code": j.exit_code,
+        "target_version": j.target_version,
+        "created_at": clock::rfc3339(j.created_at),
+        "started_at": j.started_at.map(clock::rfc3339),
+        "finished_at": j.finished_at.map(clock::rfc3339),
+        "log_truncated": j.log_truncated,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct JobsQuery {
+    host_id: Option<i64>,
+    kind: Option<String>,
+    status: Option<String>,
+    limit: Option<u64>,
+    offset: Option<u64>,
+}
+
+impl JobsQuery {
+    fn filter(&self) -> Result<JobFilter, AppError> {
+        let kind = match self.kind.as_deref().filter(|k| !k.is_empty()) {
+            None => None,
+            Some(k) => Some(JobKind::parse(k).ok_or_else(|| {
+                AppError::BadRequest("invalid_kind", format!("unknown job kind {k:?}"))
+            })?),
+        };
+        let status = match self.status.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
+                AppError::BadRequest("invalid_status", format!("unknown job status {s:?}"))
+            })?),
+        };
+        Ok(JobFilter {
+            host_id: self.host_id,
+            kind,
+            status,
+        })
+    }
+}
+
+async fn api_jobs_list(
+    state: web::Data<AppState>,
+    _user: CurrentUser,
+    q: web::Query<JobsQuery>,
+) -> Result<HttpResponse, AppError> {
+    let jobs = store::jobs::list(&state.db, &q.filter()?, Page::new(q.limit, q.offset)).await?;
+    Ok(HttpResponse::Ok().json(jobs.iter().map(job_json).collect::<Vec<_>>()))
+}
+
+async fn api_job_get(
+    state: web::Data<AppState>,
+    _user: CurrentUser,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
+    Ok(HttpResponse::Ok().json(job_json(&store::jobs::get(&state.db, *id).await?)))
+}
+
+#[derive(Deserialize)]
+pub struct LogsQuery {
+    after: Option<i64>,
+    limit: Option<u64>,
+}
+
+async fn api_job_logs(
+    state: web::Data<AppState>,
+    _user: CurrentUser,
+    id: web::Path<i64>,
+    q: web::Query<LogsQuery>,
+) -> Result<HttpResponse, AppError> {
+    let job = store::jobs::get(&state.db, *id).await?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let lines = store::jobs::logs(&state.db, job.id, q.after.unwrap_or(0), limit).await?;
+    Ok(HttpResponse::Ok().json(
+        lines
+            .iter()
+            .map(|l| json!({"pos": l.pos, "seq": l.seq, "ts": clock::rfc3339(l.ts), "stream": l.stream, "data": l.data}))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Host names for a page of jobs, in one query.
+async fn with_host_names(state: &AppState, jobs: Vec<Job>) -> Result<Vec<(Job, String)>, AppError> {
+    let mut ids: Vec<i64> = jobs.iter().map(|j| j.host_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let names = store::hosts::names(&state.db, &ids).await?;
+    Ok(jobs
+        .into_iter()
+        .map(|j| {
+            let n = names
+                .get(&j.host_id)
+                .cloned()
+                .unwrap_or_else(|| format!("host {}", j.host_id));
+            (j, n)
+        })
+        .collect())
+}
+
+pub async fn recent_for_host(
+    state: &AppState,
+    host_id: i64,
+    n: u64,
+) -> Result<Vec<(Job, String)>, AppError> {
+    let jobs = store::jobs::list(
+        &state.db,
+        &JobFilter {
+            host_id: Some(host_id),
+            ..Default::default()
+        },
+        Page::new(Some(n), None),
+    )
+    .await?;
+    with_host_names(state, jobs).await
+}
+
+async fn jobs_page(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+    q: web::Query<JobsQuery>,
+) -> Result<HttpResponse, PageError> {
+    let filter = q.filter()?;
+    let page = Page::new(q.limit, q.offset);
+    let jobs = store::jobs::list(&state.db, &filter, page).await?;
+    let total = store::jobs::count(&state.db, &filter).await?;
+    let jobs = with_host_names(&state, jobs).await?;
+    let v = views::jobs::JobsView {
+        user: &user,
+        jobs: &jobs,
+        host_id: filter.host_id,
+        kind: filter.kind,
+        status: filter.status,
+        offset: page.offset,
+        limit: page.limit,
+        total,
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(views::jobs::jobs_page(&v, state.clock.now_ms()).into_string()))
+}
+
+async fn job_page(
+    state: web::Data<AppState>,
+    user: CurrentUser,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, PageError> {
+    let job = store::jobs::get(&state.db, *id).await?;
+    let host = store::hosts::get(&state.db, job.host_id).await.ok();
+    let lines = store::jobs::logs(&state.db, job.id, 0, 10_000).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(
+            views::jobs::job_page(&user, &job, host.as_ref(), &lines, state.clock.now_ms())
+                .into_string(),
+        ))
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    after: Option<i64>,
+}
+
+/// One SSE frame; multi-line data becomes several `data:` lines.
+fn sse(event: &str, id: Option<i64>, data: &str) -> web::Bytes {
+    let mut out = String::with_capacity(data.len() + 32);
+    if let Some(id) = id {
+        out.push_str(&format!("id: {id}\n"));
+    }
+    out.push_str("event: ");
+    out.push_str(event);
+    out.push('\n');
+    for line in data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line.trim_end_matches('\r'));
+        out.push('\n');
+    }
+    out.push('\n');
+    web::Bytes::from(out)
+}
+
+fn line_event(l: &LogLine) -> web::Bytes {
+    sse("line", Some(l.pos), &views::jobs::log_line(l).into_string())
+}
+
+fn status_event(state: &AppState, j: &Job) -> web::Bytes {
+    sse(
+        "status",
+        None,
+        &views::jobs::job_summary(j, state.clock.now_ms()).into_string(),
+    )
+}
+
+/// Sends the lines after `*last` from the database. Err: the viewer left.
+async fn catch_up(
+    state: &AppState,
+    job_id: i64,
+    last: &mut i64,
+    tx: &mpsc::Sender<web::Bytes>,
+) -> Result<(), ()> {
+    loop {
+        let lines = store::jobs::logs(&state.db, job_id, *last, BACKLOG_CHUNK)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, job_id, "reading job log for a viewer failed");
+            })?;
+        for l in &lines {
+            tx.send(line_event(l)).await.map_err(|_| ())?;
+            *last = l.pos;
+        }
+        if (lines.len() as u64) < BACKLOG_CHUNK {
+            return Ok(());
+        }
+    }
+}
+
+/// Feeds one viewer: backlog after `last`, then live events, then the end.
+async fn pump(
+    state: AppState,
+    job_id: i64,
+    mut last: i64,
+    tx: mpsc::Sender<web::Bytes>,
+) -> Result<(), ()> {
+    // Subscribe before reading the backlog so nothing falls in between.
+    let mut rx = state.live.subscribe(job_id);
+    catch_up(&state, job_id, &mut last, &tx).await?;
+    let finish = |state: AppState, tx: mpsc::Sender<web::Bytes>, mut last: i64| async move {
+        catch_up(&state, job_id, &mut last, &tx).await?;
+        if let Ok(j) = store::jobs::get(&state.db, job_id).await {
+            tx.send(status_event(&state, &j)).await.map_err(|_| ())?;
+        }
+        tx.send(sse("end", None, "")).await.map_err(|_| ())
+    };
+    match store::jobs::get(&state.db, job_id).await {
+        Ok(j) if j.status.is_terminal() => return finish(state, tx, last).await,
+        Ok(j) => tx.send(status_event(&state, &j)).await.map_err(|_| ())?,
+        Err(_) => return Err(()),
+    }
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    keepalive.tick().await;
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Ok(LiveEvent::Line(l)) => {
+                    if l.pos > last + 1 {
+                        catch_up(&state, job_id, &mut last, &tx).await?;
+                    }
+                    if l.pos > last {
+                        tx.send(line_event(&l)).await.map_err(|_| ())?;
+                        last = l.pos;
+                    }
+                }
+                Ok(LiveEvent::Status(j)) if j.status.is_terminal() => return finish(state, tx, last).await,
+                Ok(LiveEvent::Status(j)) => tx.send(status_event(&state, &j)).await.map_err(|_| ())?,
+                // Fell behind: skip the buffer and read what was missed.
+                Err(RecvError::Lagged(_)) => catch_up(&state, job_id, &mut last, &tx).await?,
+                Err(RecvError::Closed) => return finish(state, tx, last).await,
+            },
+            _ = keepalive.tick() => tx.send(web::Bytes::from_static(b": keepalive\n\n")).await.map_err(|_| ())?,
+        }
+    }
+}
+
+async fn job_events(
+    state: web::Data<AppState>,
+    _user: CurrentUser,
+    req: HttpRequest,
+    id: web::Path<i64>,
+    q: web::Query<EventsQuery>,
+) -> Result<HttpResponse, PageError> {
+    let job = store::jobs::get(&state.db, *id).await?;
+    let resume = req
+        .headers()
+        .get("Last-Event-ID")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    let after = resume.into_iter().chain(q.after).max().unwrap_or(0).max(0);
+    let (tx, rx) = mpsc::channel::<web::Bytes>(64);
+    let state = state.get_ref().clone();
+    rt::spawn(async move {
+        let _ = pump(state, job.id, after, tx).await;
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, actix_web::Error>(b), rx))
+    });
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route(routes::API_JOBS, web::get().to(api_jobs_list))
+        .route("/api/jobs/{id}", web::get().to(api_job_get))
+        .route("/api/jobs/{id}/logs", web::get().to(api_job_logs))
+        .route(routes::JOBS_PAGE, web::get().to(jobs_page))
+        .route("/jobs/{id}", web::get().to(job_page))
+        .route("/jobs/{id}/events", web::get().to(job_events));
+}

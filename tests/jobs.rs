@@ -1,0 +1,543 @@
+//! Jobs driven by a real agent's messages over a real WebSocket, and the
+//! live log stream (SSE) that viewers watch.
+mod common;
+
+use agent::wire::{FinishedStatus, JobFinished, JobStarted, LogStream, LogStreamKind};
+use common::*;
+use futures_util::StreamExt;
+use restic_manager::store::{
+    self,
+    jobs::{ActorKind, JobKind, NewJob},
+    users::Role,
+};
+use serde_json::Value;
+
+async fn new_job(app: &TestApp, host_id: i64) -> i64 {
+    let j = NewJob {
+        host_id,
+        kind: JobKind::Backup,
+        actor_kind: ActorKind::User,
+        actor_id: None,
+        actor_name: "admin".into(),
+        target_version: None,
+        deadline_at: None,
+    };
+    store::jobs::create(app.db(), &j, app.clock.now_ms())
+        .await
+        .unwrap()
+        .id
+}
+
+fn line(job_id: i64, seq: i64, data: &str) -> LogStream {
+    LogStream {
+        job_id,
+        seq,
+        stream: LogStreamKind::Stdout,
+        data: data.into(),
+        at: "2026-11-28T10:00:00Z".into(),
+    }
+}
+
+async fn job(app: &TestApp, id: i64) -> Value {
+    app.admin()
+        .await
+        .get(app.at(&format!("/api/jobs/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn logs(app: &TestApp, id: i64) -> Vec<Value> {
+    app.admin()
+        .await
+        .get(app.at(&format!("/api/jobs/{id}/logs")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_status(app: &TestApp, id: i64, status: &str) -> Value {
+    eventually(&format!("job {id} {status}"), || async {
+        let j = job(app, id).await;
+        (j["status"] == status).then_some(j)
+    })
+    .await
+}
+
+async fn wait_lines(app: &TestApp, id: i64, n: usize) -> Vec<Value> {
+    eventually(&format!("{n} log lines"), || async {
+        let l = logs(app, id).await;
+        (l.len() >= n).then_some(l)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn agent_messages_drive_a_job_through_its_lifecycle() {
+    let app = TestApp::spawn().await;
+    let cfg = app.enrolled_host("web-1").await;
+    let a = app.agent(&cfg, "v1");
+    wait_acked(&a).await;
+    let id = new_job(&app, cfg.host_id).await;
+    assert_eq!(job(&app, id).await["status"], "queued");
+
+    let s = a.sender();
+    s.send_message(&JobStarted {
+        job_id: id,
+        kind: None,
+    })
+    .await
+    .unwrap();
+    let j = wait_status(&app, id, "running").await;
+    assert!(j["started_at"].is_string());
+    for (seq, text) in [
+        (1, "one"),
+        (2, "two"),
+        (2, "two again"),
+        (4, "four"),
+        (3, "three"),
+    ] {
+        s.send_message(&line(id, seq, text)).await.unwrap();
+    }
+    s.send_message(&JobFinished {
+        job_id: id,
+        status: FinishedStatus::Succeeded,
+        error: None,
+        exit_code: Some(0),
+    })
+    .await
+    .unwrap();
+    let j = wait_status(&app, id, "succeeded").await;
+    assert!(j["finished_at"].is_string());
+    assert_eq!(j["exit_code"], 0);
+
+    // The duplicate seq 2 was dropped; the late seq 3 was kept.
+    let l = logs(&app, id).await;
+    let seqs: Vec<i64> = l.iter().map(|v| v["seq"].as_i64().unwrap()).collect();
+    let data: Vec<&str> = l.iter().map(|v| v["data"].as_str().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 4, 3]);
+    assert_eq!(data, ["one", "two", "four", "three"]);
+
+    // The host page lists it among recent jobs; the jobs page filters.
+    let page = app
+        .admin()
+        .await
+        .get(app.at(&format!("/hosts/{}", cfg.host_id)))
+        .send()
+        .await
+        .unwrap();
+    let html = scraper::Html::parse_document(&page.text().await.unwrap());
+    let rows = scraper::Selector::parse("[data-testid=recent-jobs] [data-testid=job-row]").unwrap();
+    assert_eq!(html.select(&rows).count(), 1);
+    let list: Vec<Value> = app
+        .admin()
+        .await
+        .get(app.at(&format!(
+            "/api/jobs?host_id={}&status=succeeded&kind=backup",
+            cfg.host_id
+        )))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1);
+    let none: Vec<Value> = app
+        .admin()
+        .await
+        .get(app.at("/api/jobs?status=failed"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    assert_error(
+        app.admin()
+            .await
+            .get(app.at("/api/jobs?status=bogus"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid_status",
+    )
+    .await;
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_terminal_job_never_changes_and_other_hosts_cannot_touch_a_job() {
+    let app = TestApp::spawn().await;
+    let owner = app.enrolled_host("web-1").await;
+    let other = app.enrolled_host("web-2").await;
+    let a = app.agent(&owner, "v1");
+    let b = app.agent(&other, "v1");
+    wait_acked(&a).await;
+    wait_acked(&b).await;
+    let id = new_job(&app, owner.host_id).await;
+
+    // Another host's agent: start, log, finish: all refused.
+    let sb = b.sender();
+    sb.send_message(&JobStarted {
+        job_id: id,
+        kind: None,
+    })
+    .await
+    .unwrap();
+    sb.send_message(&line(id, 1, "forged")).await.unwrap();
+    sb.send_message(&JobFinished {
+        job_id: id,
+        status: FinishedStatus::Failed,
+        error: Some("forged".into()),
+        exit_code: None,
+    })
+    .await
+    .unwrap();
+    // Unknown job ids are refused too, and the connection survives.
+    sb.send_message(&JobStarted {
+        job_id: 999_999,
+        kind: None,
+    })
+    .await
+    .unwrap();
+
+    let sa = a.sender();
+    sa.send_message(&JobFinished {
+        job_id: id,
+        status: FinishedStatus::Failed,
+        error: Some("disk full".into()),
+        exit_code: Some(3),
+    })
+    .await
+    .unwrap();
+    let j = wait_status(&app, id, "failed").await;
+    assert_eq!(j["error"], "disk full");
+    assert!(
+        logs(&app, id).await.is_empty(),
+        "the forged line must not be stored"
+    );
+
+    // After the terminal state nothing changes it.
+    sa.send_message(&JobStarted {
+        job_id: id,
+        kind: None,
+    })
+    .await
+    .unwrap();
+    sa.send_message(&line(id, 1, "late")).await.unwrap();
+    sa.send_message(&JobFinished {
+        job_id: id,
+        status: FinishedStatus::Succeeded,
+        error: None,
+        exit_code: Some(0),
+    })
+    .await
+    .unwrap();
+    // A later message on the same connection proves the earlier ones were handled.
+    let probe = new_job(&app, owner.host_id).await;
+    sa.send_message(&JobStarted {
+        job_id: probe,
+        kind: None,
+    })
+    .await
+    .unwrap();
+    wait_status(&app, probe, "running").await;
+    let j = job(&app, id).await;
+    assert_eq!(j["status"], "failed");
+    assert_eq!(j["error"], "disk full");
+    assert!(logs(&app, id).await.is_empty());
+    assert!(
+        b.state().borrow().connected,
+        "b's connection survived the refusals"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Reads SSE events (`(event, id, data)`) from a streaming response.
+struct Sse {
+    stream:
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+impl Sse {
+    async fn open(c: &reqwest::Client, url: String, last_event_id: Option<i64>) -> Sse {
+        let mut req = c.get(url);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        Sse {
+            stream: Box::pin(r.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    async fn next(&mut self) -> Option<(String, Option<i64>, String)> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut ev, mut id, mut data) = (String::new(), None, vec![]);
+                for l in block.lines() {
+                    if let Some(v) = l.strip_prefix("event: ") {
+                        ev = v.into();
+                    }
+                    if let Some(v) = l.strip_prefix("id: ") {
+                        id = v.parse().ok();
+                    }
+                    if let Some(v) = l.strip_prefix("data: ") {
+                        data.push(v.to_string());
+                    }
+                }
+                if ev.is_empty() {
+                    continue;
+                } // keepalive comment
+                return Some((ev, id, data.join("\n")));
+            }
+            let chunk = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .ok()??
+                .ok()?;
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Next `line` event's (id, data), skipping status events.
+    async fn next_line(&mut self) -> Option<(i64, String)> {
+        loop {
+            let (ev, id, data) = self.next().await?;
+            match ev.as_str() {
+                "line" => return Some((id?, data)),
+                "end" => return None,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_viewer_resumes_the_live_log_with_last_event_id_and_sees_each_line_once() {
+    let app = TestApp::spawn().await;
+    let cfg = app.enrolled_host("web-1").await;
+    let a = app.agent(&cfg, "v1");
+    wait_acked(&a).await;
+    let id = new_job(&app, cfg.host_id).await;
+    let s = a.sender();
+    s.send_message(&JobStarted {
+        job_id: id,
+        kind: None,
+    })
+    .await
+    .unwrap();
+    let viewer = app.as_role(Role::Viewer).await;
+    let url = app.at(&format!("/jobs/{id}/events"));
+
+    let mut seen = vec![];
+    let mut sse = Sse::open(&viewer, url.clone(), None).await;
+    for i in 1..=5 {
+        s.send_message(&line(id, i, &format!("line {i}")))
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        seen.push(sse.next_line().await.expect("a live line"));
+    }
+    drop(sse); // the viewer goes away mid-stream
+    let last = seen.last().unwrap().0;
+    for i in 6..=8 {
+        s.send_message(&line(id, i, &format!("line {i}")))
+            .await
+            .unwrap();
+    }
+    wait_lines(&app, id, 8).await;
+    let mut sse = Sse::open(&viewer, url, Some(last)).await;
+    s.send_message(&line(id, 9, "line 9")).await.unwrap();
+    s.send_message(&JobFinished {
+        job_id: id,
+        status: FinishedStatus::Succeeded,
+        error: None,
+        exit_code: Some(0),
+    })
+    .await
+    .unwrap();
+    while let Some(l) = sse.next_line().await {
+        seen.push(l);
+    }
+    let texts: Vec<String> = seen
+        .iter()
+        .map(|(_, d)| {
+            let frag = scraper::Html::parse_fragment(d);
+            let t: String = frag.root_element().text().collect();
+            t.split_once("line ")
+                .map(|(_, n)| format!("line {n}"))
+                .unwrap_or(t)
+        })
+        .collect();
+    let want: Vec<String> = (1..=9).map(|i| format!("line {i}")).collect();
+    assert_eq!(texts, want, "every line exactly once, in order");
+    let ids: Vec<i64> = seen.iter().map(|(i, _)| *i).collect();
+    assert_eq!(ids, (1..=9).collect::<Vec<i64>>());
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn many_viewers_each_get_every_line_and_the_status_change() {
+    let app = TestApp::spawn().await;
+    let cfg = app.enrolled_host("web-1").await;
+    let a = app.agent(&cfg, "v1");
+    wait_acked(&a).await;
+    let id = new_job(&app, cfg.host_id).await;
+    let s = a.sender();
+    s.send_message(&JobStarted {
+        job_id: id,
+        kind: None,
+    })
+    .await
+    .unwrap();
+    let viewer = app.as_role(Role::Viewer).await;
+    let mut tasks = vec![];
+    for _ in 0..30 {
+        let sse = Sse::open(&viewer, app.at(&format!("/jobs/{id}/events")), None).await;
+        tasks.push(tokio::spawn(async move {
+            let mut sse = sse;
+            let mut n = 0;
+            let mut final_status = String::new();
+            while let Some((ev, _, data)) = sse.next().await {
+                match ev.as_str() {
+                    "line" => n += 1,
+                    "status" => final_status = data,
+                    "end" => break,
+                    _ => {}
+                }
+            }
+            (n, final_status)
+        }));
+    }
+    for i in 1..=50 {
+        s.send_message(&line(id, i, &format!("l{i}")))
+            .await
+            .unwrap();
+    }
+    s.send_message(&JobFinished {
+        job_id: id,
+        status: FinishedStatus::Succeeded,
+        error: None,
+        exit_code: Some(0),
+    })
+    .await
+    .unwrap();
+    for t in tasks {
+        let (n, status) = t.await.unwrap();
+        assert_eq!(n, 50);
+        assert!(status.contains("succeeded"), "{status}");
+    }
+    assert_eq!(
+        app.state().live.open_channels(),
+        0,
+        "channels close with the job"
+    );
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_log_stream_needs_a_session() {
+    let app = TestApp::spawn().await;
+    let cfg = app.enrolled_host("web-1").await;
+    let id = new_job(&app, cfg.host_id).await;
+    let r = app
+        .anon()
+        .get(app.at(&format!("/jobs/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_error(
+        app.anon()
+            .get(app.at(&format!("/api/jobs/{id}")))
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
+    assert_error(
+        app.admin()
+            .await
+            .get(app.at("/api/jobs/424242"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "job_not_found",
+    )
+    .await;
+    let page = app
+        .as_role(Role::Viewer)
+        .await
+        .get(app.at(&format!("/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(&format!("/jobs/{id}/events?after=0")),
+        "live page connects to its stream"
+    );
+}
+
+#[tokio::test]
+async fn a_log_past_the_cap_is_truncated_with_a_visible_line() {
+    let app = TestApp::spawn().await;
+    let cfg = app.enrolled_host("web-1").await;
+    let a = app.agent(&cfg, "v1");
+    wait_acked(&a).await;
+    let id = new_job(&app, cfg.host_id).await;
+    let s = a.sender();
+    let chunk = "x".repeat(60 * 1024);
+    let n = (store::jobs::LOG_CAP_BYTES as usize / chunk.len()) as i64 + 3;
+    for seq in 1..=n {
+        s.send_message(&line(id, seq, &chunk)).await.unwrap();
+    }
+    s.send_message(&JobFinished {
+        job_id: id,
+        status: FinishedStatus::Succeeded,
+        error: None,
+        exit_code: Some(0),
+    })
+    .await
+    .unwrap();
+    wait_status(&app, id, "succeeded").await;
+    let all: Vec<Value> = app
+        .admin()
+        .await
+        .get(app.at(&format!("/api/jobs/{id}/logs?limit=10000")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stored = n as usize - 2; // the cap is hit part-way through line n-2
+    assert_eq!(
+        all.len(),
+        stored,
+        "lines kept up to the cap plus one notice"
+    );
+    assert_eq!(all.last().unwrap()["data"], store::jobs::TRUNCATED_LINE);
+    assert_eq!(job(&app, id).await["log_truncated"], true);
+    a.shutdown().await;
+}
