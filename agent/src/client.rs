@@ -39,8 +39,9 @@ use crate::wire::{
 /// The WebSocket endpoint, relative to the server URL.
 pub const WS_PATH: &str = "agent/ws";
 
-/// What the default handler answers to `command.update` until the updater
-/// lands.
+/// What the default handler answers to `command.update`. The binary runs
+/// with [`crate::updater::UpdateHandler`] instead; in-process agents (tests)
+/// keep this refusal.
 pub const UPDATE_UNSUPPORTED: &str = "self-update is not supported by this agent build";
 
 /// Logged (and put into [`ConnState::last_error`]) when the server refuses
@@ -53,6 +54,9 @@ const OUTGOING_QUEUE: usize = 256;
 
 /// How long a closing handshake may take before the socket is just dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+/// How long queued frames may take to go out when the agent shuts down.
+const FLUSH_GRACE: Duration = Duration::from_secs(5);
 
 type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type WsSink = SplitSink<WsStream, WsMessage>;
@@ -160,7 +164,7 @@ impl fmt::Debug for RunOptions {
 }
 
 /// What the connection loop is doing, published through a watch channel so
-/// callers (tests, the future boot watchdog) can wait on transitions.
+/// callers (tests, the boot watchdog) can wait on transitions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnState {
     /// A WebSocket is open right now.
@@ -210,6 +214,13 @@ pub struct FrameSender {
 }
 
 impl FrameSender {
+    /// A sender tied to no connection: frames land in the returned receiver.
+    /// For tests and tools that drive a [`CommandHandler`] directly.
+    pub fn detached(capacity: usize) -> (FrameSender, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (FrameSender { tx }, rx)
+    }
+
     /// Queues a protocol frame, waiting for room in the queue.
     pub async fn send(&self, frame: &Envelope) -> Result<(), SendError> {
         self.send_text(frame.to_text()).await
@@ -270,7 +281,7 @@ pub struct DefaultHandler;
 impl CommandHandler for DefaultHandler {
     fn handle(&self, frame: Envelope, sender: FrameSender) {
         match frame.kind.as_str() {
-            // The self-updater plugs in here.
+            // `updater::UpdateHandler` handles it for real.
             wire::COMMAND_UPDATE => refuse_update(frame, sender),
             other => debug!(
                 kind = other,
@@ -432,12 +443,19 @@ impl AgentHandle {
     /// Closes the connection with a normal Close frame, stops reconnecting
     /// and waits for the loop to end. A panic inside the loop is re-raised.
     pub async fn shutdown(self) {
+        if let Err(e) = self.stop().await {
+            warn!(error = %error_chain(&e), "agent loop had stopped with an error");
+        }
+    }
+
+    /// Like [`AgentHandle::shutdown`], but returns the error the loop
+    /// stopped with (an unusable config) instead of logging it.
+    pub async fn stop(self) -> Result<(), ClientError> {
         let _ = self.shutdown.send(true);
         match self.task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %error_chain(&e), "agent loop had stopped with an error"),
+            Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => warn!(error = %e, "agent loop was cancelled"),
+            Err(e) => Err(ClientError::Task(e)),
         }
     }
 }
@@ -724,6 +742,9 @@ impl Runner {
             tokio::select! {
                 biased;
                 () = self.shutdown.wait() => {
+                    if acked_at.is_some() {
+                        self.flush(&mut sink).await;
+                    }
                     close(sink, source, CloseCode::Normal, "agent shutting down").await;
                     return Attempt::Shutdown;
                 }
@@ -849,6 +870,29 @@ impl Runner {
         Flow::Continue
     }
 
+    /// Sends what is already queued, so frames a job produced just before
+    /// shutdown (an update's last lines) still go out. Bounded: a server
+    /// that stopped reading must not hold up the exit.
+    async fn flush(&mut self, sink: &mut WsSink) {
+        let flushed = tokio::time::timeout(FLUSH_GRACE, async {
+            let mut sent = 0u32;
+            while let Ok(text) = self.outgoing.try_recv() {
+                if let Err(e) = self.write(sink, WsMessage::text(text)).await {
+                    warn!(error = %e, "could not send queued frames before closing");
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        })
+        .await;
+        match flushed {
+            Ok(0) => {}
+            Ok(sent) => debug!(frames = sent, "sent queued frames before closing"),
+            Err(_) => warn!("gave up sending queued frames before closing"),
+        }
+    }
+
     /// Writes and flushes one message; bounded so a server that stopped
     /// reading cannot wedge the loop.
     async fn write(&self, sink: &mut WsSink, message: WsMessage) -> Result<(), String> {
@@ -885,7 +929,7 @@ async fn send_close(sink: &mut WsSink, code: CloseCode, reason: &'static str) {
 }
 
 /// `error: cause: cause` on one line; tracing's `%` shows only the top.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut out = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -1222,6 +1266,51 @@ mod tests {
             Err(SendError::TooLarge(_))
         ));
         agent.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn frames_queued_before_shutdown_go_out_before_the_close() {
+        let (seen_tx, mut seen) = mpsc::unbounded_channel();
+        let url = serve(move |_, mut ws| {
+            let seen_tx = seen_tx.clone();
+            async move {
+                next_frame(&mut ws).await;
+                send(&mut ws, ack()).await;
+                while let Some(Ok(message)) = ws.next().await {
+                    match message {
+                        WsMessage::Text(text) => {
+                            let _ = seen_tx.send(text.to_string());
+                        }
+                        WsMessage::Close(_) => {
+                            let _ = seen_tx.send("close".to_string());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        })
+        .await;
+        let agent = spawn(test_config(&url), fast_opts());
+        agent.wait_for(WAIT, |s| s.acked).await.expect("connected");
+        for i in 0..50 {
+            agent
+                .sender()
+                .send_text(format!("frame-{i}"))
+                .await
+                .unwrap();
+        }
+        agent.stop().await.unwrap();
+        let mut got = Vec::new();
+        while let Ok(Some(text)) = tokio::time::timeout(WAIT, seen.recv()).await {
+            let closed = text == "close";
+            got.push(text);
+            if closed {
+                break;
+            }
+        }
+        let mut want: Vec<String> = (0..50).map(|i| format!("frame-{i}")).collect();
+        want.push("close".into());
+        assert_eq!(got, want);
     }
 
     #[tokio::test]

@@ -1,11 +1,13 @@
 //! The restic-manager agent as a library: wire protocol, config, enrollment
 //! and the connection loop. The `restic-manager-agent` binary is a thin CLI
 //! over it; the server reuses [`wire`], and integration tests drive real
-//! agents in-process through [`client::spawn`].
+//! agents in-process through [`client::spawn`]. [`updater`] replaces the
+//! binary on the server's command and rolls a bad one back at boot.
 
 pub mod client;
 pub mod config;
 pub mod enroll;
+pub mod updater;
 pub mod version;
 pub mod wire;
 

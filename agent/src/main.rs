@@ -1,15 +1,22 @@
 //! `restic-manager-agent`: the command line over the agent library. Parses
-//! arguments, sets up logging and signals, and turns errors into `error: …`
-//! with exit code 1. Nothing else lives here.
+//! arguments, sets up logging and signals, wires the self-updater's exits,
+//! and turns errors into `error: …` with exit code 1. Nothing else lives here.
+//!
+//! Exit codes of `run`: 0 after SIGTERM/SIGINT or after a self-update swapped
+//! the binary (the supervisor starts the new one); 1 on an error or after the
+//! boot watchdog rolled back to the previous binary.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use agent::client::{self, RunOptions};
 use agent::config::{self, AgentConfig, ConfigError, DEFAULT_CONFIG_PATH};
+use agent::updater::watchdog::{self, BootDecision, ROLLBACK_EXIT_CODE, WatchEnd};
+use agent::updater::{self, UpdateHandler};
 use agent::{enroll, version};
 
 #[derive(Debug, Parser)]
@@ -36,6 +43,10 @@ enum Command {
     /// Trade a one-time enrollment token for this host's secret and write the config (mode 0600).
     Enroll(EnrollArgs),
     /// Connect to the server and run until SIGTERM/SIGINT; reconnects on its own.
+    ///
+    /// Exits 0 when stopped or after a self-update put a new binary in place
+    /// (run it under a supervisor that always restarts it), and 1 after the
+    /// boot watchdog rolled a failed update back to the previous binary.
     Run(RunArgs),
 }
 
@@ -96,12 +107,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match command {
-            Command::Enroll(args) => enroll_cmd(args).await,
+            Command::Enroll(args) => enroll_cmd(args).await.map(|()| ExitCode::SUCCESS),
             Command::Run(args) => run_cmd(args).await,
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -147,7 +158,10 @@ async fn enroll_cmd(args: EnrollArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
+async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // First, before any update can swap the binary: afterwards
+    // /proc/self/exe names a deleted file.
+    let binary = updater::resolve_own_binary().map_err(|e| e.to_string());
     let path = args.config.path;
     let config = match AgentConfig::load(&path) {
         Ok(config) => config,
@@ -160,8 +174,69 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    client::run(config, RunOptions::default(), shutdown_signal()).await?;
-    Ok(())
+
+    let (report, probation) = match &binary {
+        Ok(bin) => match watchdog::on_boot(bin, version::VERSION) {
+            BootDecision::Run { report, probation } => (report, probation),
+            BootDecision::RolledBack { reason } => {
+                tracing::error!("{reason}; exiting so the previous binary starts");
+                return Ok(ExitCode::from(ROLLBACK_EXIT_CODE));
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "self-update and the boot watchdog are off");
+            (None, false)
+        }
+    };
+
+    let (exit_tx, mut exit_rx) = tokio::sync::mpsc::channel(1);
+    let handler = UpdateHandler::new(&config, binary.clone(), version::VERSION, exit_tx);
+    let opts = RunOptions {
+        update_report: report.clone(),
+        handler: Arc::new(handler),
+        ..RunOptions::default()
+    };
+    let agent = client::spawn(config, opts);
+    let mut state = agent.state();
+    let watch_state = agent.state();
+    let watch = async {
+        match &binary {
+            Ok(bin) => {
+                watchdog::watch_connection(bin, report.as_ref(), probation, watch_state).await
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::pin!(watch);
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+
+    let mut watching = true;
+    let code = loop {
+        tokio::select! {
+            () = &mut signal => break ExitCode::SUCCESS,
+            Some(request) = exit_rx.recv() => {
+                tracing::info!(
+                    job_id = request.job_id,
+                    "binary swapped; exiting so the supervisor starts {}",
+                    request.to_version
+                );
+                break ExitCode::SUCCESS;
+            }
+            end = &mut watch, if watching => match end {
+                WatchEnd::RolledBack(reason) => {
+                    tracing::error!("{reason}; exiting so the previous binary starts");
+                    break ExitCode::from(ROLLBACK_EXIT_CODE);
+                }
+                WatchEnd::Acknowledged | WatchEnd::Stopped => watching = false,
+            },
+            // The loop ends by itself only for a config it cannot use.
+            _ = state.wait_for(|s| s.stopped) => break ExitCode::FAILURE,
+        }
+    };
+    // Closes the connection cleanly, sending queued frames first.
+    agent.stop().await?;
+    Ok(code)
 }
 
 /// Completes on SIGTERM (what supervisors send) or SIGINT (Ctrl-C).

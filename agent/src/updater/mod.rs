@@ -1,0 +1,615 @@
+//! Agent self-update: download the staged binary beside our own, verify its
+//! size and SHA-256, prove it runs and reports the target version, leave an
+//! update marker, then swap it in. It owns the files beside the binary
+//! (`<bin>.new`, `<bin>.old`, `<bin>.update-marker`) and never exits the
+//! process: the caller does that once the swap is done.
+//!
+//! Until the swap, every failure removes `<bin>.new` and leaves the running
+//! binary untouched; errors are written for the person reading the job log.
+
+pub mod handler;
+pub mod watchdog;
+
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+use unix as platform;
+// Not compiled on the Linux machines this crate is built and tested on.
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as platform;
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::config::{self, ServerUrlError};
+use crate::wire::CommandUpdate;
+
+pub use handler::{ExitRequest, UPDATE_ALREADY_RUNNING, UpdateHandler};
+
+/// The download endpoint, relative to the server URL.
+pub const BINARY_PATH: &str = "agent/binary";
+/// Response headers the server sends with the binary.
+pub const SHA256_HEADER: &str = "x-agent-sha256";
+pub const VERSION_HEADER: &str = "x-agent-version";
+/// The first line of `restic-manager-agent --version` is this plus the version.
+pub const VERSION_PREFIX: &str = "restic-manager-agent ";
+
+/// How long `<bin>.new --version` may take.
+pub const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest silence between two chunks of the download.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// A sanity bound on `size`: an agent is a few MB, never a gigabyte.
+const MAX_BINARY_BYTES: u64 = 1 << 30;
+/// How much of an unexpected body or output to quote in an error.
+const SNIPPET_CHARS: usize = 200;
+
+/// `<bin>.new`: the download, until it is renamed over the binary.
+pub fn new_path(bin: &Path) -> PathBuf {
+    with_suffix(bin, ".new")
+}
+
+/// `<bin>.old`: a copy of the binary that ran before the swap; the boot
+/// watchdog puts it back when the new one fails.
+pub fn old_path(bin: &Path) -> PathBuf {
+    with_suffix(bin, ".old")
+}
+
+/// `<bin>.update-marker`: see [`UpdateMarker`].
+pub fn marker_path(bin: &Path) -> PathBuf {
+    with_suffix(bin, ".update-marker")
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = OsString::from(path.as_os_str());
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Why an update did not happen. The `Display` text is what goes into the
+/// job's error, so it is written for a person, not for a log parser.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error("cannot update: {0}")]
+    OwnBinary(String),
+    #[error("the update command is unusable: {0}")]
+    BadCommand(String),
+    #[error(transparent)]
+    ServerUrl(#[from] ServerUrlError),
+    #[error("could not download the new binary from {url}: {reason}")]
+    Download { url: String, reason: String },
+    /// The server said no in its JSON error shape; `message` is its words.
+    #[error("server refused the download (HTTP {status}, {code}): {message}")]
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("server answered the download with HTTP {status}: {snippet}")]
+    UnexpectedStatus { status: u16, snippet: String },
+    /// The staged binary changed between dispatch and download.
+    #[error(
+        "server now offers {what} {offered}, but this update expects {expected}; start the update again"
+    )]
+    Offered {
+        what: &'static str,
+        offered: String,
+        expected: String,
+    },
+    #[error("download is larger than the expected {expected} bytes")]
+    TooLarge { expected: u64 },
+    /// `detail` is empty or starts with ": ".
+    #[error("download cut off after {got} of {expected} bytes{detail}")]
+    Truncated {
+        got: u64,
+        expected: u64,
+        detail: String,
+    },
+    #[error("checksum mismatch: expected {expected}, got {got}")]
+    Checksum { expected: String, got: String },
+    #[error("new binary could not run: {0}")]
+    CannotRun(String),
+    #[error("new binary reports version {got}, expected {expected}")]
+    WrongVersion { got: String, expected: String },
+    #[error(
+        "new binary printed {got:?} for --version, expected \"restic-manager-agent {expected}\""
+    )]
+    UnexpectedVersionOutput { got: String, expected: String },
+    /// The OS error is part of the message because this text is all the
+    /// server gets.
+    #[error("cannot {action} {}: {error}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        error: io::Error,
+    },
+    #[error("update marker {} is unreadable: {reason}", path.display())]
+    Marker { path: PathBuf, reason: String },
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> UpdateError + use<> {
+    let path = path.to_path_buf();
+    move |error| UpdateError::Io {
+        action,
+        path,
+        error,
+    }
+}
+
+/// The real path of the running executable, resolved at start: after the
+/// swap `/proc/self/exe` names a deleted file, so callers save this before
+/// any update can happen and pass it in.
+pub fn resolve_own_binary() -> Result<PathBuf, UpdateError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| UpdateError::OwnBinary(format!("cannot find this agent's executable: {e}")))?;
+    check_own_binary(&exe)
+}
+
+/// Canonicalizes `exe` and refuses paths that are not a real file one can
+/// rename over: anything under `/proc`, or a file that was already deleted.
+pub fn check_own_binary(exe: &Path) -> Result<PathBuf, UpdateError> {
+    let refuse = |path: &Path, why: &str| {
+        UpdateError::OwnBinary(format!(
+            "this agent's executable {} {why}; self-update needs the real file",
+            path.display()
+        ))
+    };
+    let unresolvable =
+        |path: &Path| path.starts_with("/proc") || path.to_string_lossy().ends_with(" (deleted)");
+    if unresolvable(exe) {
+        return Err(refuse(exe, "cannot be resolved to a file on disk"));
+    }
+    let real = std::fs::canonicalize(exe)
+        .map_err(|e| refuse(exe, &format!("cannot be resolved ({e})")))?;
+    if unresolvable(&real) {
+        return Err(refuse(&real, "cannot be resolved to a file on disk"));
+    }
+    if !real.is_file() {
+        return Err(refuse(&real, "is not a regular file"));
+    }
+    Ok(real)
+}
+
+/// What a marker says about the update it describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MarkerState {
+    /// The new binary was renamed into place; it has not yet proven itself.
+    Swapped,
+    /// The boot watchdog put `<bin>.old` back.
+    RolledBack,
+}
+
+/// `<bin>.update-marker`, JSON. Written before the swap, read by the boot
+/// watchdog at every start, deleted once a hello carrying its outcome was
+/// acknowledged. `boots` counts starts of the new binary without such an
+/// acknowledgement; `reason` says why a rollback happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateMarker {
+    pub job_id: i64,
+    pub from_version: String,
+    pub to_version: String,
+    pub state: MarkerState,
+    #[serde(default)]
+    pub boots: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl UpdateMarker {
+    /// `Ok(None)` when there is no marker.
+    pub fn load(path: &Path) -> Result<Option<Self>, UpdateError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error("read the update marker", path)(e)),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| UpdateError::Marker {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Writes atomically (temp file, fsync, rename, fsync the directory):
+    /// a crash leaves the previous marker or this one, never half of one.
+    pub fn save(&self, path: &Path) -> Result<(), UpdateError> {
+        let tmp = with_suffix(path, ".tmp");
+        let text = serde_json::to_string_pretty(self).unwrap_or_default();
+        let written = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            drop(file);
+            std::fs::rename(&tmp, path)?;
+            sync_dir(parent_dir(path))
+        })();
+        if written.is_err() {
+            remove_quietly(&tmp);
+        }
+        written.map_err(io_error("write the update marker", path))
+    }
+}
+
+/// Removes a file, ignoring "already gone" and logging anything else.
+pub(crate) fn remove_quietly(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove a file"),
+    }
+}
+
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Makes renames in `dir` durable; without it a power cut can undo them.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// Everything but exiting: download to `<bin>.new`, verify, preflight,
+/// write the marker, swap. `log` receives one human line per step. On
+/// `Ok` the new binary is in place (on Windows: a helper script is waiting
+/// for the service to stop) and the caller must exit 0 so the supervisor
+/// starts it. On `Err` nothing beside the binary changed.
+pub async fn fetch_verify_and_swap(
+    server_url: &str,
+    secret: &str,
+    bin: &Path,
+    command: &CommandUpdate,
+    from_version: &str,
+    log: &mut (dyn FnMut(String) + Send),
+) -> Result<(), UpdateError> {
+    check_command(command)?;
+    if !bin.is_file() {
+        return Err(UpdateError::OwnBinary(format!(
+            "the agent binary {} is not a file",
+            bin.display()
+        )));
+    }
+    log(format!(
+        "updating {} from {from_version} to {} (job {})",
+        bin.display(),
+        command.target_version,
+        command.job_id
+    ));
+    let staged = new_path(bin);
+    if let Err(e) = stage(server_url, secret, &staged, command, log).await {
+        remove_quietly(&staged);
+        return Err(e);
+    }
+
+    let marker_file = marker_path(bin);
+    let marker = UpdateMarker {
+        job_id: command.job_id,
+        from_version: from_version.to_string(),
+        to_version: command.target_version.clone(),
+        state: MarkerState::Swapped,
+        boots: 0,
+        reason: None,
+    };
+    if let Err(e) = marker.save(&marker_file) {
+        remove_quietly(&staged);
+        return Err(e);
+    }
+    log(format!("wrote the update marker {}", marker_file.display()));
+
+    if let Err(e) = platform::swap(bin, &staged, log) {
+        remove_quietly(&staged);
+        remove_quietly(&marker_file);
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn check_command(command: &CommandUpdate) -> Result<(), UpdateError> {
+    let bad = |why: String| Err(UpdateError::BadCommand(why));
+    if command.sha256.len() != 64 || !command.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return bad(format!(
+            "sha256 must be 64 hex digits, got {:?}",
+            snippet(command.sha256.as_bytes())
+        ));
+    }
+    if command.size == 0 || command.size > MAX_BINARY_BYTES {
+        return bad(format!(
+            "size must be between 1 and {MAX_BINARY_BYTES} bytes, got {}",
+            command.size
+        ));
+    }
+    let version = command.target_version.as_str();
+    if version.is_empty() || version.chars().any(char::is_whitespace) {
+        return bad(format!("target version {version:?} is not a version"));
+    }
+    Ok(())
+}
+
+/// Download, verify and preflight `<bin>.new`. The caller removes it on error.
+async fn stage(
+    server_url: &str,
+    secret: &str,
+    staged: &Path,
+    command: &CommandUpdate,
+    log: &mut (dyn FnMut(String) + Send),
+) -> Result<(), UpdateError> {
+    let mut url = config::endpoint_url(server_url, BINARY_PATH)?;
+    url.query_pairs_mut()
+        .append_pair("os", std::env::consts::OS)
+        .append_pair("arch", std::env::consts::ARCH);
+    log(format!("downloading {url}"));
+    download(&url, secret, staged, command).await?;
+    log(format!(
+        "downloaded {} bytes to {}; size and sha256 {} match",
+        command.size,
+        staged.display(),
+        command.sha256.to_ascii_lowercase()
+    ));
+    set_executable(staged)?;
+    let line = preflight(staged, &command.target_version).await?;
+    log(format!("new binary runs and reports {line:?}"));
+    Ok(())
+}
+
+async fn download(
+    url: &url::Url,
+    secret: &str,
+    staged: &Path,
+    command: &CommandUpdate,
+) -> Result<(), UpdateError> {
+    let failed = |reason: String| UpdateError::Download {
+        url: url.to_string(),
+        reason,
+    };
+    // reqwest is built without a default TLS provider and panics without one.
+    crate::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .user_agent(format!("restic-manager-agent/{}", crate::version::VERSION))
+        .build()
+        .map_err(|e| failed(crate::client::error_chain(&e)))?;
+    let mut response = client
+        .get(url.clone())
+        .bearer_auth(secret)
+        .send()
+        .await
+        .map_err(|e| failed(crate::client::error_chain(&e)))?;
+
+    let status = response.status();
+    if !status.is_success() {
+        // The error body is small; a failure to read it only costs detail.
+        let body = response.bytes().await.unwrap_or_default();
+        return Err(refusal(status, &body));
+    }
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .map(str::to_string)
+    };
+    if let Some(offered) = header(SHA256_HEADER)
+        && !offered.eq_ignore_ascii_case(&command.sha256)
+    {
+        return Err(UpdateError::Offered {
+            what: "a binary with sha256",
+            offered: offered.to_ascii_lowercase(),
+            expected: command.sha256.to_ascii_lowercase(),
+        });
+    }
+    if let Some(offered) = header(VERSION_HEADER)
+        && offered != command.target_version
+    {
+        return Err(UpdateError::Offered {
+            what: "version",
+            offered,
+            expected: command.target_version.clone(),
+        });
+    }
+    if response
+        .content_length()
+        .is_some_and(|len| len > command.size)
+    {
+        return Err(UpdateError::TooLarge {
+            expected: command.size,
+        });
+    }
+
+    // A leftover from an interrupted update is stale: start afresh, and
+    // create the file private until it is verified.
+    remove_quietly(staged);
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options
+        .open(staged)
+        .await
+        .map_err(io_error("create", staged))?;
+
+    let mut hasher = Sha256::new();
+    let mut got: u64 = 0;
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(UpdateError::Truncated {
+                    got,
+                    expected: command.size,
+                    detail: format!(": {}", crate::client::error_chain(&e)),
+                });
+            }
+        };
+        got += chunk.len() as u64;
+        if got > command.size {
+            return Err(UpdateError::TooLarge {
+                expected: command.size,
+            });
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk)
+            .await
+            .map_err(io_error("write", staged))?;
+    }
+    if got < command.size {
+        return Err(UpdateError::Truncated {
+            got,
+            expected: command.size,
+            detail: String::new(),
+        });
+    }
+    let digest = hex::encode(hasher.finalize());
+    if !digest.eq_ignore_ascii_case(&command.sha256) {
+        return Err(UpdateError::Checksum {
+            expected: command.sha256.to_ascii_lowercase(),
+            got: digest,
+        });
+    }
+    file.sync_all().await.map_err(io_error("fsync", staged))?;
+    Ok(())
+}
+
+/// The server's `{"error","message"}` when it sent one, else a snippet.
+fn refusal(status: reqwest::StatusCode, body: &[u8]) -> UpdateError {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        error: String,
+        #[serde(default)]
+        message: String,
+    }
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(err) => UpdateError::Refused {
+            status: status.as_u16(),
+            message: if err.message.is_empty() {
+                status.canonical_reason().unwrap_or("no message").into()
+            } else {
+                err.message
+            },
+            code: err.error,
+        },
+        Err(_) => UpdateError::UnexpectedStatus {
+            status: status.as_u16(),
+            snippet: snippet(body),
+        },
+    }
+}
+
+fn snippet(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    if text.is_empty() {
+        return "(empty)".into();
+    }
+    let mut out: String = text.chars().take(SNIPPET_CHARS).collect();
+    if text.chars().count() > SNIPPET_CHARS {
+        out.push('…');
+    }
+    out
+}
+
+fn set_executable(path: &Path) -> Result<(), UpdateError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .map_err(io_error("chmod 0755", path))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Runs `<staged> --version` and requires its first stdout line to be
+/// exactly `restic-manager-agent <target>`. Returns that line.
+async fn preflight(staged: &Path, target: &str) -> Result<String, UpdateError> {
+    let output = run_version(staged).await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let first = stdout.lines().next().unwrap_or("").trim_end_matches('\r');
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let said = if stderr.trim().is_empty() {
+            first
+        } else {
+            stderr.trim()
+        };
+        let mut reason = format!("`--version` failed ({})", output.status);
+        if !said.is_empty() {
+            reason.push_str(": ");
+            reason.push_str(&snippet(said.as_bytes()));
+        }
+        return Err(UpdateError::CannotRun(reason));
+    }
+    if first == format!("{VERSION_PREFIX}{target}") {
+        return Ok(first.to_string());
+    }
+    match first.strip_prefix(VERSION_PREFIX) {
+        Some(version) => Err(UpdateError::WrongVersion {
+            got: snippet(version.as_bytes()),
+            expected: target.to_string(),
+        }),
+        None => Err(UpdateError::UnexpectedVersionOutput {
+            got: snippet(first.as_bytes()),
+            expected: target.to_string(),
+        }),
+    }
+}
+
+async fn run_version(staged: &Path) -> Result<std::process::Output, UpdateError> {
+    let mut busy_retries = 0;
+    loop {
+        let spawned = tokio::process::Command::new(staged)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            // "Text file busy": a process forked elsewhere in this program
+            // may briefly hold an inherited write handle on the fresh file.
+            Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && busy_retries < 20 => {
+                busy_retries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => return Err(UpdateError::CannotRun(e.to_string())),
+        };
+        // On timeout the child is dropped, which kills it.
+        return match tokio::time::timeout(PREFLIGHT_TIMEOUT, child.wait_with_output()).await {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(e)) => Err(UpdateError::CannotRun(e.to_string())),
+            Err(_) => Err(UpdateError::CannotRun(format!(
+                "`--version` did not finish within {}s",
+                PREFLIGHT_TIMEOUT.as_secs()
+            ))),
+        };
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests;

@@ -1,0 +1,548 @@
+//! Boot watchdog: at every start, reads the update marker and decides
+//! whether a freshly swapped binary gets another start or `<bin>.old` goes
+//! back; while running, rolls back if the server rejects the new binary's
+//! hello and deletes the marker once a hello was acknowledged.
+//!
+//! Kept small on purpose: a bug here cannot be fixed remotely. Only process
+//! starts count against a new binary; a running agent that cannot reach
+//! the server never rolls back (the old binary could not reach it either).
+
+use std::path::Path;
+
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::{MarkerState, UpdateMarker, marker_path, platform, remove_quietly};
+use crate::client::ConnState;
+use crate::wire::{UpdateOutcome, UpdateReport};
+
+/// Starts a new binary gets without one acknowledged hello; the next start
+/// rolls back.
+pub const MAX_BOOTS_WITHOUT_HELLO: u32 = 3;
+
+/// Exit code after a rollback: the supervisor restarts, now the old binary.
+pub const ROLLBACK_EXIT_CODE: u8 = 1;
+
+/// What [`on_boot`] decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BootDecision {
+    /// Run. `report` rides in every hello until one is acknowledged.
+    /// `probation`: this is a new binary that has not yet been acknowledged,
+    /// so a `hello.rejected` rolls it back.
+    Run {
+        report: Option<UpdateReport>,
+        probation: bool,
+    },
+    /// `<bin>.old` is back in place: exit with [`ROLLBACK_EXIT_CODE`].
+    RolledBack { reason: String },
+}
+
+/// Reads `<bin>.update-marker` and acts on it. `running_version` is this
+/// binary's version. Never fails: a marker it cannot use is logged and
+/// dropped, because refusing to start would strand the host.
+pub fn on_boot(bin: &Path, running_version: &str) -> BootDecision {
+    let path = marker_path(bin);
+    let marker = match UpdateMarker::load(&path) {
+        Ok(Some(marker)) => marker,
+        Ok(None) => {
+            return BootDecision::Run {
+                report: None,
+                probation: false,
+            };
+        }
+        Err(e) => {
+            warn!(error = %e, "ignoring and removing an unusable update marker");
+            remove_quietly(&path);
+            return BootDecision::Run {
+                report: None,
+                probation: false,
+            };
+        }
+    };
+    let report = |outcome, reason| UpdateReport {
+        job_id: marker.job_id,
+        from_version: marker.from_version.clone(),
+        to_version: marker.to_version.clone(),
+        outcome,
+        reason,
+    };
+
+    match marker.state {
+        MarkerState::RolledBack => BootDecision::Run {
+            report: Some(report(UpdateOutcome::RolledBack, marker.reason.clone())),
+            probation: false,
+        },
+        // Something else (a person, a package manager, a crash before the
+        // rename) left a different binary in place.
+        MarkerState::Swapped if marker.to_version != running_version => {
+            let reason = format!(
+                "the update to {} did not take: the agent started as {running_version}",
+                marker.to_version
+            );
+            warn!(job_id = marker.job_id, "{reason}");
+            BootDecision::Run {
+                report: Some(report(UpdateOutcome::RolledBack, Some(reason))),
+                probation: false,
+            }
+        }
+        MarkerState::Swapped => {
+            let mut marker = marker.clone();
+            marker.boots = marker.boots.saturating_add(1);
+            if marker.boots > MAX_BOOTS_WITHOUT_HELLO {
+                let reason = format!(
+                    "new agent {} restarted {} times without reaching the server; rolled back to {}",
+                    marker.to_version, marker.boots, marker.from_version
+                );
+                return roll_back(bin, marker, reason);
+            }
+            if let Err(e) = marker.save(&path) {
+                // Without the count a crash loop goes unnoticed, but
+                // refusing to run would be worse.
+                error!(error = %e, "cannot record this start in the update marker");
+            }
+            info!(
+                job_id = marker.job_id,
+                boots = marker.boots,
+                "new agent {} starting; waiting for the server to acknowledge it",
+                marker.to_version
+            );
+            BootDecision::Run {
+                report: Some(report(UpdateOutcome::Updated, None)),
+                probation: true,
+            }
+        }
+    }
+}
+
+/// Puts `<bin>.old` back and records why. If that fails the new binary is
+/// all there is: keep running it, report it, and stop judging it.
+fn roll_back(bin: &Path, mut marker: UpdateMarker, reason: String) -> BootDecision {
+    let path = marker_path(bin);
+    if let Err(e) = platform::restore_old(bin) {
+        error!(error = %e, "{reason} — but the rollback failed; keeping the new binary");
+        if let Err(e) = marker.save(&path) {
+            error!(error = %e, "cannot update the update marker");
+        }
+        return BootDecision::Run {
+            report: Some(UpdateReport {
+                job_id: marker.job_id,
+                from_version: marker.from_version,
+                to_version: marker.to_version,
+                outcome: UpdateOutcome::Updated,
+                reason: Some(format!("rollback failed: {e}")),
+            }),
+            probation: false,
+        };
+    }
+    error!(job_id = marker.job_id, "{reason}");
+    marker.state = MarkerState::RolledBack;
+    marker.reason = Some(reason.clone());
+    if let Err(e) = marker.save(&path) {
+        // The old binary will report "did not take" instead of this reason.
+        error!(error = %e, "cannot record the rollback in the update marker");
+    }
+    BootDecision::RolledBack { reason }
+}
+
+/// How [`watch_connection`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEnd {
+    /// A hello was acknowledged; the marker (if any) is gone.
+    Acknowledged,
+    /// The server rejected the new binary's hello and `<bin>.old` is back:
+    /// exit with [`ROLLBACK_EXIT_CODE`].
+    RolledBack(String),
+    /// The connection loop stopped first.
+    Stopped,
+}
+
+/// Follows the connection until the first acknowledged hello. Then deletes
+/// the marker of `report` (the server has the outcome). With `probation`, a
+/// `hello.rejected` before that rolls back. Connection failures are ignored.
+pub async fn watch_connection(
+    bin: &Path,
+    report: Option<&UpdateReport>,
+    mut probation: bool,
+    mut state: watch::Receiver<ConnState>,
+) -> WatchEnd {
+    loop {
+        let seen = state
+            .wait_for(|s| s.acks > 0 || s.stopped || (probation && s.last_reject.is_some()))
+            .await
+            .map(|s| s.clone());
+        let Ok(seen) = seen else {
+            return WatchEnd::Stopped;
+        };
+        if seen.acks > 0 {
+            if let Some(report) = report {
+                clear_marker(bin, report.job_id);
+            }
+            return WatchEnd::Acknowledged;
+        }
+        if seen.stopped {
+            return WatchEnd::Stopped;
+        }
+        let reason = seen.last_reject.unwrap_or_default();
+        match roll_back_after_reject(bin, &reason) {
+            Some(reason) => return WatchEnd::RolledBack(reason),
+            // Nothing to roll back to: keep running and keep trying.
+            None => probation = false,
+        }
+    }
+}
+
+fn roll_back_after_reject(bin: &Path, rejection: &str) -> Option<String> {
+    let marker = match UpdateMarker::load(&marker_path(bin)) {
+        Ok(Some(marker)) if marker.state == MarkerState::Swapped => marker,
+        Ok(_) => return None,
+        Err(e) => {
+            error!(error = %e, "server rejected the new agent, but its update marker is unusable");
+            return None;
+        }
+    };
+    let reason = format!(
+        "server rejected new agent {} ({rejection}); rolled back to {}",
+        marker.to_version, marker.from_version
+    );
+    match roll_back(bin, marker, reason) {
+        BootDecision::RolledBack { reason } => Some(reason),
+        BootDecision::Run { .. } => None,
+    }
+}
+
+/// Deletes the marker if it still describes `job_id` (a newer update may
+/// have replaced it since).
+fn clear_marker(bin: &Path, job_id: i64) {
+    let path = marker_path(bin);
+    match UpdateMarker::load(&path) {
+        Ok(Some(marker)) if marker.job_id == job_id => {
+            remove_quietly(&path);
+            info!(
+                job_id,
+                "server acknowledged the update outcome; marker removed"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot read the update marker to remove it"),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use crate::updater::old_path;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A binary dir after a swap from v1 to v2: `agent` holds the new
+    /// binary, `agent.old` the old one, the marker says "swapped".
+    fn swapped() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("agent");
+        std::fs::write(&bin, "NEW").unwrap();
+        std::fs::write(old_path(&bin), "OLD").unwrap();
+        marker(7, MarkerState::Swapped, 0)
+            .save(&marker_path(&bin))
+            .unwrap();
+        (dir, bin)
+    }
+
+    fn marker(job_id: i64, state: MarkerState, boots: u32) -> UpdateMarker {
+        UpdateMarker {
+            job_id,
+            from_version: "v1".into(),
+            to_version: "v2".into(),
+            state,
+            boots,
+            reason: None,
+        }
+    }
+
+    fn load(bin: &Path) -> Option<UpdateMarker> {
+        UpdateMarker::load(&marker_path(bin)).unwrap()
+    }
+
+    fn contents(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    #[test]
+    fn marker_round_trips_as_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.update-marker");
+        assert_eq!(UpdateMarker::load(&path).unwrap(), None);
+        let mut m = marker(12, MarkerState::Swapped, 2);
+        m.save(&path).unwrap();
+        assert_eq!(UpdateMarker::load(&path).unwrap(), Some(m.clone()));
+        let json: serde_json::Value = serde_json::from_str(&contents(&path)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"job_id": 12, "from_version": "v1", "to_version": "v2",
+                               "state": "swapped", "boots": 2})
+        );
+        m.state = MarkerState::RolledBack;
+        m.reason = Some("because".into());
+        m.save(&path).unwrap();
+        assert_eq!(UpdateMarker::load(&path).unwrap(), Some(m));
+        assert!(contents(&path).contains(r#""state": "rolled_back""#));
+        // Only the marker is left: no temp file.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        std::fs::write(&path, "{half a mark").unwrap();
+        assert!(UpdateMarker::load(&path).is_err());
+    }
+
+    #[test]
+    fn no_marker_means_nothing_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("agent");
+        std::fs::write(&bin, "BIN").unwrap();
+        assert_eq!(
+            on_boot(&bin, "v1"),
+            BootDecision::Run {
+                report: None,
+                probation: false
+            }
+        );
+    }
+
+    #[test]
+    fn an_unusable_marker_is_dropped_not_fatal() {
+        let (_dir, bin) = swapped();
+        std::fs::write(marker_path(&bin), "garbage").unwrap();
+        assert_eq!(
+            on_boot(&bin, "v2"),
+            BootDecision::Run {
+                report: None,
+                probation: false
+            }
+        );
+        assert!(!marker_path(&bin).exists());
+        assert_eq!(contents(&bin), "NEW");
+    }
+
+    #[test]
+    fn a_crash_looping_new_binary_is_rolled_back_after_max_starts() {
+        let (_dir, bin) = swapped();
+        for boot in 1..=MAX_BOOTS_WITHOUT_HELLO {
+            let decision = on_boot(&bin, "v2");
+            let BootDecision::Run {
+                report: Some(report),
+                probation: true,
+            } = decision
+            else {
+                panic!("start {boot}: {decision:?}");
+            };
+            assert_eq!(report.outcome, UpdateOutcome::Updated);
+            assert_eq!((report.job_id, report.to_version.as_str()), (7, "v2"));
+            assert_eq!(load(&bin).unwrap().boots, boot, "start {boot} is counted");
+            assert_eq!(contents(&bin), "NEW");
+        }
+
+        let decision = on_boot(&bin, "v2");
+        let want = "new agent v2 restarted 4 times without reaching the server; rolled back to v1";
+        assert_eq!(
+            decision,
+            BootDecision::RolledBack {
+                reason: want.into()
+            }
+        );
+        assert_eq!(contents(&bin), "OLD", "the old binary is back");
+        assert!(!old_path(&bin).exists());
+        let m = load(&bin).unwrap();
+        assert_eq!(m.state, MarkerState::RolledBack);
+        assert_eq!(m.reason.as_deref(), Some(want));
+
+        // The old binary starts and reports the rollback, without probation.
+        assert_eq!(
+            on_boot(&bin, "v1"),
+            BootDecision::Run {
+                report: Some(UpdateReport {
+                    job_id: 7,
+                    from_version: "v1".into(),
+                    to_version: "v2".into(),
+                    outcome: UpdateOutcome::RolledBack,
+                    reason: Some(want.into()),
+                }),
+                probation: false,
+            }
+        );
+    }
+
+    #[test]
+    fn a_failed_rollback_keeps_the_new_binary_running() {
+        let (_dir, bin) = swapped();
+        std::fs::remove_file(old_path(&bin)).unwrap();
+        marker(7, MarkerState::Swapped, MAX_BOOTS_WITHOUT_HELLO)
+            .save(&marker_path(&bin))
+            .unwrap();
+        let decision = on_boot(&bin, "v2");
+        let BootDecision::Run {
+            report: Some(report),
+            probation: false,
+        } = decision
+        else {
+            panic!("{decision:?}");
+        };
+        assert_eq!(report.outcome, UpdateOutcome::Updated);
+        assert!(report.reason.unwrap().starts_with("rollback failed"));
+        assert_eq!(contents(&bin), "NEW");
+    }
+
+    #[test]
+    fn a_swapped_marker_under_another_version_reports_a_rollback() {
+        let (_dir, bin) = swapped();
+        let decision = on_boot(&bin, "v1");
+        let BootDecision::Run {
+            report: Some(report),
+            probation: false,
+        } = decision
+        else {
+            panic!("{decision:?}");
+        };
+        assert_eq!(report.outcome, UpdateOutcome::RolledBack);
+        assert_eq!(
+            report.reason.as_deref(),
+            Some("the update to v2 did not take: the agent started as v1")
+        );
+        // Left alone: no counting, no file moves.
+        assert_eq!(load(&bin).unwrap().boots, 0);
+        assert_eq!(contents(&old_path(&bin)), "OLD");
+    }
+
+    #[tokio::test]
+    async fn a_rejected_hello_rolls_the_new_binary_back() {
+        let (_dir, bin) = swapped();
+        let BootDecision::Run {
+            report,
+            probation: true,
+        } = on_boot(&bin, "v2")
+        else {
+            panic!("expected probation");
+        };
+        let (tx, rx) = watch::channel(ConnState::default());
+        let watching = tokio::spawn({
+            let bin = bin.clone();
+            async move { watch_connection(&bin, report.as_ref(), true, rx).await }
+        });
+        tx.send_modify(|s| {
+            s.connects = 1;
+            s.last_reject = Some("agent v2 is not allowed".into());
+        });
+        let end = tokio::time::timeout(WAIT, watching).await.unwrap().unwrap();
+        let want = "server rejected new agent v2 (agent v2 is not allowed); rolled back to v1";
+        assert_eq!(end, WatchEnd::RolledBack(want.into()));
+        assert_eq!(contents(&bin), "OLD");
+        let m = load(&bin).unwrap();
+        assert_eq!(
+            (m.state, m.reason.as_deref()),
+            (MarkerState::RolledBack, Some(want))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_acknowledged_hello_removes_the_marker_and_ends_probation() {
+        let (_dir, bin) = swapped();
+        let BootDecision::Run { report, probation } = on_boot(&bin, "v2") else {
+            panic!("expected to run");
+        };
+        let (tx, rx) = watch::channel(ConnState::default());
+        let watching = tokio::spawn({
+            let bin = bin.clone();
+            async move { watch_connection(&bin, report.as_ref(), probation, rx).await }
+        });
+        tx.send_modify(|s| {
+            s.connects = 1;
+            s.acks = 1;
+        });
+        let end = tokio::time::timeout(WAIT, watching).await.unwrap().unwrap();
+        assert_eq!(end, WatchEnd::Acknowledged);
+        assert!(!marker_path(&bin).exists());
+        assert_eq!(contents(&bin), "NEW");
+        // The next start is an ordinary one.
+        assert_eq!(
+            on_boot(&bin, "v2"),
+            BootDecision::Run {
+                report: None,
+                probation: false
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn the_ack_leaves_a_newer_updates_marker_alone() {
+        let (_dir, bin) = swapped();
+        let BootDecision::Run { report, .. } = on_boot(&bin, "v2") else {
+            panic!("expected to run");
+        };
+        marker(8, MarkerState::Swapped, 0)
+            .save(&marker_path(&bin))
+            .unwrap();
+        let (tx, rx) = watch::channel(ConnState::default());
+        tx.send_modify(|s| s.acks = 1);
+        assert_eq!(
+            watch_connection(&bin, report.as_ref(), true, rx).await,
+            WatchEnd::Acknowledged
+        );
+        assert_eq!(load(&bin).unwrap().job_id, 8);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_never_causes_a_rollback() {
+        let (_dir, bin) = swapped();
+        let BootDecision::Run {
+            report,
+            probation: true,
+        } = on_boot(&bin, "v2")
+        else {
+            panic!("expected probation");
+        };
+        // A real agent against a port nobody listens on.
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let config = crate::config::AgentConfig {
+            server_url: format!("http://127.0.0.1:{port}"),
+            host_id: 1,
+            secret: "s".into(),
+        };
+        let opts = crate::client::RunOptions {
+            backoff_initial: Duration::from_millis(5),
+            backoff_cap: Duration::from_millis(20),
+            update_report: report.clone(),
+            ..Default::default()
+        };
+        let agent = crate::client::spawn(config, opts);
+        let mut state = agent.state();
+        let watching = tokio::spawn({
+            let bin = bin.clone();
+            let state = agent.state();
+            async move { watch_connection(&bin, report.as_ref(), true, state).await }
+        });
+
+        // Every failed attempt publishes a state change: wait for several.
+        let mut failures = 0;
+        tokio::time::timeout(WAIT, async {
+            while failures < 8 {
+                state.changed().await.unwrap();
+                if state.borrow_and_update().last_error.is_some() {
+                    failures += 1;
+                }
+            }
+        })
+        .await
+        .expect("the agent keeps retrying");
+        assert!(!watching.is_finished(), "the watchdog is still waiting");
+        assert_eq!(contents(&bin), "NEW");
+        assert_eq!(contents(&old_path(&bin)), "OLD");
+        let m = load(&bin).unwrap();
+        assert_eq!((m.state, m.boots), (MarkerState::Swapped, 1));
+
+        agent.shutdown().await;
+        let end = tokio::time::timeout(WAIT, watching).await.unwrap().unwrap();
+        assert_eq!(end, WatchEnd::Stopped);
+        assert_eq!(contents(&bin), "NEW");
+    }
+}
