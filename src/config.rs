@@ -23,6 +23,10 @@ pub struct Settings {
     pub update_timeout: Duration,
     pub update_min_healthy: Duration,
     pub offline_alert_after: Duration,
+    /// How often the `host_offline` sweep runs.
+    pub alert_sweep_interval: Duration,
+    /// First webhook retry delay; doubles per failed attempt.
+    pub notify_retry_base: Duration,
     /// Close an agent connection that answered nothing for this long.
     pub agent_ping_interval: Duration,
     pub agent_ping_timeout: Duration,
@@ -48,6 +52,8 @@ impl Settings {
             update_timeout: Duration::from_secs(90),
             update_min_healthy: Duration::from_secs(5),
             offline_alert_after: Duration::from_secs(300),
+            alert_sweep_interval: Duration::from_secs(15),
+            notify_retry_base: Duration::from_secs(2),
             agent_ping_interval: Duration::from_secs(20),
             agent_ping_timeout: Duration::from_secs(60),
             presence_flush_interval: Duration::from_secs(30),

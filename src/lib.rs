@@ -1,12 +1,14 @@
 //! restic-manager server: builds the app from settings — database and
 //! migrations, the agent hub, background workers, the HTTP server.
 pub mod agent_binaries;
+pub mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod db;
 pub mod entities;
+pub mod fleet;
 pub mod hub;
 pub mod jobs;
 pub mod presence;
@@ -15,6 +17,7 @@ pub mod routes;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod updates;
 pub mod version;
 pub mod views;
 pub mod web;
@@ -75,15 +78,22 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
         settings.presence_flush_interval,
     );
     spawn_session_purger(db.clone(), clock.clone(), settings.session_idle);
+    let alerts = alerts::Alerts::start(db.clone(), clock.clone(), &settings)?;
     let state = AppState {
         db,
         settings: Arc::new(settings.clone()),
         hub,
         presence,
         live: Arc::new(jobs::LiveJobs::default()),
+        updates: Arc::new(updates::Updates::default()),
+        fleet: Arc::new(fleet::Fleet::default()),
         clock,
         throttle: Arc::new(LoginThrottle::new(5, Duration::from_secs(15 * 60))),
+        alerts,
     };
+    alerts::spawn_sweeper(state.clone());
+    updates::spawn_watcher(state.clone());
+    fleet::spawn(state.clone());
     let app_state = aweb::Data::new(state.clone());
     let server = HttpServer::new(move || {
         App::new()

@@ -174,7 +174,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     match cli.cmd.unwrap_or(Cmd::Serve) {
-        Cmd::Serve => rt.block_on(restic_manager::serve(settings)),
+        Cmd::Serve => {
+            drop(rt);
+            // An actix System over a multi-threaded tokio runtime, so
+            // background workers (the fleet update) get their own arbiter.
+            actix_rt::System::with_tokio_rt(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .expect("starting the async runtime")
+            })
+            .block_on(restic_manager::serve(settings))
+        }
         Cmd::User(UserCmd::Add { name, role, .. }) => {
             let password = read_password_stdin()?;
             rt.block_on(async {

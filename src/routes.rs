@@ -7,6 +7,7 @@ pub const HOST_NEW: &str = "/hosts/new";
 pub const USERS_PAGE: &str = "/settings/users";
 pub const AUDIT_PAGE: &str = "/audit";
 pub const JOBS_PAGE: &str = "/jobs";
+pub const FLEET_UPDATE_PAGE: &str = "/settings/fleet-update";
 
 pub const API_LOGIN: &str = "/api/login";
 pub const API_LOGOUT: &str = "/api/logout";
@@ -60,4 +61,34 @@ pub fn job_events(id: i64, after: i64) -> String {
 }
 pub fn api_job(id: i64) -> String {
     format!("/api/jobs/{id}")
+}
+pub fn host_update(id: i64) -> String {
+    format!("/hosts/{id}/update")
+}
+pub fn api_host_update(id: i64) -> String {
+    format!("/api/hosts/{id}/update")
+}
+
+pub const ALERTS_PAGE: &str = "/alerts";
+pub const API_ALERTS: &str = "/api/alerts";
+pub const NOTIFICATIONS_PAGE: &str = "/settings/notifications";
+pub fn alert_resolve(id: i64) -> String {
+    format!("/alerts/{id}/resolve")
+}
+pub fn api_alert_resolve(id: i64) -> String {
+    format!("/api/alerts/{id}/resolve")
+}
+pub fn notification_target_delete(id: i64) -> String {
+    format!("/settings/notifications/{id}/delete")
+}
+pub fn notification_target_test(id: i64) -> String {
+    format!("/settings/notifications/{id}/test")
+}
+pub const FLEET_BANNER: &str = "/settings/fleet-update/banner";
+pub const API_FLEET_UPDATE: &str = "/api/fleet/update";
+pub fn fleet_cancel(id: i64) -> String {
+    format!("/settings/fleet-update/{id}/cancel")
+}
+pub fn api_fleet_update(id: i64) -> String {
+    format!("/api/fleet-updates/{id}")
 }

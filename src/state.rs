@@ -5,7 +5,7 @@ use sea_orm::DatabaseConnection;
 
 use crate::{
     auth::LoginThrottle, clock::Clock, config::Settings, hub::Hub, jobs::LiveJobs,
-    presence::Presence,
+    presence::Presence, updates::Updates,
 };
 
 #[derive(Clone)]
@@ -15,6 +15,9 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub presence: Presence,
     pub live: Arc<LiveJobs>,
+    pub updates: Arc<Updates>,
+    pub fleet: Arc<crate::fleet::Fleet>,
     pub clock: Clock,
     pub throttle: Arc<LoginThrottle>,
+    pub alerts: crate::alerts::Alerts,
 }

@@ -287,12 +287,23 @@ impl Browser {
             .to_string()
     }
 
+    /// Texts of all matches. An htmx swap can replace elements between the
+    /// find and the read; then it reads again (bounded).
     async fn texts(&self, css: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        for e in self.c.find_all(Locator::Css(css)).await.expect("find_all") {
-            out.push(e.text().await.expect("element text").trim().to_string());
+        'retry: for _ in 0..20 {
+            let mut out = Vec::new();
+            for e in self.c.find_all(Locator::Css(css)).await.expect("find_all") {
+                match e.text().await {
+                    Ok(t) => out.push(t.trim().to_string()),
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue 'retry;
+                    }
+                }
+            }
+            return out;
         }
-        out
+        panic!("`{css}` kept changing under the reader")
     }
 
     async fn fill(&self, css: &str, value: &str) {
@@ -497,9 +508,10 @@ async fn dashboard_lists_hosts_filters_and_refreshes_status_without_reload() {
     assert_eq!(b.row_name(on).await, "web-1");
     assert_eq!(b.row_name(off).await, "db-1");
     assert_eq!(b.row_cell(on, "agent-version").await, "v9.9.9");
-    assert!(
-        !b.row_cell(off, "agent-version").await.contains('v'),
-        "a host that never connected shows no agent version"
+    assert_eq!(
+        b.row_cell(off, "agent-version").await,
+        "never connected",
+        "an enrolled host that never connected shows no agent version"
     );
     assert_eq!(b.row_status(on).await.as_deref(), Some("online"));
     assert_eq!(b.row_status(off).await.as_deref(), Some("offline"));
@@ -593,6 +605,27 @@ async fn dashboard_lists_hosts_filters_and_refreshes_status_without_reload() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // A session ended on the server (logout elsewhere, expiry): the next
+    // refresh gets 401 + HX-Redirect and the page goes to the login form.
+    let cookie =
+        b.c.get_named_cookie("rm_session")
+            .await
+            .expect("the session cookie");
+    restic_manager::store::sessions::delete(app.db(), cookie.value())
+        .await
+        .expect("ending the session");
+    let deadline = Instant::now() + REFRESH_WAIT;
+    while !b.location().await.starts_with("/login") {
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard did not send an ended session to the login page; {}",
+            b.describe().await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    b.wait_css("#username").await;
+    assert_eq!(b.location().await, "/login?next=%2F");
     b.close().await;
 }
 
@@ -614,7 +647,7 @@ async fn viewer_sees_no_admin_navigation_and_gets_a_readable_403() {
     assert_eq!(b.text("[data-testid=whoami]").await, "vera · viewer");
     let nav = b.nav_labels().await;
     assert!(nav.iter().any(|l| l == "Hosts"), "nav: {nav:?}");
-    for hidden in ["Add host", "Users"] {
+    for hidden in ["Add host", "Users", "Audit"] {
         assert!(
             !nav.iter().any(|l| l == hidden),
             "a viewer must not see {hidden:?} in the nav: {nav:?}"
@@ -665,9 +698,16 @@ async fn viewer_sees_no_admin_navigation_and_gets_a_readable_403() {
 async fn admin_adds_a_host_and_gets_a_working_install_command() {
     let app = TestApp::spawn().await;
     let b = Browser::open(&app).await;
-    b.login("admin", ADMIN_PASSWORD).await;
+    // Following a link to the form while logged out comes back to it.
+    b.goto("/hosts/new").await;
+    b.wait_css("#username").await;
+    assert_eq!(b.location().await, "/login?next=%2Fhosts%2Fnew");
+    b.submit_login("admin", ADMIN_PASSWORD).await;
+    b.wait_css("#name").await;
+    assert_eq!(b.location().await, "/hosts/new");
+    let active = b.text("header nav a.bg-slate-700").await;
+    assert_eq!(active, "Add host", "the nav marks the current page");
 
-    b.click("header nav a[href='/hosts/new']").await;
     b.fill("#name", "web-7").await;
     b.click("form[action='/hosts/new'] button[type=submit]")
         .await;
@@ -711,4 +751,204 @@ async fn admin_adds_a_host_and_gets_a_working_install_command() {
     b.click(&format!("a[href='/hosts/{id}']")).await;
     assert_eq!(b.text("[data-testid=host-name]").await, "web-7");
     b.close().await;
+}
+
+/// A job for `host_id`, created straight in the store.
+async fn new_job(app: &TestApp, host_id: i64) -> i64 {
+    use restic_manager::store::jobs::{ActorKind, JobKind, NewJob};
+    let j = NewJob {
+        host_id,
+        kind: JobKind::Backup,
+        actor_kind: ActorKind::User,
+        actor_id: None,
+        actor_name: "admin".into(),
+        target_version: None,
+        deadline_at: None,
+    };
+    restic_manager::store::jobs::create(app.db(), &j, app.clock.now_ms())
+        .await
+        .unwrap()
+        .id
+}
+
+fn log_line(job_id: i64, seq: i64, data: &str) -> agent::wire::LogStream {
+    agent::wire::LogStream {
+        job_id,
+        seq,
+        stream: agent::wire::LogStreamKind::Stdout,
+        data: data.into(),
+        at: "2026-11-28T10:00:00Z".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_viewer_watches_a_job_log_grow_live_and_sees_it_finish() {
+    use agent::wire::{FinishedStatus, JobFinished, JobStarted};
+    let app = TestApp::spawn().await;
+    let cfg = app.enrolled_host("web-1").await;
+    let agent = app.agent(&cfg, "v1");
+    wait_acked(&agent).await;
+    let id = new_job(&app, cfg.host_id).await;
+    let s = agent.sender();
+    s.send_message(&JobStarted {
+        job_id: id,
+        kind: None,
+    })
+    .await
+    .unwrap();
+    s.send_message(&log_line(id, 1, "before the page opened"))
+        .await
+        .unwrap();
+    restic_manager::provisioning::user_save(
+        app.db(),
+        "vera",
+        Role::Viewer,
+        "viewer-password-1",
+        app.clock.now_ms(),
+    )
+    .await
+    .unwrap();
+
+    let b = Browser::open(&app).await;
+    b.login("vera", "viewer-password-1").await;
+    b.goto(&format!("/jobs/{id}")).await;
+    b.wait_css(".log-line").await;
+    b.js("window.__noReload = true; return null").await;
+    assert_eq!(
+        b.text("#job-summary [data-testid=job-status]").await,
+        "running"
+    );
+
+    for i in 2..=4 {
+        s.send_message(&log_line(id, i, &format!("live line {i}")))
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + UI_WAIT;
+    loop {
+        let lines = b.texts("#job-log .log-line").await;
+        if lines.len() == 4 && lines[3].ends_with("live line 4") {
+            assert!(lines[0].ends_with("before the page opened"), "{lines:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "live lines did not appear: {lines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.send_message(&JobFinished {
+        job_id: id,
+        status: FinishedStatus::Failed,
+        error: Some("repository locked".into()),
+        exit_code: Some(1),
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + UI_WAIT;
+    while b.texts("#job-summary [data-testid=job-status]").await != ["failed"] {
+        assert!(
+            Instant::now() < deadline,
+            "the status badge did not change: {}",
+            b.describe().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(b.text("[data-testid=job-error]").await, "repository locked");
+    assert_eq!(
+        b.js("return window.__noReload === true").await,
+        Value::Bool(true),
+        "no reload happened"
+    );
+    b.close().await;
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_sees_the_out_of_date_chip_tile_and_update_button_and_a_viewer_no_button() {
+    let app = TestApp::spawn().await;
+    let cfg = app.enrolled_host("web-1").await;
+    let agent = app.agent(&cfg, "v0.0.1-old");
+    wait_acked(&agent).await;
+    let src = app.dir.path().join("fake-agent");
+    std::fs::write(&src, "#!/bin/sh\necho restic-manager-agent x\n").unwrap();
+    restic_manager::agent_binaries::stage_with_version(
+        app.db(),
+        &app.settings.data_dir,
+        &src,
+        "linux",
+        "x86_64",
+        Some(restic_manager::version::VERSION.into()),
+    )
+    .await
+    .unwrap();
+
+    let b = Browser::open(&app).await;
+    b.login("admin", ADMIN_PASSWORD).await;
+    let chip = b
+        .text(&format!(
+            "tr[data-host-id='{}'] [data-testid=update-chip]",
+            cfg.host_id
+        ))
+        .await;
+    assert_eq!(
+        chip,
+        format!(
+            "out of date · v0.0.1-old → {}",
+            restic_manager::version::VERSION
+        )
+    );
+    let tile = b.text("[data-testid=hosts-behind-tile]").await;
+    assert!(tile.contains("1") && tile.contains("host behind"), "{tile}");
+    b.screenshot("out-of-date-host.png").await;
+    b.click("[data-testid=hosts-behind-tile]").await;
+    b.wait_css("[data-testid=behind-filter]").await;
+    assert_eq!(b.location().await, "/?updates=behind");
+
+    b.goto(&format!("/hosts/{}", cfg.host_id)).await;
+    assert!(
+        b.text("[data-testid=update-chip]")
+            .await
+            .starts_with("out of date")
+    );
+    let button = b.wait_css("[data-testid=update-agent]").await;
+    assert_eq!(
+        button.attr("disabled").await.unwrap(),
+        None,
+        "enabled for an online, out-of-date host"
+    );
+    // Clicking dispatches and htmx takes the admin to the live job page.
+    button.click().await.unwrap();
+    let deadline = Instant::now() + UI_WAIT;
+    while !b.location().await.starts_with("/jobs/") {
+        assert!(
+            Instant::now() < deadline,
+            "not redirected to the job: {}",
+            b.describe().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.wait_css("#job-log").await;
+    assert!(b.describe().await.contains("update"));
+    b.close().await;
+
+    restic_manager::provisioning::user_save(
+        app.db(),
+        "vera",
+        Role::Viewer,
+        "viewer-password-1",
+        app.clock.now_ms(),
+    )
+    .await
+    .unwrap();
+    let v = Browser::open(&app).await;
+    v.login("vera", "viewer-password-1").await;
+    v.goto(&format!("/hosts/{}", cfg.host_id)).await;
+    v.wait_css("[data-testid=update-chip]").await;
+    assert!(
+        v.texts("[data-testid=update-agent]").await.is_empty(),
+        "viewers get no Update button"
+    );
+    v.close().await;
+    agent.shutdown().await;
 }

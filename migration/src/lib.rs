@@ -5,6 +5,9 @@ pub use sea_orm_migration::prelude::*;
 mod m0001_foundation;
 mod m0002_audit_log;
 mod m0003_jobs;
+mod m0004_alerts_notifications;
+mod m0005_one_live_update_per_host;
+mod m0006_fleet_updates;
 
 pub struct Migrator;
 
@@ -15,6 +18,9 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_foundation::Migration),
             Box::new(m0002_audit_log::Migration),
             Box::new(m0003_jobs::Migration),
+            Box::new(m0004_alerts_notifications::Migration),
+            Box::new(m0005_one_live_update_per_host::Migration),
+            Box::new(m0006_fleet_updates::Migration),
         ]
     }
 }

@@ -50,6 +50,20 @@ pub async fn agent_message(state: &AppState, host_id: i64, env: &Envelope) -> Op
         }
         wire::JOB_FINISHED => {
             let m: JobFinished = parse(env)?;
+            if m.status == FinishedStatus::Succeeded
+                && store::jobs::get(&state.db, m.job_id)
+                    .await
+                    .is_ok_and(|j| j.kind == store::jobs::JobKind::Update)
+            {
+                // An update succeeds when the new agent says hello, never on
+                // the old agent's word.
+                tracing::warn!(
+                    job_id = m.job_id,
+                    host_id,
+                    "agent claimed an update succeeded; ignored"
+                );
+                return None;
+            }
             let status = match m.status {
                 FinishedStatus::Succeeded => JobStatus::Succeeded,
                 FinishedStatus::Failed => JobStatus::Failed,

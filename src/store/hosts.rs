@@ -282,3 +282,16 @@ pub async fn names<C: ConnectionTrait>(
         .map(|m| (m.id, m.name))
         .collect())
 }
+
+/// Every host matching `filter`, by name, unpaged (for planning a fleet
+/// update; callers bound what they do with it).
+pub async fn list_all<C: ConnectionTrait>(db: &C, filter: &HostFilter) -> Result<Vec<Host>> {
+    Ok(hosts::Entity::find()
+        .filter(filter.condition())
+        .order_by_asc(hosts::Column::Name)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect())
+}

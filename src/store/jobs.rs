@@ -435,3 +435,74 @@ pub async fn logs<C: ConnectionTrait>(
         .map(Into::into)
         .collect())
 }
+
+/// Appends a line written by the server itself (e.g. update progress). Its
+/// seq is the negated position, so it never collides with the agent's
+/// (from 1) or the truncation notice's (0).
+pub async fn append_server_line(
+    db: &sea_orm::DatabaseConnection,
+    job_id: i64,
+    ts: i64,
+    data: &str,
+) -> Result<Option<LogLine>> {
+    let txn = db.begin().await?;
+    let Some(job) = jobs::Entity::find_by_id(job_id).one(&txn).await? else {
+        return Err(StoreError::NotFound("job"));
+    };
+    if job.log_truncated || JobStatus::parse(&job.status).is_none_or(JobStatus::is_terminal) {
+        return Ok(None);
+    }
+    let pos = job.log_lines + 1;
+    let line = LogLine {
+        pos,
+        seq: -pos,
+        ts,
+        stream: "system".into(),
+        data: data.into(),
+    };
+    job_logs::ActiveModel {
+        job_id: Set(job_id),
+        pos: Set(pos),
+        seq: Set(line.seq),
+        ts: Set(ts),
+        stream: Set(line.stream.clone()),
+        payload: Set(line.data.clone()),
+    }
+    .insert(&txn)
+    .await?;
+    jobs::Entity::update_many()
+        .col_expr(jobs::Column::LogLines, Expr::value(pos))
+        .col_expr(
+            jobs::Column::LogBytes,
+            Expr::value(job.log_bytes + data.len() as i64),
+        )
+        .filter(jobs::Column::Id.eq(job_id))
+        .exec(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(Some(line))
+}
+
+/// The earliest deadline among live jobs that have one.
+pub async fn next_deadline<C: ConnectionTrait>(db: &C) -> Result<Option<i64>> {
+    Ok(jobs::Entity::find()
+        .filter(jobs::Column::Status.is_in(JobStatus::LIVE))
+        .filter(jobs::Column::DeadlineAt.is_not_null())
+        .order_by_asc(jobs::Column::DeadlineAt)
+        .one(db)
+        .await?
+        .and_then(|m| m.deadline_at))
+}
+
+/// Live jobs whose deadline has passed.
+pub async fn overdue<C: ConnectionTrait>(db: &C, now: i64) -> Result<Vec<Job>> {
+    Ok(jobs::Entity::find()
+        .filter(jobs::Column::Status.is_in(JobStatus::LIVE))
+        .filter(jobs::Column::DeadlineAt.lte(now))
+        .order_by_asc(jobs::Column::DeadlineAt)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect())
+}

@@ -2,10 +2,13 @@
 //! `&DatabaseConnection` (or any `ConnectionTrait`) and return domain
 //! structs; sea-orm types never leave this module.
 pub mod agent_binaries;
+pub mod alerts;
 pub mod audit;
 pub mod enrollment;
+pub mod fleet_updates;
 pub mod hosts;
 pub mod jobs;
+pub mod notifications;
 pub mod sessions;
 pub mod users;
 

@@ -49,3 +49,27 @@ pub fn pagination(offset: u64, limit: u64, total: u64, href: impl Fn(u64) -> Str
         }
     }
 }
+
+/// Amber "out of date" chip; nothing when the agent version is unknown or
+/// equal to the server's.
+pub fn update_chip(agent_version: &str, server_version: &str) -> Markup {
+    html! {
+        @if !agent_version.is_empty() && agent_version != server_version {
+            span class="update-chip" data-testid="update-chip" title=(format!("Agent {agent_version} → server {server_version}")) {
+                "out of date · " (agent_version) " → " (server_version)
+            }
+        }
+    }
+}
+
+/// Dashboard tile counting hosts behind; nothing when none are.
+pub fn hosts_behind_tile(n: u64) -> Markup {
+    html! {
+        @if n > 0 {
+            a class="tile tile-amber" href=(format!("{}?updates=behind", crate::routes::DASHBOARD)) data-testid="hosts-behind-tile" {
+                span class="tile-value" { (n) }
+                span class="tile-label" { @if n == 1 { "host behind" } @else { "hosts behind" } }
+            }
+        }
+    }
+}

@@ -4,7 +4,7 @@ use maud::{Markup, html};
 
 use super::{
     Nav,
-    components::{last_seen, online_pill, pagination},
+    components::{hosts_behind_tile, last_seen, online_pill, pagination, update_chip},
     page,
 };
 use crate::{
@@ -13,12 +13,16 @@ use crate::{
         hosts::{Host, Status},
         users::User,
     },
+    version,
 };
 
 pub struct DashboardView<'a> {
     pub user: &'a User,
     pub hosts: &'a [Host],
     pub status: Option<Status>,
+    /// Only hosts whose agent is behind the server (`?updates=behind`).
+    pub behind: bool,
+    pub count_behind: u64,
     pub offset: u64,
     pub limit: u64,
     /// Hosts matching the filter.
@@ -30,7 +34,14 @@ pub struct DashboardView<'a> {
 
 impl DashboardView<'_> {
     fn query(&self, status: Option<Status>, offset: u64) -> String {
+        self.query_with(status, self.behind, offset)
+    }
+
+    fn query_with(&self, status: Option<Status>, behind: bool, offset: u64) -> String {
         let mut q = Vec::new();
+        if behind {
+            q.push("updates=behind".to_string());
+        }
         match status {
             Some(Status::Online) => q.push("status=online".to_string()),
             Some(Status::Offline) => q.push("status=offline".to_string()),
@@ -65,10 +76,13 @@ pub fn host_row(h: &Host, now_ms: i64) -> Markup {
             td class="font-medium" { a class="link" href=(routes::host(h.id)) { (h.name) } }
             td { @if h.hostname.is_empty() { span class="text-gray-400" { "—" } } @else { (h.hostname) } }
             td { @if h.os.is_empty() { span class="text-gray-400" { "—" } } @else { (h.os) "/" (h.arch) } }
-            td data-testid="agent-version" {
-                @if !h.agent_version.is_empty() { (h.agent_version) }
-                @else if h.enrolled { span class="text-gray-400" { "never connected" } }
-                @else { span class="text-gray-400" { "not enrolled" } }
+            td {
+                span data-testid="agent-version" {
+                    @if !h.agent_version.is_empty() { (h.agent_version) }
+                    @else if h.enrolled { span class="text-gray-400" { "never connected" } }
+                    @else { span class="text-gray-400" { "not enrolled" } }
+                }
+                " " (update_chip(&h.agent_version, version::VERSION))
             }
             td { (online_pill(h.online)) }
             td { (last_seen(now_ms, h.last_seen_at)) }
@@ -121,6 +135,16 @@ pub fn dashboard_body(v: &DashboardView) -> Markup {
                 (tile("hosts", v.count_all, &v.query(None, 0), "tile-total"))
                 (tile("online", v.count_online, &v.query(Some(Status::Online), 0), "tile-online"))
                 (tile("offline", v.count_all.saturating_sub(v.count_online), &v.query(Some(Status::Offline), 0), "tile-offline"))
+                (hosts_behind_tile(v.count_behind))
+            }
+            @if v.behind {
+                div class="banner-info flex items-center justify-between" data-testid="behind-filter" {
+                    span { "Showing only hosts whose agent is behind the server (" (version::VERSION) ")." }
+                    span class="flex gap-3" {
+                        a class="link" href=(crate::routes::FLEET_UPDATE_PAGE) { "Update them one by one →" }
+                        a class="link" href=(v.query_with(v.status, false, 0)) { "Show all hosts" }
+                    }
+                }
             }
             div class="flex items-center gap-2 mb-3 text-sm" data-testid="status-filter" {
                 (filter_link(None, "All"))

@@ -3,12 +3,13 @@ use maud::{Markup, html};
 
 use super::{
     Nav,
-    components::{error_banner, last_seen, online_pill},
+    components::{error_banner, last_seen, online_pill, update_chip},
     page,
 };
 use crate::{
     clock, routes,
     store::{hosts::Host, users::User},
+    version,
 };
 
 /// The live part of the host page (refreshed by htmx).
@@ -27,10 +28,37 @@ pub fn host_status(h: &Host, now_ms: i64) -> Markup {
     }
 }
 
+/// The Update agent control: admins only; disabled, with the reason, when
+/// the host is offline or an update is already running.
+pub fn update_button(h: &Host, live_update_job: Option<i64>) -> Markup {
+    let reason = if let Some(j) = live_update_job {
+        Some(format!("Update already in progress (job {j})"))
+    } else if !h.online {
+        Some("Agent must be online to update".to_string())
+    } else if !h.is_behind(version::VERSION) {
+        Some(format!("Agent already runs {}", version::VERSION))
+    } else {
+        None
+    };
+    html! {
+        form method="post" action=(routes::host_update(h.id)) hx-post=(routes::host_update(h.id)) hx-target="#update-result" hx-swap="innerHTML" {
+            button class="btn btn-amber w-full" type="submit" data-testid="update-agent" disabled[reason.is_some()] title=[reason.as_deref()] { "Update agent" }
+        }
+        @if let Some(r) = &reason {
+            p class="text-xs text-gray-500" data-testid="update-disabled-reason" {
+                (r)
+                @if let Some(j) = live_update_job { " · " a class="link" href=(routes::job(j)) { "watch it" } }
+            }
+        }
+        div id="update-result" {}
+    }
+}
+
 pub fn host_page(
     user: &User,
     h: &Host,
     recent_jobs: &[(crate::store::jobs::Job, String)],
+    live_update_job: Option<i64>,
     now_ms: i64,
 ) -> Markup {
     let admin = user.role == crate::store::users::Role::Admin;
@@ -42,12 +70,14 @@ pub fn host_page(
             div class="flex items-center gap-3 mb-4" {
                 h1 class="text-2xl font-semibold" data-testid="host-name" { (h.name) }
                 (online_pill(h.online))
+                (update_chip(&h.agent_version, version::VERSION))
             }
             div class="grid md:grid-cols-3 gap-6" {
                 section class="card md:col-span-2" { (host_status(h, now_ms)) }
                 aside class="card space-y-3" {
                     h2 class="font-semibold" { "Actions" }
                     @if admin {
+                        (update_button(h, live_update_job))
                         form method="post" action=(routes::host_token(h.id)) {
                             button class="btn w-full" type="submit" { "New enrollment token" }
                         }

@@ -15,6 +15,9 @@ pub enum Nav {
     AddHost,
     Users,
     Audit,
+    Alerts,
+    Notifications,
+    Fleet,
     None,
 }
 
@@ -39,9 +42,9 @@ fn head(title: &str) -> Markup {
 pub fn page(title: &str, user: &User, active: Nav, body: Markup) -> Markup {
     let item = |nav: Nav, href: &str, label: &str| {
         let cls = if nav == active {
-            "px-3 py-2 rounded bg-slate-700 text-white"
+            "px-2.5 py-2 rounded text-sm bg-slate-700 text-white"
         } else {
-            "px-3 py-2 rounded text-slate-200 hover:bg-slate-700 hover:text-white"
+            "px-2.5 py-2 rounded text-sm text-slate-200 hover:bg-slate-700 hover:text-white"
         };
         html! { a class=(cls) href=(href) { (label) } }
     };
@@ -55,10 +58,13 @@ pub fn page(title: &str, user: &User, active: Nav, body: Markup) -> Markup {
                         a href=(routes::DASHBOARD) class="text-white font-semibold mr-4" { "restic-manager" }
                         (item(Nav::Dashboard, routes::DASHBOARD, "Hosts"))
                         (item(Nav::Jobs, routes::JOBS_PAGE, "Jobs"))
+                        (item(Nav::Alerts, routes::ALERTS_PAGE, "Alerts"))
                         @if user.role == Role::Admin {
                             (item(Nav::AddHost, routes::HOST_NEW, "Add host"))
+                            (item(Nav::Fleet, routes::FLEET_UPDATE_PAGE, "Fleet update"))
                             (item(Nav::Users, routes::USERS_PAGE, "Users"))
                             (item(Nav::Audit, routes::AUDIT_PAGE, "Audit"))
+                            (item(Nav::Notifications, routes::NOTIFICATIONS_PAGE, "Notifications"))
                         }
                         div class="ml-auto flex items-center gap-3 text-sm text-slate-300" {
                             span data-testid="whoami" { (user.username) " · " (user.role.as_str()) }
@@ -68,7 +74,11 @@ pub fn page(title: &str, user: &User, active: Nav, body: Markup) -> Markup {
                         }
                     }
                 }
-                main class="max-w-7xl mx-auto px-4 py-6" { (body) }
+                main class="max-w-7xl mx-auto px-4 py-6" {
+                    // A running fleet update shows on every page.
+                    div id="fleet-banner" hx-get=(routes::FLEET_BANNER) hx-trigger="load, every 10s" hx-swap="innerHTML" {}
+                    (body)
+                }
                 footer class="max-w-7xl mx-auto px-4 py-6 text-xs text-gray-500" {
                     "restic-manager " (version::VERSION)
                 }

@@ -1,12 +1,15 @@
 //! maud views: the page shell, small components, one file per page. Views
 //! take plain data and return `Markup`; they never touch the database.
+pub mod alerts;
 pub mod audit;
 pub mod components;
 pub mod dashboard;
+pub mod fleet;
 pub mod host;
 pub mod jobs;
 pub mod layout;
 pub mod login;
+pub mod notifications;
 pub mod users;
 
 use actix_web::http::StatusCode;

@@ -15,8 +15,15 @@ use super::{
     agent_binary::{bearer, host_for_secret},
 };
 use crate::{
-    agent_binaries::check_platform, hub::Outbound, routes, state::AppState,
-    store::hosts::HelloFacts, version,
+    agent_binaries::check_platform,
+    hub::Outbound,
+    routes,
+    state::AppState,
+    store::{
+        hosts::HelloFacts,
+        jobs::{JobKind, JobStatus},
+    },
+    version,
 };
 
 /// An agent that has not said hello by then is dropped.
@@ -191,8 +198,9 @@ async fn handle_text(
     };
     match env.kind.as_str() {
         wire::AGENT_HELLO => {
-            let hello = env
-                .payload::<Hello>()
+            let parsed = env.payload::<Hello>();
+            let report = parsed.as_ref().ok().and_then(|h| h.update.clone());
+            let hello = parsed
                 .map_err(|e| e.to_string())
                 .and_then(|h| validate_hello(&h));
             let facts = match hello {
@@ -212,6 +220,7 @@ async fn handle_text(
                 tracing::error!(error = %e, "recording hello failed");
                 return Err(close(CloseCode::Error, "server error"));
             }
+            crate::alerts::on_hello(state, host_id).await;
             *said_hello = true;
             tracing::info!(agent_version = %facts.agent_version, hostname = %facts.hostname, "agent hello");
             let ack = HelloAck {
@@ -221,12 +230,25 @@ async fn handle_text(
             if session.text(ack.envelope().to_text()).await.is_err() {
                 return Err(None);
             }
+            crate::updates::on_hello(
+                state,
+                host_id,
+                conn_id,
+                &facts.agent_version,
+                report.as_ref(),
+            )
+            .await;
         }
         _ if !*said_hello => {
             tracing::warn!(kind = %env.kind, "message before hello ignored");
         }
         wire::JOB_STARTED | wire::JOB_FINISHED | wire::LOG_STREAM => {
-            crate::jobs::agent_message(state, host_id, &env).await;
+            if let Some(job) = crate::jobs::agent_message(state, host_id, &env).await
+                && job.kind == JobKind::Update
+                && job.status == JobStatus::Failed
+            {
+                crate::updates::agent_failed(state, &job).await;
+            }
         }
         other => {
             tracing::debug!(kind = %other, "unknown message type ignored");

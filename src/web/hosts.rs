@@ -224,10 +224,13 @@ async fn dashboard(
         },
     )
     .await?;
+    let count_behind = store::hosts::behind_count(&state.db, version::VERSION).await?;
     let v = DashboardView {
         user: &user,
         hosts: &hosts,
         status: filter.status,
+        behind: filter.behind.is_some(),
+        count_behind,
         offset: page.offset,
         limit: page.limit,
         total,
@@ -254,7 +257,16 @@ async fn host_page(
         return Ok(html(views::host::host_status(&h, now)));
     }
     let recent = super::jobs::recent_for_host(&state, h.id, 10).await?;
-    Ok(html(views::host::host_page(&user, &h, &recent, now)))
+    let live_update = store::jobs::live_of_kind(&state.db, h.id, store::jobs::JobKind::Update)
+        .await?
+        .map(|j| j.id);
+    Ok(html(views::host::host_page(
+        &user,
+        &h,
+        &recent,
+        live_update,
+        now,
+    )))
 }
 
 async fn host_new_page(user: CurrentUser) -> Result<HttpResponse, PageError> {

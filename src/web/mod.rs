@@ -2,13 +2,17 @@
 //! extractor, the cross-site guard and the extractor error handlers.
 pub mod agent_binary;
 pub mod agent_ws;
+pub mod alerts;
 pub mod assets;
 pub mod audit;
 pub mod auth;
 pub mod enroll;
 pub mod error;
+pub mod fleet;
+pub mod host_update;
 pub mod hosts;
 pub mod jobs;
+pub mod notifications;
 pub mod users;
 pub mod version;
 
@@ -82,9 +86,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     assets::configure(cfg);
     auth::configure(cfg);
     hosts::configure(cfg);
+    host_update::configure(cfg);
+    fleet::configure(cfg);
     jobs::configure(cfg);
     users::configure(cfg);
     audit::configure(cfg);
+    alerts::configure(cfg);
+    notifications::configure(cfg);
     enroll::configure(cfg);
     agent_binary::configure(cfg);
     agent_ws::configure(cfg);

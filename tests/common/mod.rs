@@ -38,20 +38,29 @@ pub struct TestApp {
     pub settings: Settings,
 }
 
+/// Per-test Postgres databases are named `rm_t_<unix seconds>_<random>`;
+/// ones older than this are left-overs of earlier runs and are dropped.
+const STALE_TEST_DB_SECS: u64 = 3600;
+
 /// A fresh, empty Postgres database for this test, or None for SQLite.
 async fn fresh_postgres() -> Option<String> {
     let base = std::env::var("TEST_DATABASE_URL")
         .ok()
         .filter(|u| !u.is_empty())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let name = format!(
-        "rm_t_{}",
-        restic_manager::auth::random_token()[..12]
+        "rm_t_{now}_{}",
+        restic_manager::auth::random_token()[..10]
             .to_lowercase()
             .replace(['-', '_'], "x")
     );
     let admin = Database::connect(base.as_str())
         .await
         .expect("TEST_DATABASE_URL is set but Postgres is unreachable");
+    drop_stale_databases(&admin, now).await;
     admin
         .execute_unprepared(&format!("CREATE DATABASE {name}"))
         .await
@@ -60,6 +69,36 @@ async fn fresh_postgres() -> Option<String> {
         .rsplit_once('/')
         .expect("TEST_DATABASE_URL has a database name");
     Some(format!("{prefix}/{name}"))
+}
+
+/// Best effort: tests never drop their own database (the server may still
+/// hold connections), so old ones are swept here instead.
+async fn drop_stale_databases(admin: &sea_orm::DatabaseConnection, now: u64) {
+    let Ok(rows) = admin
+        .query_all_raw(Statement::from_string(
+            admin.get_database_backend(),
+            "SELECT datname FROM pg_database WHERE datname LIKE 'rm\\_t\\_%'",
+        ))
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let Ok(name) = row.try_get_by_index::<String>(0) else {
+            continue;
+        };
+        let created = name
+            .strip_prefix("rm_t_")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|secs| secs.parse::<u64>().ok());
+        if created.is_some_and(|c| c + STALE_TEST_DB_SECS < now)
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
+    }
 }
 
 impl TestApp {
@@ -339,7 +378,8 @@ impl TestApp {
     }
 
     /// Everything a refused request must not change: hosts (with their
-    /// secrets), enrollment tokens, users (with role and password hash).
+    /// secrets), enrollment tokens, users (with role and password hash),
+    /// jobs, alerts, notification targets and deliveries.
     /// Sessions are left out: logging in is not a change of state.
     pub async fn snapshot(&self) -> String {
         let hosts = self
@@ -354,7 +394,20 @@ impl TestApp {
         let users = self
             .query("SELECT CAST(id AS TEXT), username, role, password_hash FROM users ORDER BY id")
             .await;
-        format!("hosts={hosts:?}\ntokens={tokens:?}\nusers={users:?}")
+        let jobs = self
+            .query("SELECT CAST(id AS TEXT), status FROM jobs ORDER BY id")
+            .await;
+        let alerts = self
+            .query("SELECT CAST(id AS TEXT), CAST(resolved_at AS TEXT) FROM alerts ORDER BY id")
+            .await;
+        let targets = self
+            .query("SELECT CAST(id AS TEXT), name FROM notification_targets ORDER BY id")
+            .await;
+        let deliveries = self.count("notification_deliveries").await;
+        format!(
+            "hosts={hosts:?}\ntokens={tokens:?}\nusers={users:?}\njobs={jobs:?}\n\
+             alerts={alerts:?}\ntargets={targets:?}\ndeliveries={deliveries}"
+        )
     }
 
     /// Opens a raw agent WebSocket with `Authorization: Bearer <secret>`
@@ -644,11 +697,11 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            if c.try_wait().ok().flatten().is_none() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        if let Some(mut c) = self.0.take()
+            && c.try_wait().ok().flatten().is_none()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

@@ -1,0 +1,256 @@
+//! The alert engine: raise (deduplicated by key), resolve, the auto-resolve
+//! hooks and the `host_offline` sweep. A real change (a new alert, a
+//! resolve) queues webhook notifications; a repeat raise does not. Callers
+//! never block on a webhook: sending happens in `notify`'s worker.
+pub mod notify;
+
+use std::{collections::HashSet, time::Duration};
+
+use sea_orm::DatabaseConnection;
+
+pub use crate::store::alerts::{Alert, Raised, Severity};
+use crate::{
+    clock::{self, Clock},
+    config::Settings,
+    state::AppState,
+    store::{
+        self,
+        alerts::{AlertState, NewAlert},
+        notifications::DeliveryEvent,
+    },
+};
+
+/// Kinds raised so far; the dedup key is `<kind>:<subject id>`.
+pub const HOST_OFFLINE: &str = "host_offline";
+pub const UPDATE_FAILED: &str = "update_failed";
+pub const FLEET_UPDATE_HALTED: &str = "fleet_update_halted";
+
+pub fn host_offline_key(host_id: i64) -> String {
+    format!("{HOST_OFFLINE}:{host_id}")
+}
+pub fn update_failed_key(host_id: i64) -> String {
+    format!("{UPDATE_FAILED}:{host_id}")
+}
+pub fn fleet_update_halted_key(fleet_update_id: i64) -> String {
+    format!("{FLEET_UPDATE_HALTED}:{fleet_update_id}")
+}
+
+/// The engine's share of `AppState`: the notification queue and when this
+/// server started (offline time before that is our downtime, not the host's).
+#[derive(Clone)]
+pub struct Alerts {
+    notifier: notify::Notifier,
+    started_at: i64,
+}
+
+impl Alerts {
+    /// Starts the notification worker (which first re-queues deliveries left
+    /// pending by a previous run).
+    pub fn start(
+        db: DatabaseConnection,
+        clock: Clock,
+        settings: &Settings,
+    ) -> anyhow::Result<Alerts> {
+        let started_at = clock.now_ms();
+        let notifier = notify::Notifier::spawn(db, clock, settings.notify_retry_base)?;
+        Ok(Alerts {
+            notifier,
+            started_at,
+        })
+    }
+}
+
+/// Raises an alert, or counts a repeat of the active one with the same key
+/// (count, last-seen and message change; no notification).
+pub async fn raise(
+    state: &AppState,
+    kind: &str,
+    dedup_key: &str,
+    host_id: Option<i64>,
+    severity: Severity,
+    message: &str,
+) -> store::Result<Raised> {
+    let new = NewAlert {
+        kind,
+        dedup_key,
+        host_id,
+        severity,
+        message,
+    };
+    let raised = store::alerts::raise(&state.db, &new, state.clock.now_ms()).await?;
+    if let Raised::New(a) = &raised {
+        tracing::warn!(alert_id = a.id, kind, host_id, %severity, message, "alert raised");
+        notify::alert_changed(state, DeliveryEvent::Raised, a).await;
+    }
+    Ok(raised)
+}
+
+/// Resolves the active alert with this key; `None` if none was active.
+pub async fn resolve(state: &AppState, dedup_key: &str) -> store::Result<Option<Alert>> {
+    let resolved = store::alerts::resolve(&state.db, dedup_key, state.clock.now_ms()).await?;
+    if let Some(a) = &resolved {
+        tracing::info!(alert_id = a.id, kind = %a.kind, host_id = a.host_id, "alert resolved");
+        notify::alert_changed(state, DeliveryEvent::Resolved, a).await;
+    }
+    Ok(resolved)
+}
+
+/// Resolves an alert by id (an admin closing it by hand).
+pub async fn resolve_id(state: &AppState, id: i64) -> store::Result<Option<Alert>> {
+    let a = store::alerts::get(&state.db, id).await?;
+    if !a.is_active() {
+        return Ok(None);
+    }
+    resolve(state, &a.dedup_key).await
+}
+
+fn log_failure<T>(r: store::Result<T>, what: &str) {
+    if let Err(e) = r {
+        tracing::error!(error = %e, "{what} failed");
+    }
+}
+
+/// Called once a host's hello is recorded: it is back, so `host_offline`
+/// resolves. Never fails the hello.
+pub async fn on_hello(state: &AppState, host_id: i64) {
+    log_failure(
+        resolve(state, &host_offline_key(host_id)).await,
+        "resolving host_offline on hello",
+    );
+}
+
+/// An agent update failed (timeout, wrong version, rollback, agent error).
+pub async fn raise_update_failed(state: &AppState, host_id: i64, job_id: i64, reason: &str) {
+    let name = match store::hosts::get(&state.db, host_id).await {
+        Ok(h) => h.name,
+        Err(_) => format!("#{host_id}"),
+    };
+    let message = format!("agent update on {name} failed (job {job_id}): {reason}");
+    log_failure(
+        raise(
+            state,
+            UPDATE_FAILED,
+            &update_failed_key(host_id),
+            Some(host_id),
+            Severity::Warning,
+            &message,
+        )
+        .await,
+        "raising update_failed",
+    );
+}
+
+/// A later update of the host succeeded.
+pub async fn resolve_update_failed(state: &AppState, host_id: i64) {
+    log_failure(
+        resolve(state, &update_failed_key(host_id)).await,
+        "resolving update_failed",
+    );
+}
+
+/// A rolling fleet update stopped on a failure.
+pub async fn raise_fleet_update_halted(state: &AppState, fleet_update_id: i64, reason: &str) {
+    let message = format!("fleet update {fleet_update_id} halted: {reason}");
+    log_failure(
+        raise(
+            state,
+            FLEET_UPDATE_HALTED,
+            &fleet_update_halted_key(fleet_update_id),
+            None,
+            Severity::Warning,
+            &message,
+        )
+        .await,
+        "raising fleet_update_halted",
+    );
+}
+
+/// The halted run was dealt with (e.g. a new fleet update finished).
+pub async fn resolve_fleet_update_halted(state: &AppState, fleet_update_id: i64) {
+    log_failure(
+        resolve(state, &fleet_update_halted_key(fleet_update_id)).await,
+        "resolving fleet_update_halted",
+    );
+}
+
+/// What one sweep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub raised: usize,
+    pub resolved: usize,
+}
+
+/// One pass of the `host_offline` check: raises for enrolled hosts offline
+/// longer than `offline_alert_after`, and resolves alerts of hosts that are
+/// online again (a safety net for a hello that raced this sweep).
+pub async fn sweep_once(state: &AppState) -> store::Result<Swept> {
+    let now = state.clock.now_ms();
+    let after = i64::try_from(state.settings.offline_alert_after.as_millis()).unwrap_or(i64::MAX);
+    let mut swept = Swept::default();
+    let active = store::alerts::active_host_ids(&state.db, HOST_OFFLINE).await?;
+    for id in store::alerts::online_among(&state.db, &active).await? {
+        if resolve(state, &host_offline_key(id)).await?.is_some() {
+            swept.resolved += 1;
+        }
+    }
+    // Until this server has been up that long, "offline" would count its
+    // own downtime: every host would alert at once after a long restart.
+    if now.saturating_sub(state.alerts.started_at) < after {
+        return Ok(swept);
+    }
+    let active: HashSet<i64> = active.into_iter().collect();
+    for h in store::alerts::hosts_offline_since(&state.db, now.saturating_sub(after)).await? {
+        if active.contains(&h.id) {
+            continue;
+        }
+        let message = format!(
+            "host {} has been offline since {}",
+            h.name,
+            clock::rfc3339(h.last_seen_at)
+        );
+        let r = raise(
+            state,
+            HOST_OFFLINE,
+            &host_offline_key(h.id),
+            Some(h.id),
+            Severity::Critical,
+            &message,
+        )
+        .await?;
+        if r.is_new() {
+            swept.raised += 1;
+        }
+    }
+    Ok(swept)
+}
+
+/// Runs `sweep_once` every `alert_sweep_interval`.
+pub fn spawn_sweeper(state: AppState) {
+    tokio::spawn(async move {
+        let every = state
+            .settings
+            .alert_sweep_interval
+            .max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match sweep_once(&state).await {
+                Ok(s) if s != Swept::default() => {
+                    tracing::debug!(raised = s.raised, resolved = s.resolved, "alert sweep");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "alert sweep failed"),
+            }
+        }
+    });
+}
+
+/// Active and resolved counts, for pages.
+pub async fn counts(db: &DatabaseConnection) -> store::Result<(u64, u64)> {
+    Ok((
+        store::alerts::count(db, Some(AlertState::Active)).await?,
+        store::alerts::count(db, Some(AlertState::Resolved)).await?,
+    ))
+}

@@ -1,0 +1,67 @@
+//! Dispatching an agent update to one host (admin): the JSON API and the
+//! htmx form on the host page.
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::json;
+
+use super::{AppError, CurrentUser, Htmx, PageError, client_ip, redirect};
+use crate::{
+    routes,
+    state::AppState,
+    store::{jobs::ActorKind, users::Role},
+    updates::{self, DispatchError, Requester},
+    views,
+};
+
+impl From<DispatchError> for AppError {
+    fn from(e: DispatchError) -> Self {
+        match e {
+            DispatchError::HostNotFound => AppError::not_found("host"),
+            DispatchError::Store(s) => s.into(),
+            other => AppError::Conflict(other.code(), other.to_string()),
+        }
+    }
+}
+
+fn requester(user: &CurrentUser, req: &HttpRequest) -> Requester {
+    Requester {
+        kind: ActorKind::User,
+        user_id: Some(user.id),
+        name: user.username.clone(),
+        client_addr: client_ip(req).map(|i| i.to_string()).unwrap_or_default(),
+    }
+}
+
+async fn api_host_update(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    user: CurrentUser,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
+    user.require(Role::Admin)?;
+    let job = updates::dispatch(&state, *id, &requester(&user, &req)).await?;
+    Ok(HttpResponse::Ok().json(json!({"job_id": job.id})))
+}
+
+async fn host_update_submit(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    user: CurrentUser,
+    htmx: Htmx,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, PageError> {
+    user.require(Role::Admin)?;
+    match updates::dispatch(&state, *id, &requester(&user, &req)).await {
+        Ok(job) => Ok(redirect(htmx.0, &routes::job(job.id))),
+        Err(DispatchError::HostNotFound) => Err(AppError::not_found("host").into()),
+        Err(DispatchError::Store(e)) => Err(e.into()),
+        Err(e) if htmx.0 => Ok(HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .body(views::components::error_banner(&e.to_string()).into_string())),
+        Err(e) => Err(PageError(AppError::Conflict(e.code(), e.to_string()))),
+    }
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/hosts/{id}/update", web::post().to(api_host_update))
+        .route("/hosts/{id}/update", web::post().to(host_update_submit));
+}

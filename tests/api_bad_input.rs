@@ -1,0 +1,620 @@
+//! Bad input, on HTTP and on the agent WebSocket: malformed JSON, unknown
+//! and non-numeric ids, bad filters, paging limits, broken or hostile agent
+//! frames, oversized frames, missing credentials. Every refusal is a clear
+//! status and code, and changes nothing. Plus the rustls provider check
+//! (wss:// must fail with an error, never a panic).
+mod common;
+
+use std::time::Duration;
+
+use agent::wire::{self, Message as _};
+use common::*;
+use futures_util::SinkExt;
+use restic_manager::{routes, store::users::Role};
+use sea_orm::ConnectionTrait;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{
+    self, Message as WsMessage,
+    protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    },
+};
+
+// ---- Malformed JSON --------------------------------------------------------
+
+#[tokio::test]
+async fn malformed_json_on_every_json_post_is_400_invalid_json_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (host_id, _) = app.add_host_direct("web-1").await;
+    let user_id = app.user("vera", Role::Viewer).await;
+    let endpoints = [
+        routes::API_LOGIN.to_string(),
+        routes::API_HOSTS.to_string(),
+        routes::API_USERS.to_string(),
+        format!("/api/users/{user_id}/role"),
+        format!("/api/users/{user_id}/password"),
+        routes::AGENT_ENROLL.to_string(),
+    ];
+    let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(100 * 1024));
+    let bodies: [(&str, &str); 8] = [
+        ("application/json", "{not json"),
+        ("application/json", ""),
+        ("application/json", "null"),
+        ("application/json", "[]"),
+        (
+            "application/json",
+            r#"{"name":5,"username":5,"role":5,"password":5,"token":5}"#,
+        ),
+        ("application/json", "{\"name\":\"web-2\"}trailing"),
+        ("text/plain", r#"{"name":"web-3"}"#),
+        ("application/json", big.as_str()),
+    ];
+    let before = app.snapshot().await;
+    let sessions = app.count("sessions").await;
+    let mut failures = Vec::new();
+    for path in &endpoints {
+        for (ctype, body) in bodies {
+            let r = admin
+                .post(app.at(path))
+                .header("Content-Type", ctype)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap_or_default();
+            if status != 400 || v["error"] != "invalid_json" || !v["message"].is_string() {
+                failures.push(format!("POST {path} ({ctype}) {:.40?}: {status} {v}", body));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(app.snapshot().await, before);
+    assert_eq!(app.count("sessions").await, sessions, "no login happened");
+    assert!(app.host_row(host_id).await.is_some());
+}
+
+// ---- Unknown and malformed ids --------------------------------------------
+
+#[tokio::test]
+async fn unknown_ids_are_404_with_the_kind_of_thing_missing() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let before = app.snapshot().await;
+    let id = 987_654;
+    let api = [
+        ("GET", format!("/api/hosts/{id}"), None, "host_not_found"),
+        ("DELETE", format!("/api/hosts/{id}"), None, "host_not_found"),
+        (
+            "POST",
+            format!("/api/hosts/{id}/token"),
+            None,
+            "host_not_found",
+        ),
+        ("GET", "/api/hosts/-1".into(), None, "host_not_found"),
+        ("DELETE", format!("/api/users/{id}"), None, "user_not_found"),
+        (
+            "POST",
+            format!("/api/users/{id}/role"),
+            Some(json!({"role": "viewer"})),
+            "user_not_found",
+        ),
+        (
+            "POST",
+            format!("/api/users/{id}/password"),
+            Some(json!({"password": "long-enough-1"})),
+            "user_not_found",
+        ),
+    ];
+    for (method, path, body, code) in api {
+        let mut req = match method {
+            "GET" => admin.get(app.at(&path)),
+            "POST" => admin.post(app.at(&path)),
+            _ => admin.delete(app.at(&path)),
+        };
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 404, "{method} {path}");
+        assert_error(r, 404, code).await;
+    }
+    // Pages answer with a readable 404.
+    for (method, path) in [
+        ("GET", format!("/hosts/{id}")),
+        ("POST", format!("/hosts/{id}/token")),
+        ("POST", format!("/hosts/{id}/delete")),
+    ] {
+        let req = if method == "GET" {
+            admin.get(app.at(&path))
+        } else {
+            admin.post(app.at(&path))
+        };
+        let page = Page::from(req.send().await.unwrap()).await;
+        assert_eq!(page.status, 404, "{method} {path}");
+        page.assert_html();
+        assert!(
+            page.one("[data-testid=error-message]")
+                .contains("no such host"),
+            "{}",
+            page.text
+        );
+    }
+    for action in ["delete", "role", "password"] {
+        let page = Page::from(
+            admin
+                .post(app.at(&format!("/settings/users/{id}/{action}")))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body("role=viewer&password=long-enough-1")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(page.status, 404, "{action}: {}", page.text);
+        assert!(
+            page.text.contains("no such user"),
+            "{action}: {}",
+            page.text
+        );
+    }
+    assert_eq!(app.snapshot().await, before);
+}
+
+#[tokio::test]
+async fn non_numeric_ids_are_404_not_500() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    for path in [
+        "/api/hosts/abc",
+        "/api/hosts/1.5",
+        "/api/hosts/99999999999999999999",
+        "/api/hosts/%2e%2e",
+        "/api/users/abc/role",
+    ] {
+        let r = if path.ends_with("/role") {
+            admin
+                .post(app.at(path))
+                .json(&json!({"role": "viewer"}))
+                .send()
+                .await
+        } else {
+            admin.get(app.at(path)).send().await
+        }
+        .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["error"]
+                .as_str()
+                .is_some_and(|e| e.ends_with("not_found")),
+            "{path}: {v}"
+        );
+    }
+    for path in ["/hosts/abc", "/hosts/1e3"] {
+        let page = Page::from(admin.get(app.at(path)).send().await.unwrap()).await;
+        assert_eq!(page.status, 404, "{path}");
+        page.assert_html();
+        assert!(page.has("[data-testid=error-message]"));
+    }
+}
+
+// ---- List filters and paging ----------------------------------------------
+
+#[tokio::test]
+async fn bad_list_filters_are_400() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    for (q, code) in [
+        ("status=bogus", "invalid_status"),
+        ("status=ONLINE", "invalid_status"),
+        ("updates=ahead", "invalid_updates"),
+        ("limit=abc", "invalid_query"),
+        ("limit=-1", "invalid_query"),
+        ("offset=x", "invalid_query"),
+    ] {
+        let r = admin
+            .get(format!("{}?{q}", app.at(routes::API_HOSTS)))
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 400, code).await;
+    }
+    let page = Page::from(admin.get(app.at("/?status=bogus")).send().await.unwrap()).await;
+    assert_eq!(page.status, 400);
+    page.assert_html();
+    assert!(
+        page.one("[data-testid=error-message]")
+            .contains("online or offline")
+    );
+}
+
+async fn names(app: &TestApp, admin: &reqwest::Client, q: &str) -> Vec<String> {
+    let r = admin
+        .get(format!("{}?{q}", app.at(routes::API_HOSTS)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{q}");
+    r.json::<Vec<Value>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn host_lists_page_in_name_order_with_limit_and_offset() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    for n in ["delta", "alpha", "echo", "charlie", "bravo"] {
+        app.add_host(n).await;
+    }
+    assert_eq!(
+        names(&app, &admin, "").await,
+        ["alpha", "bravo", "charlie", "delta", "echo"]
+    );
+    assert_eq!(names(&app, &admin, "limit=2").await, ["alpha", "bravo"]);
+    assert_eq!(
+        names(&app, &admin, "limit=2&offset=2").await,
+        ["charlie", "delta"]
+    );
+    assert_eq!(names(&app, &admin, "limit=2&offset=4").await, ["echo"]);
+    assert!(names(&app, &admin, "limit=2&offset=5").await.is_empty());
+    assert!(names(&app, &admin, "offset=1000000").await.is_empty());
+    // Filters page the same way.
+    assert_eq!(
+        names(&app, &admin, "status=offline&limit=1&offset=1").await,
+        ["bravo"]
+    );
+    assert!(names(&app, &admin, "status=online").await.is_empty());
+}
+
+#[tokio::test]
+async fn list_limit_defaults_to_100_and_is_capped_at_1000() {
+    let app = TestApp::spawn().await;
+    let values: Vec<String> = (0..1005)
+        .map(|i| format!("('bulk-{i:04}', '', '', '', '', FALSE, 0)"))
+        .collect();
+    app.db()
+        .execute_unprepared(&format!(
+            "INSERT INTO hosts (name, hostname, os, arch, agent_version, online, created_at) VALUES {}",
+            values.join(", ")
+        ))
+        .await
+        .unwrap();
+    let admin = app.admin().await;
+    let all = names(&app, &admin, "limit=5000").await;
+    assert_eq!(all.len(), 1000, "limit is capped at 1000");
+    assert_eq!(all[0], "bulk-0000");
+    assert_eq!(all[999], "bulk-0999");
+    assert_eq!(names(&app, &admin, "").await.len(), 100, "default limit");
+    assert_eq!(
+        names(&app, &admin, "limit=1000&offset=1000").await,
+        [
+            "bulk-1000",
+            "bulk-1001",
+            "bulk-1002",
+            "bulk-1003",
+            "bulk-1004"
+        ]
+    );
+}
+
+// ---- Agent WebSocket -------------------------------------------------------
+
+/// An enrolled host and its secret, with nothing connected yet.
+async fn enrolled(app: &TestApp) -> (i64, String) {
+    let cfg = app.enrolled_host("web-1").await;
+    (cfg.host_id, cfg.secret)
+}
+
+async fn online(app: &TestApp, id: i64) -> bool {
+    app.host_row(id).await.is_some_and(|h| h.online)
+}
+
+#[tokio::test]
+async fn a_malformed_frame_is_ignored_and_a_later_hello_still_works() {
+    let app = TestApp::spawn().await;
+    let (id, secret) = enrolled(&app).await;
+    let mut ws = app.ws(Some(&secret)).await.expect("handshake");
+    for junk in [
+        "{not json",
+        "[1,2",
+        r#"{"type":5}"#,
+        "",
+        r#"{"payload":{}}"#,
+    ] {
+        ws_send(&mut ws, junk).await;
+    }
+    ws_assert_alive(&mut ws).await;
+    ws_send(&mut ws, hello_frame("v1", "linux", "x86_64", "web-1")).await;
+    let ack: wire::HelloAck = ws_expect(&mut ws, wire::HELLO_ACK).await.payload().unwrap();
+    assert_eq!(ack.host_id, id);
+    assert_eq!(ack.server_version, restic_manager::version::VERSION);
+    eventually("host online", || async {
+        online(&app, id).await.then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_message_before_hello_is_ignored() {
+    let app = TestApp::spawn().await;
+    let (id, secret) = enrolled(&app).await;
+    let mut ws = app.ws(Some(&secret)).await.expect("handshake");
+    ws_send(
+        &mut ws,
+        wire::JobStarted {
+            job_id: 1,
+            kind: None,
+        }
+        .envelope()
+        .to_text(),
+    )
+    .await;
+    ws_send(&mut ws, r#"{"type":"log.stream","payload":{"job_id":1}}"#).await;
+    ws_assert_alive(&mut ws).await;
+    let h = app.host_row(id).await.unwrap();
+    assert!(!h.online, "no hello yet: not online");
+    assert_eq!(h.agent_version, "");
+    ws_send(&mut ws, hello_frame("v1", "linux", "x86_64", "web-1")).await;
+    ws_expect(&mut ws, wire::HELLO_ACK).await;
+}
+
+#[tokio::test]
+async fn an_unknown_message_type_is_ignored_and_the_connection_stays_acked() {
+    let app = TestApp::spawn().await;
+    let (id, secret) = enrolled(&app).await;
+    let mut ws = app.ws(Some(&secret)).await.expect("handshake");
+    ws_send(&mut ws, hello_frame("v1", "linux", "x86_64", "web-1")).await;
+    ws_expect(&mut ws, wire::HELLO_ACK).await;
+    ws_send(
+        &mut ws,
+        r#"{"type":"future.thing","id":"x","payload":{"a":[1,2]}}"#,
+    )
+    .await;
+    ws_send(
+        &mut ws,
+        r#"{"type":"job.finished","payload":"not an object"}"#,
+    )
+    .await;
+    ws.send(WsMessage::binary(vec![0u8, 1, 2])).await.unwrap();
+    ws_assert_alive(&mut ws).await;
+    // Still the host's live connection: a new hello is acknowledged.
+    ws_send(&mut ws, hello_frame("v2", "linux", "x86_64", "web-1")).await;
+    ws_expect(&mut ws, wire::HELLO_ACK).await;
+    eventually("host online at v2", || async {
+        app.host_row(id)
+            .await
+            .filter(|h| h.online && h.agent_version == "v2")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_with_policy_violation_and_the_host_goes_offline() {
+    let app = TestApp::spawn().await;
+    let (id, secret) = enrolled(&app).await;
+    let mut ws = app.ws(Some(&secret)).await.expect("handshake");
+    ws_send(&mut ws, hello_frame("v1", "linux", "x86_64", "web-1")).await;
+    ws_expect(&mut ws, wire::HELLO_ACK).await;
+    eventually("host online", || async {
+        online(&app, id).await.then_some(())
+    })
+    .await;
+
+    let big = format!(
+        r#"{{"type":"log.stream","payload":{{"data":"{}"}}}}"#,
+        "x".repeat(wire::MAX_FRAME_BYTES)
+    );
+    // The server may hang up before the whole frame is written.
+    let _ = ws.send(WsMessage::text(big)).await;
+    match ws_next(&mut ws).await {
+        WsEvent::Close(code) => assert_eq!(code, Some(1008), "close code"),
+        other => panic!("expected a policy-violation close, got {other:?}"),
+    }
+    eventually("host offline", || async {
+        (!online(&app, id).await).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_oversized_message_in_small_fragments_closes_with_policy_violation() {
+    let app = TestApp::spawn().await;
+    let (id, secret) = enrolled(&app).await;
+    let mut ws = app.ws(Some(&secret)).await.expect("handshake");
+    ws_send(&mut ws, hello_frame("v1", "linux", "x86_64", "web-1")).await;
+    ws_expect(&mut ws, wire::HELLO_ACK).await;
+
+    // Each fragment is under the limit; the message is over it.
+    let part = "y".repeat(wire::MAX_FRAME_BYTES / 2 + 1);
+    let frames = [
+        Frame::message(part.clone(), OpCode::Data(Data::Text), false),
+        Frame::message(part.clone(), OpCode::Data(Data::Continue), false),
+        Frame::message("z", OpCode::Data(Data::Continue), true),
+    ];
+    for f in frames {
+        if ws.send(WsMessage::Frame(f)).await.is_err() {
+            break;
+        }
+    }
+    match ws_next(&mut ws).await {
+        WsEvent::Close(code) => assert_eq!(code, Some(1008), "close code"),
+        other => panic!("expected a policy-violation close, got {other:?}"),
+    }
+    eventually("host offline", || async {
+        (!online(&app, id).await).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_hello_with_hostile_fields_is_rejected_and_not_recorded() {
+    let app = TestApp::spawn().await;
+    let (id, secret) = enrolled(&app).await;
+    // A good hello first, so there is something to overwrite.
+    {
+        let mut ws = app.ws(Some(&secret)).await.expect("handshake");
+        ws_send(&mut ws, hello_frame("v1", "linux", "x86_64", "good-host")).await;
+        ws_expect(&mut ws, wire::HELLO_ACK).await;
+        ws.close(None).await.unwrap();
+    }
+    eventually("host offline after the good connection", || async {
+        app.host_row(id).await.filter(|h| !h.online)
+    })
+    .await;
+    let long_host = "h".repeat(254);
+    let long_version = "v".repeat(65);
+    let cases = [
+        ("v2", "../../etc", "x86_64", "good-host"),
+        ("v2", "linux", "<script>", "good-host"),
+        ("v2", "linux/../x", "x86_64", "good-host"),
+        ("v2", "", "", "good-host"),
+        ("v2", "linux", "x86_64", long_host.as_str()),
+        ("v2", "linux", "x86_64", "bad host;rm -rf"),
+        ("v2", "linux", "x86_64", ""),
+        ("", "linux", "x86_64", "good-host"),
+        (long_version.as_str(), "linux", "x86_64", "good-host"),
+        ("v2\n<b>", "linux", "x86_64", "good-host"),
+    ];
+    for (version, os, arch, hostname) in cases {
+        let what = format!("{version:.10?}/{os:?}/{arch:?}/{hostname:.20?}");
+        let mut ws = app.ws(Some(&secret)).await.expect("handshake");
+        ws_send(&mut ws, hello_frame(version, os, arch, hostname)).await;
+        let rejected: wire::HelloRejected = ws_expect(&mut ws, wire::HELLO_REJECTED)
+            .await
+            .payload()
+            .unwrap();
+        assert!(!rejected.reason.is_empty(), "{what}");
+        assert!(
+            !rejected.reason.contains("<script>") || rejected.reason.len() < 100,
+            "{what}"
+        );
+        match ws_next(&mut ws).await {
+            WsEvent::Close(code) => assert_eq!(code, Some(1008), "{what}"),
+            other => panic!("{what}: expected a close after hello.rejected, got {other:?}"),
+        }
+        let h = app.host_row(id).await.unwrap();
+        assert_eq!(
+            (
+                h.agent_version.as_str(),
+                h.os.as_str(),
+                h.arch.as_str(),
+                h.hostname.as_str()
+            ),
+            ("v1", "linux", "x86_64", "good-host"),
+            "{what} was recorded"
+        );
+    }
+    // A hello whose payload has the wrong shape is rejected the same way.
+    let mut ws = app.ws(Some(&secret)).await.expect("handshake");
+    ws_send(&mut ws, r#"{"type":"agent.hello","payload":{"os":3}}"#).await;
+    ws_expect(&mut ws, wire::HELLO_REJECTED).await;
+    assert!(!online(&app, id).await);
+}
+
+#[tokio::test]
+async fn the_websocket_handshake_needs_the_agent_secret() {
+    let app = TestApp::spawn().await;
+    let (id, token) = app.add_host("web-1").await;
+    let expect_401 = |r: Result<Ws, tungstenite::Error>, what: &str| match r {
+        Err(tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 401, "{what}");
+            let body: Value = resp
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or_default();
+            assert!(body["error"].is_string(), "{what}: JSON error body {body}");
+        }
+        Err(e) => panic!("{what}: expected HTTP 401, got {e}"),
+        Ok(_) => panic!("{what}: the handshake succeeded"),
+    };
+    expect_401(app.ws(None).await, "no Authorization");
+    expect_401(app.ws(Some("not-a-secret")).await, "wrong secret");
+    // An enrollment token is not an agent secret.
+    expect_401(app.ws(Some(&token)).await, "enrollment token");
+    // Nor is an admin's session.
+    let session = app.session_token("admin", ADMIN_PASSWORD).await;
+    expect_401(app.ws(Some(&session)).await, "session token");
+    assert!(!online(&app, id).await);
+}
+
+// ---- TLS provider ----------------------------------------------------------
+
+/// A plain TCP server that answers anything with plain-text HTTP: a TLS
+/// client talking to it must fail its handshake.
+async fn plain_tcp_listener() -> std::net::SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let _ = sock
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn wss_and_https_fail_with_tls_errors_not_a_crypto_provider_panic() {
+    // Both installers may run, in any order, any number of times.
+    agent::install_crypto_provider();
+    restic_manager::install_crypto_provider();
+    agent::install_crypto_provider();
+    assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+
+    let addr = plain_tcp_listener().await;
+    // tokio-tungstenite's rustls connector (the agent's WebSocket path).
+    let r = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(format!("wss://{addr}/agent/ws")),
+    )
+    .await
+    .expect("wss connect finished");
+    match r {
+        Err(tungstenite::Error::Tls(_) | tungstenite::Error::Io(_)) => {}
+        Err(e) => panic!("expected a TLS failure, got {e}"),
+        Ok(_) => panic!("a TLS handshake with a plain-text server succeeded"),
+    }
+
+    // reqwest's rustls client (enrollment, downloads).
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("building a rustls reqwest client");
+    let e = client
+        .get(format!("https://{addr}/api/version"))
+        .send()
+        .await
+        .expect_err("https to a plain-text server must fail");
+    assert!(e.is_connect() || e.is_request(), "{e:?}");
+
+    // The agent's own paths, end to end.
+    let e = agent::enroll::enroll(&format!("https://{addr}"), "token", "web-1")
+        .await
+        .expect_err("enrolling over broken TLS must fail");
+    assert!(
+        matches!(e, agent::enroll::EnrollError::Request { .. }),
+        "{e:?}"
+    );
+    let cfg = agent::config::AgentConfig {
+        server_url: format!("https://{addr}"),
+        host_id: 1,
+        secret: "s".repeat(43),
+    };
+    let handle = agent::client::spawn(cfg, agent::client::RunOptions::default());
+    let s = handle
+        .wait_for(WAIT, |s| s.last_error.is_some())
+        .await
+        .expect("the agent reports the TLS failure");
+    assert_eq!(s.connects, 0);
+    handle.shutdown().await;
+}

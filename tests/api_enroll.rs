@@ -1,0 +1,657 @@
+//! Adding hosts and enrolling agents: `POST /api/hosts` and its CLI twin,
+//! the one-time token's rules, secrets stored only as hashes, the agent
+//! binary download (credentials, integrity headers, platform allow-list),
+//! and the install script run for real against the real agent binary.
+mod common;
+
+use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
+
+use agent::enroll::{EnrollError, enroll};
+use common::*;
+use restic_manager::{agent_binaries, routes};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+fn refused(e: EnrollError) -> (u16, String) {
+    match e {
+        EnrollError::Refused { status, code, .. } => (status, code),
+        other => panic!("expected the server to refuse, got {other:?}"),
+    }
+}
+
+async fn create_host(app: &TestApp, admin: &reqwest::Client, name: &str) -> reqwest::Response {
+    admin
+        .post(app.at(routes::API_HOSTS))
+        .json(&json!({"name": name}))
+        .send()
+        .await
+        .unwrap()
+}
+
+// ---- Adding hosts ----------------------------------------------------------
+
+#[tokio::test]
+async fn api_host_create_returns_an_id_and_a_one_time_token() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let r = create_host(&app, &admin, "web-1").await;
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    let id = body["id"].as_i64().expect("id");
+    let token = body["enrollment_token"].as_str().expect("token");
+    assert!(token.len() >= 32, "token too short: {token:?}");
+    assert!(body["expires_at"].is_string(), "{body}");
+
+    let h = app.host_json(id).await;
+    assert_eq!(h["name"], "web-1");
+    assert_eq!(h["enrolled"], false);
+    assert_eq!(h["online"], false);
+    assert_eq!(h["agent_version"], "");
+    assert_eq!(h["update_available"], false, "no version yet: not behind");
+
+    // The token is stored hashed only.
+    let stored = app
+        .query_one(&format!(
+            "SELECT token_hash FROM enrollment_tokens WHERE host_id = {id}"
+        ))
+        .await
+        .unwrap();
+    assert_ne!(stored, token);
+    assert!(!stored.contains(token));
+}
+
+#[tokio::test]
+async fn cli_host_add_is_the_api_twin() {
+    let app = TestApp::spawn().await;
+    let run = |name: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_restic-manager"))
+            .args(["host", "add", name, "--data-dir"])
+            .arg(&app.settings.data_dir)
+            .args(["--database-url", &app.settings.database_url])
+            .output()
+            .expect("running restic-manager host add")
+    };
+    let out = run("cli-1");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+            .trim()
+            .to_string()
+    };
+    let id: i64 = field("host_id").parse().unwrap();
+    let token = field("enrollment_token");
+
+    // The server sees it, and the token enrolls like one from the API.
+    let listed: Value = app
+        .admin()
+        .await
+        .get(app.at(routes::API_HOSTS))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["id"], id);
+    assert_eq!(listed[0]["name"], "cli-1");
+    let cfg = enroll(&app.url, &token, "cli-1").await.expect("enroll");
+    assert_eq!(cfg.host_id, id);
+
+    // Same rules as the API.
+    let dup = run("cli-1");
+    assert!(!dup.status.success());
+    assert!(
+        String::from_utf8_lossy(&dup.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&dup.stderr)
+    );
+    let bad = run("bad name");
+    assert!(!bad.status.success());
+    assert_eq!(app.count("hosts").await, 1);
+}
+
+#[tokio::test]
+async fn duplicate_and_invalid_host_names_are_refused() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    assert_eq!(create_host(&app, &admin, "web-1").await.status(), 201);
+    let before = app.snapshot().await;
+    assert_error(create_host(&app, &admin, "web-1").await, 409, "host_exists").await;
+    let long = "h".repeat(65);
+    for bad in [
+        "",
+        "   ",
+        "bad name",
+        "../x",
+        "a/b",
+        "<script>",
+        "web;rm",
+        long.as_str(),
+    ] {
+        assert_error(create_host(&app, &admin, bad).await, 400, "invalid_name").await;
+    }
+    // The form answers with the reason on the add-host page.
+    for (name, status, says) in [("web-1", 409, "already exists"), ("bad name", 400, "1–64")] {
+        let page = Page::from(
+            admin
+                .post(app.at(routes::HOST_NEW))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(serde_urlencoded::to_string([("name", name)]).unwrap())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(page.status, status, "{name}: {}", page.text);
+        assert!(
+            page.one("[data-testid=error-banner]").contains(says),
+            "{}",
+            page.text
+        );
+        assert_eq!(page.attr("input#name", "value").as_deref(), Some(name));
+    }
+    assert_eq!(app.snapshot().await, before);
+}
+
+// ---- Enrollment ------------------------------------------------------------
+
+#[tokio::test]
+async fn enrollment_stores_only_hashes_of_the_token_and_the_secret() {
+    let app = TestApp::spawn().await;
+    let (id, token) = app.add_host("web-1").await;
+    let cfg = enroll(&app.url, &token, "web-1").await.expect("enroll");
+    assert_eq!(cfg.host_id, id);
+    assert!(cfg.secret.len() >= 32);
+    assert_ne!(cfg.secret, token);
+
+    let secret_hash = app
+        .query_one(&format!("SELECT secret_hash FROM hosts WHERE id = {id}"))
+        .await
+        .expect("a secret hash");
+    assert_ne!(secret_hash, cfg.secret);
+    assert!(!secret_hash.contains(&cfg.secret));
+    let token_hash = app
+        .query_one(&format!(
+            "SELECT token_hash FROM enrollment_tokens WHERE host_id = {id}"
+        ))
+        .await
+        .unwrap();
+    assert_ne!(token_hash, token);
+    assert!(!token_hash.contains(&token));
+
+    // Not anywhere in the database files either (SQLite: file + WAL).
+    if app.is_sqlite() {
+        for entry in std::fs::read_dir(&app.settings.data_dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                let bytes = std::fs::read(&path).unwrap();
+                for (what, s) in [("secret", &cfg.secret), ("token", &token)] {
+                    assert!(
+                        !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                        "the {what} is in clear in {}",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+
+    let h = app.host_json(id).await;
+    assert_eq!(h["enrolled"], true);
+    assert!(!h.to_string().contains(&cfg.secret));
+    // The secret works on the WebSocket.
+    let agent = app.agent(&cfg, "v1");
+    wait_acked(&agent).await;
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_used_token_is_refused_with_token_used() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.add_host("web-1").await;
+    let first = enroll(&app.url, &token, "web-1").await.expect("enroll");
+    let before = app.snapshot().await;
+    let again = enroll(&app.url, &token, "web-1").await.unwrap_err();
+    assert_eq!(refused(again), (401, "token_used".into()));
+    assert_eq!(app.snapshot().await, before, "the secret was not replaced");
+    let agent = app.agent(&first, "v1");
+    wait_acked(&agent).await;
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enrollments_with_one_token_have_exactly_one_winner() {
+    let app = TestApp::spawn().await;
+    let (id, token) = app.add_host("web-1").await;
+    let tries: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, token) = (app.url.clone(), token.clone());
+            tokio::spawn(async move { enroll(&url, &token, "web-1").await })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut losers = Vec::new();
+    for t in tries {
+        match t.await.unwrap() {
+            Ok(cfg) => winners.push(cfg),
+            Err(e) => losers.push(format!("{e}")),
+        }
+    }
+    assert_eq!(winners.len(), 1, "winners; losers said: {losers:?}");
+    for l in &losers {
+        assert!(l.contains("token_used") && l.contains("401"), "{l}");
+    }
+    // The winner's secret is the one stored.
+    let agent = app.agent(&winners[0], "v1");
+    wait_acked(&agent).await;
+    agent.shutdown().await;
+    assert_eq!(app.host_json(id).await["enrolled"], true);
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_refused_with_invalid_token() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.add_host("web-1").await;
+    let before = app.snapshot().await;
+    let e = enroll(&app.url, &format!("{token}x"), "web-1")
+        .await
+        .unwrap_err();
+    assert_eq!(refused(e), (401, "invalid_token".into()));
+    let e = enroll(&app.url, "not-a-token", "web-1").await.unwrap_err();
+    assert_eq!(refused(e), (401, "invalid_token".into()));
+    assert_eq!(app.snapshot().await, before);
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused_with_token_expired() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.add_host("web-1").await;
+    app.clock.advance(Duration::from_secs(25 * 3600));
+    let before = app.snapshot().await;
+    let e = enroll(&app.url, &token, "web-1").await.unwrap_err();
+    assert_eq!(refused(e), (401, "token_expired".into()));
+    assert_eq!(app.snapshot().await, before);
+}
+
+#[tokio::test]
+async fn a_new_token_re_enrolls_the_host_and_revokes_the_old_secret() {
+    let app = TestApp::spawn().await;
+    let (id, token) = app.add_host("web-1").await;
+    let old = enroll(&app.url, &token, "web-1").await.unwrap();
+    let old_agent = app.agent(&old, "v1");
+    wait_acked(&old_agent).await;
+
+    let r = app
+        .admin()
+        .await
+        .post(app.at(&format!("/api/hosts/{id}/token")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let token2 = r.json::<Value>().await.unwrap()["enrollment_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(token2, token);
+    let new = enroll(&app.url, &token2, "web-1").await.unwrap();
+    assert_eq!(new.host_id, id);
+    assert_ne!(new.secret, old.secret);
+
+    // The old agent is cut off and cannot come back with the old secret.
+    let s = old_agent
+        .wait_for(WAIT, |s| {
+            s.last_error.as_deref() == Some(agent::client::SECRET_REJECTED)
+        })
+        .await
+        .expect("the old secret is refused after re-enrollment");
+    assert!(!s.connected);
+    old_agent.shutdown().await;
+    match app.ws(Some(&old.secret)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("old secret still opens a WebSocket: {:?}", other.is_ok()),
+    }
+    let new_agent = app.agent(&new, "v2");
+    wait_acked(&new_agent).await;
+    new_agent.shutdown().await;
+}
+
+// ---- Agent binary download -------------------------------------------------
+
+const BINARY: &[u8] = b"#!/bin/sh\necho 'restic-manager-agent v9'\n\x00\x01\x02binary-bytes";
+
+/// Stages `BINARY` as linux/x86_64 version v9; returns its hex SHA-256.
+async fn stage_fake(app: &TestApp) -> String {
+    let src = app.dir.path().join("fake-agent");
+    std::fs::write(&src, BINARY).unwrap();
+    let b = agent_binaries::stage_with_version(
+        app.db(),
+        &app.settings.data_dir,
+        &src,
+        "linux",
+        "x86_64",
+        Some("v9".into()),
+    )
+    .await
+    .expect("staging");
+    let sha = hex::encode(Sha256::digest(BINARY));
+    assert_eq!(b.sha256, sha);
+    sha
+}
+
+async fn download(app: &TestApp, query: &str, bearer: Option<&str>) -> reqwest::Response {
+    let mut req = app
+        .with_session(None)
+        .get(format!("{}?{query}", app.at(routes::AGENT_BINARY)));
+    if let Some(b) = bearer {
+        req = req.header("Authorization", format!("Bearer {b}"));
+    }
+    req.send().await.unwrap()
+}
+
+async fn assert_is_the_staged_binary(r: reqwest::Response, sha: &str) {
+    assert_eq!(r.status(), 200);
+    let header = |n: &str| {
+        r.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    assert_eq!(header("X-Agent-Sha256").as_deref(), Some(sha));
+    assert_eq!(header("X-Agent-Version").as_deref(), Some("v9"));
+    assert_eq!(
+        header("Content-Length"),
+        Some(BINARY.len().to_string()),
+        "size announced up front"
+    );
+    let body = r.bytes().await.unwrap();
+    assert_eq!(&body[..], BINARY);
+}
+
+#[tokio::test]
+async fn agent_binary_needs_an_agent_credential() {
+    let app = TestApp::spawn().await;
+    stage_fake(&app).await;
+    let q = "os=linux&arch=x86_64";
+    assert_error(download(&app, q, None).await, 401, "unauthorized").await;
+    assert_error(
+        download(&app, q, Some("nonsense")).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    // A logged-in admin's session is no agent credential.
+    let r = app
+        .admin()
+        .await
+        .get(format!("{}?{q}", app.at(routes::AGENT_BINARY)))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 401, "unauthorized").await;
+    let r = app
+        .with_session(None)
+        .get(format!("{}?{q}", app.at(routes::AGENT_BINARY)))
+        .header("Authorization", "Basic YWRtaW46eA==")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 401, "unauthorized").await;
+}
+
+#[tokio::test]
+async fn agent_binary_with_an_enrollment_token_does_not_use_it_up() {
+    let app = TestApp::spawn().await;
+    let sha = stage_fake(&app).await;
+    let (_, token) = app.add_host("web-1").await;
+    let q = "os=linux&arch=x86_64";
+    assert_is_the_staged_binary(download(&app, q, Some(&token)).await, &sha).await;
+    assert_is_the_staged_binary(download(&app, q, Some(&token)).await, &sha).await;
+
+    // Still good for enrolling, and then used up for downloads too.
+    let cfg = enroll(&app.url, &token, "web-1")
+        .await
+        .expect("a download must not use up the token");
+    assert_error(download(&app, q, Some(&token)).await, 401, "token_used").await;
+    // The agent's secret works from then on.
+    assert_is_the_staged_binary(download(&app, q, Some(&cfg.secret)).await, &sha).await;
+}
+
+#[tokio::test]
+async fn agent_binary_refuses_an_expired_token() {
+    let app = TestApp::spawn().await;
+    stage_fake(&app).await;
+    let (_, token) = app.add_host("web-1").await;
+    app.clock.advance(Duration::from_secs(25 * 3600));
+    assert_error(
+        download(&app, "os=linux&arch=x86_64", Some(&token)).await,
+        401,
+        "token_expired",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn agent_binary_refuses_hostile_platforms() {
+    let app = TestApp::spawn().await;
+    stage_fake(&app).await;
+    let cfg = app.enrolled_host("web-1").await;
+    let secret = Some(cfg.secret.as_str());
+    for q in [
+        "os=../../etc&arch=x86_64",
+        "os=linux/../x&arch=x86_64",
+        "os=%2e%2e&arch=x86_64",
+        "os=%2e%2e%2f%2e%2e%2fetc&arch=passwd",
+        "os=linux&arch=..%2Fx86_64",
+        "os=linux&arch=x86_64%00",
+        "os=Linux&arch=x86_64",
+        "os=linux&arch=",
+        "os=&arch=",
+    ] {
+        let r = download(&app, q, secret).await;
+        assert_eq!(r.status(), 400, "{q}");
+        assert_error(r, 400, "unsupported_platform").await;
+    }
+    // Missing parameters are bad input too.
+    for q in ["", "os=linux"] {
+        assert_eq!(download(&app, q, secret).await.status(), 400, "{q:?}");
+    }
+}
+
+#[tokio::test]
+async fn agent_binary_for_an_allowed_but_unstaged_platform_is_404_no_binary() {
+    let app = TestApp::spawn().await;
+    stage_fake(&app).await;
+    let cfg = app.enrolled_host("web-1").await;
+    for q in ["os=macos&arch=aarch64", "os=linux&arch=aarch64"] {
+        assert_error(download(&app, q, Some(&cfg.secret)).await, 404, "no_binary").await;
+    }
+}
+
+// ---- Install script --------------------------------------------------------
+
+#[tokio::test]
+async fn install_sh_names_this_server() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .with_session(None)
+        .get(app.at(routes::AGENT_INSTALL_SH))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("text/x-shellscript"), "{ct}");
+    let script = r.text().await.unwrap();
+    assert!(script.starts_with("#!/bin/sh"));
+    assert!(
+        script.contains(&format!("SERVER_URL=\"{}\"", app.url)),
+        "server URL not filled in"
+    );
+    assert!(!script.contains("__SERVER_URL__"));
+
+    // A Host header that would break out of the shell string is refused.
+    let r = app
+        .with_session(None)
+        .get(app.at(routes::AGENT_INSTALL_SH))
+        .header("Host", "x\"$(id)\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn install_sh_uses_the_public_url_when_set() {
+    let app =
+        TestApp::spawn_with(|s| s.public_url = Some("https://backup.example.com/".into())).await;
+    let script = app
+        .with_session(None)
+        .get(app.at(routes::AGENT_INSTALL_SH))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(script.contains("SERVER_URL=\"https://backup.example.com\""));
+    assert!(!script.contains(&app.url));
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The real thing: install.sh from the server, run by `sh`, downloads the
+/// staged agent with curl, verifies and installs it, enrolls; then the
+/// installed binary runs, comes online, and goes offline on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_script_installs_enrolls_and_the_agent_comes_online() {
+    let bin = agent_binary();
+    let app = TestApp::spawn().await;
+    let staged = agent_binaries::stage_with_version(
+        app.db(),
+        &app.settings.data_dir,
+        &bin,
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        None,
+    )
+    .await
+    .expect("staging the real agent binary (it must answer --version)");
+    let (id, token) = app.add_host("installed-1").await;
+    let script = app
+        .with_session(None)
+        .get(app.at(routes::AGENT_INSTALL_SH))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    let prefix = tempfile::tempdir().unwrap();
+    let prefix_path = prefix.path().to_path_buf();
+    let token_arg = token.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .args(["-s", "--", "--token", &token_arg, "--prefix"])
+            .arg(&prefix_path)
+            .arg("--no-systemd")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running sh");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let log = format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "install.sh failed\n{log}");
+
+    let installed = prefix.path().join("bin/restic-manager-agent");
+    let config = prefix.path().join("etc/restic-manager-agent/config.toml");
+    assert_eq!(mode(&installed), 0o755, "{log}");
+    assert_eq!(mode(&config), 0o600, "{log}");
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(&bin).unwrap(),
+        "installed binary is the staged one"
+    );
+    let h = app.host_json(id).await;
+    assert_eq!(h["enrolled"], true, "{h}");
+    assert!(
+        !log.contains(&token),
+        "install.sh printed the token:\n{log}"
+    );
+
+    // Run it the way a supervisor would.
+    let run_log = prefix.path().join("agent.log");
+    let mut agent = ChildGuard::new(
+        std::process::Command::new(&installed)
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::fs::File::create(&run_log).unwrap())
+            .stderr(std::fs::File::create(&run_log).unwrap())
+            .spawn()
+            .expect("starting the installed agent"),
+    );
+    let agent_log = || std::fs::read_to_string(&run_log).unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let h = loop {
+        let h = app.host_json(id).await;
+        if h["online"] == true {
+            break h;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the installed agent never came online; its log:\n{}",
+            agent_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(h["agent_version"], staged.version.as_str(), "{h}");
+    assert_eq!(h["os"], std::env::consts::OS);
+    assert_eq!(h["arch"], std::env::consts::ARCH);
+
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = agent.wait_exit().await;
+    assert!(
+        status.success(),
+        "agent exit on SIGTERM: {status:?}\n{}",
+        agent_log()
+    );
+    eventually("host offline after the agent stopped", || async {
+        (app.host_json(id).await["online"] == false).then_some(())
+    })
+    .await;
+}

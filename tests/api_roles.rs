@@ -1,0 +1,554 @@
+//! The role table, route by route: one list of every route the server
+//! registers, with the least role it needs, checked for each principal
+//! (anonymous, viewer, operator, admin). Anonymous gets 401 JSON on the API
+//! and a 303 to the login page elsewhere; a role that is too small gets 403
+//! (`{"error":"forbidden"}` or a readable HTML page) and changes nothing;
+//! an allowed role gets the route's success status. A separate test reads
+//! the `configure` functions in src/web/ so a new route cannot skip the table.
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use restic_manager::{
+    routes,
+    store::{alerts, jobs, notifications, users::Role},
+};
+
+/// Who may call a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// Anyone, logged in or not.
+    Public,
+    /// Logged in with at least this role.
+    Min(Role),
+    /// Only with an agent credential (secret or enrollment token): a user
+    /// session, even an admin's, is no credential here.
+    Agent,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Body {
+    None,
+    /// JSON text; `{n}` is replaced with a number unique to the request.
+    Json(&'static str),
+    /// urlencoded form; `{n}` as above.
+    Form(&'static str),
+}
+
+#[derive(Clone, Debug)]
+struct Route {
+    method: &'static str,
+    /// May hold `{host}` / `{user}` (a fresh fixture per request) and
+    /// `{hash}` / `{name}` (an embedded asset).
+    path: &'static str,
+    access: Access,
+    /// Answers in JSON (true) or HTML (false).
+    api: bool,
+    body: Body,
+    /// Status when allowed.
+    ok: u16,
+    /// Status when allowed and logged in, if different (the login page
+    /// redirects a logged-in user).
+    ok_logged_in: Option<u16>,
+    /// The request ends the caller's session (logout).
+    ends_session: bool,
+}
+
+const fn r(method: &'static str, path: &'static str, access: Access, api: bool, ok: u16) -> Route {
+    Route {
+        method,
+        path,
+        access,
+        api,
+        body: Body::None,
+        ok,
+        ok_logged_in: None,
+        ends_session: false,
+    }
+}
+
+impl Route {
+    const fn json(mut self, b: &'static str) -> Self {
+        self.body = Body::Json(b);
+        self
+    }
+    const fn form(mut self, b: &'static str) -> Self {
+        self.body = Body::Form(b);
+        self
+    }
+    const fn logged_in(mut self, status: u16) -> Self {
+        self.ok_logged_in = Some(status);
+        self
+    }
+    const fn ends_session(mut self) -> Self {
+        self.ends_session = true;
+        self
+    }
+}
+
+const VIEWER: Access = Access::Min(Role::Viewer);
+const ADMIN: Access = Access::Min(Role::Admin);
+const PROBE_LOGIN_JSON: &str = r#"{"username":"probe","password":"probe-password-1"}"#;
+const PROBE_LOGIN_FORM: &str = "username=probe&password=probe-password-1";
+
+/// Every route, with the least role it needs (DESIGN.md "Roles").
+fn table() -> Vec<Route> {
+    vec![
+        // Public.
+        r("GET", routes::API_VERSION, Access::Public, true, 200),
+        r("GET", "/assets/{hash}/{name}", Access::Public, false, 200),
+        r("GET", routes::LOGIN, Access::Public, false, 200).logged_in(303),
+        r("POST", routes::LOGIN, Access::Public, false, 303).form(PROBE_LOGIN_FORM),
+        r("POST", routes::API_LOGIN, Access::Public, true, 200).json(PROBE_LOGIN_JSON),
+        r("GET", routes::AGENT_INSTALL_SH, Access::Public, false, 200),
+        // Agent credentials only.
+        r("POST", routes::AGENT_ENROLL, Access::Agent, true, 200).json(r#"{"token":"bogus"}"#),
+        r("GET", "/agent/binary", Access::Agent, true, 200),
+        r("GET", routes::AGENT_WS, Access::Agent, true, 101),
+        // Any logged-in user.
+        r("GET", routes::API_ME, VIEWER, true, 200),
+        r("GET", routes::API_HOSTS, VIEWER, true, 200),
+        r("GET", "/api/hosts/{host}", VIEWER, true, 200),
+        r("GET", routes::DASHBOARD, VIEWER, false, 200),
+        r("GET", "/hosts/{host}", VIEWER, false, 200),
+        r("GET", routes::API_JOBS, VIEWER, true, 200),
+        r("GET", "/api/jobs/{job}", VIEWER, true, 200),
+        r("GET", "/api/jobs/{job}/logs", VIEWER, true, 200),
+        r("GET", routes::JOBS_PAGE, VIEWER, false, 200),
+        r("GET", "/jobs/{job}", VIEWER, false, 200),
+        r("GET", "/jobs/{job}/events", VIEWER, false, 200),
+        r("GET", routes::API_ALERTS, VIEWER, true, 200),
+        r("GET", routes::ALERTS_PAGE, VIEWER, false, 200),
+        // Admin.
+        r("POST", routes::API_HOSTS, ADMIN, true, 201).json(r#"{"name":"new-{n}"}"#),
+        r("DELETE", "/api/hosts/{host}", ADMIN, true, 204),
+        r("POST", "/api/hosts/{host}/token", ADMIN, true, 201),
+        r("GET", routes::HOST_NEW, ADMIN, false, 200),
+        r("POST", routes::HOST_NEW, ADMIN, false, 200).form("name=page-{n}"),
+        r("POST", "/hosts/{host}/token", ADMIN, false, 200),
+        r("POST", "/hosts/{host}/delete", ADMIN, false, 303),
+        // The fixture host is offline: allowed, then refused for that (409).
+        r("POST", "/api/hosts/{host}/update", ADMIN, true, 409),
+        r("POST", "/hosts/{host}/update", ADMIN, false, 409),
+        r("POST", "/api/alerts/{alert}/resolve", ADMIN, true, 200),
+        r("POST", "/alerts/{alert}/resolve", ADMIN, false, 303),
+        r("GET", routes::NOTIFICATIONS_PAGE, ADMIN, false, 200),
+        r("POST", routes::NOTIFICATIONS_PAGE, ADMIN, false, 200)
+            .form("name=hook-{n}&url=http%3A%2F%2F127.0.0.1%3A9%2Fhook&secret="),
+        r(
+            "POST",
+            "/settings/notifications/{target}/test",
+            ADMIN,
+            false,
+            200,
+        ),
+        r(
+            "POST",
+            "/settings/notifications/{target}/delete",
+            ADMIN,
+            false,
+            200,
+        ),
+        r("GET", routes::API_USERS, ADMIN, true, 200),
+        r("POST", routes::API_USERS, ADMIN, true, 201)
+            .json(r#"{"username":"api{n}","password":"password-{n}-x","role":"viewer"}"#),
+        r("DELETE", "/api/users/{user}", ADMIN, true, 204),
+        r("POST", "/api/users/{user}/role", ADMIN, true, 200).json(r#"{"role":"operator"}"#),
+        r("POST", "/api/users/{user}/password", ADMIN, true, 204)
+            .json(r#"{"password":"new-password-{n}"}"#),
+        r("GET", routes::USERS_PAGE, ADMIN, false, 200),
+        r("GET", routes::API_AUDIT, ADMIN, true, 200),
+        r("GET", routes::AUDIT_PAGE, ADMIN, false, 200),
+        r("POST", routes::USERS_PAGE, ADMIN, false, 200)
+            .form("username=form{n}&password=password-{n}-x&role=viewer"),
+        r("POST", "/settings/users/{user}/role", ADMIN, false, 200).form("role=operator"),
+        r("POST", "/settings/users/{user}/password", ADMIN, false, 200)
+            .form("password=new-password-x"),
+        r("POST", "/settings/users/{user}/delete", ADMIN, false, 200),
+        // Logout works for anyone and ends the caller's session: last.
+        r("POST", routes::API_LOGOUT, Access::Public, true, 204).ends_session(),
+        r("POST", routes::LOGOUT, Access::Public, false, 303).ends_session(),
+    ]
+}
+
+struct Runner {
+    app: TestApp,
+    who: Option<Role>,
+    token: Option<String>,
+    n: u32,
+    failures: Vec<String>,
+}
+
+impl Runner {
+    async fn new(who: Option<Role>) -> Runner {
+        let app = TestApp::spawn().await;
+        app.user("probe", Role::Viewer).await;
+        let token = match who {
+            Some(role) => Some(app.role_token(role).await),
+            None => None,
+        };
+        Runner {
+            app,
+            who,
+            token,
+            n: 0,
+            failures: Vec::new(),
+        }
+    }
+
+    /// Fills the placeholders with fresh fixtures.
+    async fn concrete(&mut self, template: &str) -> String {
+        self.n += 1;
+        let n = self.n;
+        let mut path = template.to_string();
+        if path.contains("{host}") {
+            let (id, _) = self.app.add_host_direct(&format!("fixture-{n}")).await;
+            path = path.replace("{host}", &id.to_string());
+        }
+        if path.contains("{user}") {
+            let id = self.app.user(&format!("target{n}"), Role::Viewer).await;
+            path = path.replace("{user}", &id.to_string());
+        }
+        if path.contains("{job}") {
+            let (host_id, _) = self.app.add_host_direct(&format!("job-host-{n}")).await;
+            let job = jobs::create(
+                self.app.db(),
+                &jobs::NewJob {
+                    host_id,
+                    kind: jobs::JobKind::Backup,
+                    actor_kind: jobs::ActorKind::System,
+                    actor_id: None,
+                    actor_name: "test".into(),
+                    target_version: None,
+                    deadline_at: None,
+                },
+                self.app.clock.now_ms(),
+            )
+            .await
+            .unwrap();
+            path = path.replace("{job}", &job.id.to_string());
+        }
+        if path.contains("{alert}") {
+            let key = format!("test:{n}");
+            let raised = alerts::raise(
+                self.app.db(),
+                &alerts::NewAlert {
+                    kind: "test",
+                    dedup_key: &key,
+                    host_id: None,
+                    severity: alerts::Severity::Warning,
+                    message: "a test alert",
+                },
+                self.app.clock.now_ms(),
+            )
+            .await
+            .unwrap();
+            path = path.replace("{alert}", &raised.alert().id.to_string());
+        }
+        if path.contains("{target}") {
+            let t = notifications::create_target(
+                self.app.db(),
+                &notifications::NewTarget {
+                    name: &format!("target-{n}"),
+                    // Nothing listens on the discard port: no traffic leaves.
+                    url: "http://127.0.0.1:9/hook",
+                    secret: None,
+                },
+                self.app.clock.now_ms(),
+            )
+            .await
+            .unwrap();
+            path = path.replace("{target}", &t.id.to_string());
+        }
+        let hash = restic_manager::web::assets::hash_of("app.css");
+        path.replace("{hash}", hash).replace("{name}", "app.css")
+    }
+
+    async fn check(&mut self, route: &Route) {
+        let path = self.concrete(route.path).await;
+        let n = self.n.to_string();
+        let client = self.app.with_session(self.token.as_deref());
+        let mut url = self.app.at(&path);
+        if path.starts_with("/agent/binary") {
+            url.push_str("?os=linux&arch=x86_64");
+        }
+        let mut req = match route.method {
+            "GET" => client.get(&url),
+            "POST" => client.post(&url),
+            "DELETE" => client.delete(&url),
+            other => panic!("method {other} not in the runner"),
+        };
+        req = match route.body {
+            Body::None => req,
+            Body::Json(b) => req
+                .header("Content-Type", "application/json")
+                .body(b.replace("{n}", &n)),
+            Body::Form(b) => req
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(b.replace("{n}", &n)),
+        };
+        let before = self.app.snapshot().await;
+        let resp = req.send().await.unwrap();
+        let what = format!("{} {path} as {:?}", route.method, self.who);
+        let status = resp.status().as_u16();
+        let loc = location(&resp);
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        // A live event stream never ends: judge it by its head only.
+        let text = if ctype.starts_with("text/event-stream") {
+            String::new()
+        } else {
+            resp.text().await.unwrap_or_default()
+        };
+        let refused = |me: &mut Runner, ok: bool, msg: String| {
+            if !ok {
+                me.failures
+                    .push(format!("{what}: {msg} (status {status}, body {text:.300})"));
+            }
+        };
+
+        let allowed = match (route.access, self.who) {
+            (Access::Public, _) => true,
+            (Access::Agent, _) => false,
+            (Access::Min(_), None) => false,
+            (Access::Min(min), Some(role)) => role >= min,
+        };
+
+        if allowed {
+            let want = match (self.who, route.ok_logged_in) {
+                (Some(_), Some(s)) => s,
+                _ => route.ok,
+            };
+            refused(self, status == want, format!("expected {want}"));
+            if status == 200 && !route.api && route.path != "/assets/{hash}/{name}" {
+                let is_page = ctype.starts_with("text/html");
+                let is_script =
+                    path == routes::AGENT_INSTALL_SH && ctype.starts_with("text/x-shellscript");
+                let is_stream = path.ends_with("/events") && ctype.starts_with("text/event-stream");
+                refused(
+                    self,
+                    is_page || is_script || is_stream,
+                    format!("expected HTML, got {ctype}"),
+                );
+                if is_page && let Some(role) = self.who {
+                    let page = Page {
+                        status,
+                        content_type: ctype.clone(),
+                        doc: scraper::Html::parse_document(&text),
+                        text: text.clone(),
+                    };
+                    let who = page.texts("[data-testid=whoami]").join("");
+                    refused(
+                        self,
+                        who.contains(role.as_str()),
+                        format!("page shows whoami {who:?}"),
+                    );
+                }
+            }
+            if route.ends_session
+                && let Some(role) = self.who
+            {
+                self.token = Some(self.app.role_token(role).await);
+            }
+            return;
+        }
+
+        // Refused: the state must be exactly as before.
+        let after = self.app.snapshot().await;
+        refused(
+            self,
+            before == after,
+            format!("a refused request changed state:\n{before}\n→\n{after}"),
+        );
+
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        match (route.access, self.who) {
+            (Access::Agent, _) => {
+                refused(self, status == 401, "expected 401".into());
+                refused(
+                    self,
+                    body["error"].as_str().is_some_and(|e| !e.is_empty())
+                        && body["message"].as_str().is_some_and(|m| !m.is_empty()),
+                    "expected a JSON error".into(),
+                );
+            }
+            (_, None) if route.api => {
+                refused(
+                    self,
+                    status == 401 && body["error"] == "unauthorized",
+                    "expected 401 unauthorized".into(),
+                );
+                refused(
+                    self,
+                    body["message"].as_str().is_some_and(|m| !m.is_empty()),
+                    "expected a message".into(),
+                );
+            }
+            (_, None) => {
+                let want = format!("/login?next={}", urlencoding::encode(&path));
+                refused(
+                    self,
+                    status == 303 && loc.as_deref() == Some(want.as_str()),
+                    format!("expected 303 to {want}, got {loc:?}"),
+                );
+            }
+            (_, Some(_)) if route.api => {
+                refused(
+                    self,
+                    status == 403
+                        && body["error"] == "forbidden"
+                        && body["message"].as_str().is_some_and(|m| !m.is_empty()),
+                    "expected 403 {\"error\":\"forbidden\"}".into(),
+                );
+            }
+            (_, Some(_)) => {
+                let page = Page {
+                    status,
+                    content_type: ctype.clone(),
+                    doc: scraper::Html::parse_document(&text),
+                    text: text.clone(),
+                };
+                let msg = page.texts("[data-testid=error-message]").join("");
+                refused(
+                    self,
+                    status == 403 && ctype.starts_with("text/html") && msg.contains("role"),
+                    format!("expected a readable 403 page, message {msg:?}"),
+                );
+            }
+        }
+    }
+
+    async fn run_table(mut self) {
+        for route in table() {
+            self.check(&route).await;
+        }
+        assert!(
+            self.failures.is_empty(),
+            "{} role-table failure(s) for {:?}:\n{}",
+            self.failures.len(),
+            self.who,
+            self.failures.join("\n")
+        );
+    }
+}
+
+#[tokio::test]
+async fn anonymous_gets_401_json_on_the_api_and_a_login_redirect_on_pages() {
+    Runner::new(None).await.run_table().await;
+}
+
+#[tokio::test]
+async fn viewer_reads_hosts_and_is_refused_every_admin_action() {
+    Runner::new(Some(Role::Viewer)).await.run_table().await;
+}
+
+#[tokio::test]
+async fn operator_reads_hosts_and_is_refused_every_admin_action() {
+    Runner::new(Some(Role::Operator)).await.run_table().await;
+}
+
+#[tokio::test]
+async fn admin_may_do_everything_but_use_agent_endpoints_with_a_session() {
+    Runner::new(Some(Role::Admin)).await.run_table().await;
+}
+
+/// `(METHOD, path)` of every `.route(PATH, web::METHOD()…)` in src/web/*.rs,
+/// with path parameters written `{}`.
+fn registered_routes() -> BTreeSet<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let consts: Vec<(String, String)> = std::fs::read_to_string(root.join("src/routes.rs"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix("pub const ")?;
+            let (name, rest) = rest.split_once(':')?;
+            let value = rest.split('"').nth(1)?;
+            Some((name.trim().to_string(), value.to_string()))
+        })
+        .collect();
+    let mut found = BTreeSet::new();
+    let mut files: Vec<_> = std::fs::read_dir(root.join("src/web"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (i, _) in text.match_indices(".route(") {
+            let args = text[i + ".route(".len()..].trim_start();
+            let (path, rest) = if let Some(lit) = args.strip_prefix('"') {
+                let end = lit.find('"').unwrap();
+                (lit[..end].to_string(), &lit[end..])
+            } else if let Some(name) = args.strip_prefix("routes::") {
+                let end = name
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap();
+                let value = consts
+                    .iter()
+                    .find(|(n, _)| n == &name[..end])
+                    .unwrap_or_else(|| panic!("routes::{} unknown", &name[..end]));
+                (value.1.clone(), &name[end..])
+            } else {
+                panic!(
+                    "{}: cannot read the route at {:?}",
+                    file.display(),
+                    &args[..40.min(args.len())]
+                );
+            };
+            let m = rest
+                .find("web::")
+                .map(|j| &rest[j + "web::".len()..])
+                .and_then(|s| s.split('(').next())
+                .unwrap_or_else(|| panic!("{}: no method for {path}", file.display()));
+            found.insert((m.to_uppercase(), normalize(&path)));
+        }
+    }
+    found
+}
+
+fn normalize(path: &str) -> String {
+    let mut out = String::new();
+    let mut in_param = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                in_param = true;
+                out.push_str("{}");
+            }
+            '}' => in_param = false,
+            _ if in_param => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[test]
+fn role_table_covers_every_registered_route() {
+    let registered = registered_routes();
+    assert!(
+        registered.len() >= 30,
+        "the route scanner found only {} routes: is it still reading src/web/*.rs right? {registered:?}",
+        registered.len()
+    );
+    let tabled: BTreeSet<(String, String)> = table()
+        .iter()
+        .map(|r| (r.method.to_string(), normalize(r.path)))
+        .collect();
+    let missing: Vec<_> = registered.difference(&tabled).collect();
+    let stale: Vec<_> = tabled.difference(&registered).collect();
+    assert!(
+        missing.is_empty(),
+        "routes registered in src/web/ but missing from the role table in tests/api_roles.rs: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "role-table rows for routes the server no longer registers: {stale:?}"
+    );
+}

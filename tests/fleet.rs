@@ -1,0 +1,595 @@
+//! Rolling fleet updates through the real server with real agent
+//! connections that "restart" at the target version when told to update.
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use agent::{
+    client::{FrameSender, Identity, RunOptions},
+    config::AgentConfig,
+    wire::{
+        self, CommandUpdate, Envelope, FinishedStatus, JobFinished, JobStarted, UpdateOutcome,
+        UpdateReport,
+    },
+};
+use common::*;
+use restic_manager::{store::users::Role, version::VERSION};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+const OLD: &str = "v0.0.1-old";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Plan {
+    /// Restart at once at the target version.
+    Update,
+    /// Refuse (like a checksum mismatch).
+    Fail,
+    /// Start, then wait for the test to let go.
+    Hold,
+}
+
+/// A host whose agent obeys `command.update` according to a plan; the
+/// plan can change while it runs.
+struct Sim {
+    plan: watch::Sender<Plan>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn opts(
+    cfg: &AgentConfig,
+    version: &str,
+    report: Option<UpdateReport>,
+    tx: mpsc::UnboundedSender<(CommandUpdate, FrameSender)>,
+) -> RunOptions {
+    RunOptions {
+        identity: Identity {
+            agent_version: version.into(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            hostname: format!("host-{}", cfg.host_id),
+        },
+        backoff_initial: Duration::from_millis(50),
+        backoff_cap: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(5),
+        update_report: report,
+        handler: Arc::new(move |env: Envelope, sender: FrameSender| {
+            if env.kind == wire::COMMAND_UPDATE
+                && let Ok(cmd) = env.payload::<CommandUpdate>()
+            {
+                let _ = tx.send((cmd, sender));
+            }
+        }),
+        ..RunOptions::default()
+    }
+}
+
+fn simulate(cfg: AgentConfig, plan: Plan) -> Sim {
+    let (plan_tx, mut plan_rx) = watch::channel(plan);
+    let task = tokio::spawn(async move {
+        let mut version = OLD.to_string();
+        let mut report = None;
+        loop {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let agent = agent::client::spawn(cfg.clone(), opts(&cfg, &version, report.take(), tx));
+            let Some((cmd, sender)) = rx.recv().await else {
+                return;
+            };
+            sender
+                .send_message(&JobStarted {
+                    job_id: cmd.job_id,
+                    kind: Some(wire::JobKind::Update),
+                })
+                .await
+                .ok();
+            loop {
+                let p = *plan_rx.borrow_and_update();
+                match p {
+                    Plan::Hold => {
+                        if plan_rx.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                    Plan::Fail => {
+                        sender
+                            .send_message(&JobFinished {
+                                job_id: cmd.job_id,
+                                status: FinishedStatus::Failed,
+                                error: Some("checksum mismatch: expected aa, got bb".into()),
+                                exit_code: None,
+                            })
+                            .await
+                            .ok();
+                        // Keeps running the old version.
+                        let _ = rx.recv().await;
+                        agent.shutdown().await;
+                        return;
+                    }
+                    Plan::Update => break,
+                }
+            }
+            agent.shutdown().await;
+            report = Some(UpdateReport {
+                job_id: cmd.job_id,
+                from_version: version.clone(),
+                to_version: cmd.target_version.clone(),
+                outcome: UpdateOutcome::Updated,
+                reason: None,
+            });
+            version = cmd.target_version;
+        }
+    });
+    Sim {
+        plan: plan_tx,
+        task,
+    }
+}
+
+async fn stage(app: &TestApp) {
+    let src = app.dir.path().join("fake-agent");
+    std::fs::write(&src, "#!/bin/sh\necho restic-manager-agent x\n").unwrap();
+    restic_manager::agent_binaries::stage_with_version(
+        app.db(),
+        &app.settings.data_dir,
+        &src,
+        "linux",
+        "x86_64",
+        Some(VERSION.into()),
+    )
+    .await
+    .unwrap();
+}
+
+async fn online(app: &TestApp, id: i64, version: &str) {
+    eventually(&format!("host {id} online at {version}"), || async {
+        let h = app.host_json(id).await;
+        (h["online"] == true && h["agent_version"] == version).then_some(())
+    })
+    .await;
+}
+
+async fn run(app: &TestApp, id: i64) -> Value {
+    app.admin()
+        .await
+        .get(app.at(&format!("/api/fleet-updates/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_run(app: &TestApp, id: i64, status: &str) -> Value {
+    eventually(&format!("fleet update {status}"), || async {
+        let r = run(app, id).await;
+        (r["fleet_update"]["status"] == status).then_some(r)
+    })
+    .await
+}
+
+fn statuses(r: &Value) -> Vec<String> {
+    r["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn start(app: &TestApp, body: Value) -> reqwest::Response {
+    app.admin()
+        .await
+        .post(app.at("/api/fleet/update"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn setup(app: &TestApp, plans: &[Plan]) -> (Vec<AgentConfig>, Vec<Sim>) {
+    stage(app).await;
+    let mut cfgs = vec![];
+    let mut sims = vec![];
+    for (i, p) in plans.iter().enumerate() {
+        let cfg = app.enrolled_host(&format!("web-{}", i + 1)).await;
+        sims.push(simulate(cfg.clone(), *p));
+        online(app, cfg.host_id, OLD).await;
+        cfgs.push(cfg);
+    }
+    (cfgs, sims)
+}
+
+fn fast(s: &mut restic_manager::config::Settings) {
+    s.update_min_healthy = Duration::ZERO;
+}
+
+#[tokio::test]
+async fn a_fleet_update_goes_host_by_host_and_completes() {
+    let app = TestApp::spawn_with(fast).await;
+    let (cfgs, sims) = setup(&app, &[Plan::Update, Plan::Update, Plan::Update]).await;
+    let r = start(&app, json!({"confirm_count": 3})).await;
+    assert_eq!(r.status(), 200);
+    let id = r.json::<Value>().await.unwrap()["fleet_update_id"]
+        .as_i64()
+        .unwrap();
+    let done = wait_run(&app, id, "completed").await;
+    assert_eq!(statuses(&done), ["succeeded", "succeeded", "succeeded"]);
+    assert!(done["fleet_update"]["completed_at"].is_string());
+    for c in &cfgs {
+        online(&app, c.host_id, VERSION).await;
+    }
+    // Exactly one update job per host.
+    let jobs: Vec<Value> = app
+        .admin()
+        .await
+        .get(app.at("/api/jobs?kind=update"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 3);
+    assert!(jobs.iter().all(|j| j["status"] == "succeeded"));
+    let audit: Vec<Value> = app
+        .admin()
+        .await
+        .get(app.at("/api/audit?action=fleet.start"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1);
+    // Now nothing is behind.
+    let again = start(&app, json!({})).await;
+    assert_error(again, 409, "nothing_to_update").await;
+    for s in sims {
+        s.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_failing_host_halts_the_run_raises_an_alert_and_the_next_stays_pending() {
+    let app = TestApp::spawn_with(fast).await;
+    let (_cfgs, sims) = setup(&app, &[Plan::Update, Plan::Fail, Plan::Update]).await;
+    let id = start(&app, json!({})).await.json::<Value>().await.unwrap()["fleet_update_id"]
+        .as_i64()
+        .unwrap();
+    let r = wait_run(&app, id, "halted").await;
+    assert_eq!(statuses(&r), ["succeeded", "failed", "pending"]);
+    let reason = r["fleet_update"]["halted_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("update failed on host-") && reason.contains("checksum mismatch"),
+        "{reason}"
+    );
+    let alerts: Vec<Value> = app
+        .admin()
+        .await
+        .get(app.at("/api/alerts?state=active"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        alerts.iter().any(|a| a["kind"] == "fleet_update_halted"),
+        "{alerts:?}"
+    );
+    assert!(
+        alerts.iter().any(|a| a["kind"] == "update_failed"),
+        "{alerts:?}"
+    );
+    // The page shows the outcome and why.
+    let page = app
+        .admin()
+        .await
+        .get(app.at("/settings/fleet-update"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("fleet-halted-reason") && page.contains("checksum mismatch"));
+    for s in sims {
+        s.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn one_run_at_a_time_cancel_stops_further_dispatches_and_roles_are_enforced() {
+    let app = TestApp::spawn_with(fast).await;
+    let (_cfgs, sims) = setup(&app, &[Plan::Hold, Plan::Update]).await;
+    for role in [Role::Viewer, Role::Operator] {
+        let c = app.as_role(role).await;
+        assert_error(
+            c.post(app.at("/api/fleet/update"))
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap(),
+            403,
+            "forbidden",
+        )
+        .await;
+        assert_eq!(
+            c.get(app.at("/settings/fleet-update"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            403
+        );
+    }
+    assert_error(
+        start(&app, json!({"confirm_count": 5})).await,
+        400,
+        "count_mismatch",
+    )
+    .await;
+    assert_error(
+        start(&app, json!({"target_version": "v9"})).await,
+        400,
+        "invalid_target",
+    )
+    .await;
+    let r = app
+        .admin()
+        .await
+        .post(app.at("/api/fleet/update"))
+        .header("content-type", "application/json")
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "invalid_json").await;
+
+    let id = start(&app, json!({"confirm_count": "2"}))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["fleet_update_id"]
+        .as_i64()
+        .unwrap();
+    eventually("first host running", || async {
+        (statuses(&run(&app, id).await)[0] == "running").then_some(())
+    })
+    .await;
+    assert_error(start(&app, json!({})).await, 409, "already_running").await;
+    // Every page shows the running run.
+    let banner = app
+        .as_role(Role::Viewer)
+        .await
+        .get(app.at("/settings/fleet-update/banner"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        banner.contains("fleet-banner") && banner.contains("0 of 2"),
+        "{banner}"
+    );
+
+    let c = app
+        .admin()
+        .await
+        .post(app.at(&format!("/api/fleet-updates/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(c.status(), 200);
+    assert_error(
+        app.admin()
+            .await
+            .post(app.at(&format!("/api/fleet-updates/{id}/cancel")))
+            .send()
+            .await
+            .unwrap(),
+        409,
+        "not_running",
+    )
+    .await;
+    // The current host's update is left to finish; nothing else starts.
+    sims[0].plan.send(Plan::Update).unwrap();
+    eventually("current host finished", || async {
+        (statuses(&run(&app, id).await)[0] == "succeeded").then_some(())
+    })
+    .await;
+    let r = run(&app, id).await;
+    assert_eq!(r["fleet_update"]["status"], "cancelled");
+    assert_eq!(statuses(&r), ["succeeded", "pending"]);
+    let jobs: Vec<Value> = app
+        .admin()
+        .await
+        .get(app.at("/api/jobs?kind=update"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1, "no dispatch after the cancel");
+    let audit: Vec<Value> = app
+        .admin()
+        .await
+        .get(app.at("/api/audit?action=fleet.cancel"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1);
+    let banner = app
+        .admin()
+        .await
+        .get(app.at("/settings/fleet-update/banner"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!banner.contains("fleet-banner"));
+    for s in sims {
+        s.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn the_page_asks_for_the_typed_count_and_refuses_a_wrong_one() {
+    let app = TestApp::spawn_with(fast).await;
+    let (_cfgs, sims) = setup(&app, &[Plan::Hold, Plan::Update]).await;
+    let admin = app.admin().await;
+    let page = admin
+        .get(app.at("/settings/fleet-update"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let html = scraper::Html::parse_document(&page);
+    let sel = |s: &str| scraper::Selector::parse(s).unwrap();
+    assert_eq!(
+        html.select(&sel("[data-testid=fleet-candidate]")).count(),
+        2
+    );
+    let label: String = html
+        .select(&sel("label[for=confirm_count]"))
+        .next()
+        .unwrap()
+        .text()
+        .collect();
+    assert!(label.contains("(2)"), "{label}");
+    assert!(page.contains("one host at a time") && page.contains("halts on the first failure"));
+
+    let wrong = admin
+        .post(app.at("/settings/fleet-update"))
+        .form(&[("confirm_count", "3")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 400);
+    let body = wrong.text().await.unwrap();
+    assert!(
+        body.contains("error-banner") && body.contains("type 2"),
+        "{body}"
+    );
+    let runs: Vec<Value> = admin
+        .get(app.at("/api/fleet-updates"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(runs.is_empty(), "a wrong count starts nothing");
+
+    let ok = admin
+        .post(app.at("/settings/fleet-update"))
+        .form(&[("confirm_count", "2")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 303);
+    // Running: per-host progress that refreshes itself, with Cancel.
+    let page = admin
+        .get(app.at("/settings/fleet-update"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let html = scraper::Html::parse_document(&page);
+    let live = html.select(&sel("#fleet-live")).next().unwrap();
+    assert_eq!(live.value().attr("hx-trigger"), Some("every 3s"));
+    assert_eq!(html.select(&sel("[data-testid=fleet-host-row]")).count(), 2);
+    assert_eq!(html.select(&sel("[data-testid=fleet-cancel]")).count(), 1);
+    assert_eq!(
+        html.select(&sel("[data-testid=fleet-start]")).count(),
+        0,
+        "no start form while running"
+    );
+    sims[0].plan.send(Plan::Update).unwrap();
+    let runs: Vec<Value> = admin
+        .get(app.at("/api/fleet-updates"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    wait_run(&app, runs[0]["id"].as_i64().unwrap(), "completed").await;
+    // Ended: the partial no longer polls.
+    let partial = admin
+        .get(app.at("/settings/fleet-update"))
+        .header("HX-Request", "true")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        partial.contains("fleet-live") && !partial.contains("hx-trigger"),
+        "{partial}"
+    );
+    for s in sims {
+        s.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_server_resumes_the_run_without_dispatching_twice() {
+    let mut app = TestApp::spawn_with(fast).await;
+    let (cfgs, sims) = setup(&app, &[Plan::Hold, Plan::Update]).await;
+    let id = start(&app, json!({})).await.json::<Value>().await.unwrap()["fleet_update_id"]
+        .as_i64()
+        .unwrap();
+    eventually("first host running", || async {
+        (statuses(&run(&app, id).await)[0] == "running").then_some(())
+    })
+    .await;
+    // Restart on the same address, so the agents find it again by themselves.
+    let addr = app.running.as_ref().unwrap().addr;
+    app.stop().await;
+    app.settings.listen = addr;
+    let running = restic_manager::start_with_clock(app.settings.clone(), app.clock.clone())
+        .await
+        .unwrap();
+    app.running = Some(running);
+    online(&app, cfgs[0].host_id, OLD).await;
+    assert_eq!(
+        run(&app, id).await["fleet_update"]["status"],
+        "running",
+        "still running after the restart"
+    );
+    // The first host now finishes its (one) update; the run carries on.
+    sims[0].plan.send(Plan::Update).unwrap();
+    let r = wait_run(&app, id, "completed").await;
+    assert_eq!(statuses(&r), ["succeeded", "succeeded"]);
+    for c in &cfgs {
+        let jobs: Vec<Value> = app
+            .admin()
+            .await
+            .get(app.at(&format!("/api/jobs?kind=update&host_id={}", c.host_id)))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 1, "host {} dispatched exactly once", c.host_id);
+    }
+    for s in sims {
+        s.task.abort();
+    }
+}
