@@ -82,7 +82,7 @@ struct ServeArgs {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the server (the default).
-    Serve,
+    Serve(Box<ServeArgs>),
     /// Manage users.
     #[command(subcommand)]
     User(UserCmd),
@@ -152,7 +152,11 @@ fn settings(cli: &Cli) -> Settings {
         .database_url
         .clone()
         .unwrap_or_else(|| default_database_url(&cli.db.data_dir));
-    let a = &cli.serve;
+    // `restic-manager serve --listen …` and `restic-manager --listen …` alike.
+    let a = match &cli.cmd {
+        Some(Cmd::Serve(args)) => args.as_ref(),
+        _ => &cli.serve,
+    };
     s.listen = a.listen;
     s.public_url = a.public_url.clone();
     s.bootstrap_admin_password = a.bootstrap_admin_password.clone();
@@ -173,8 +177,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    match cli.cmd.unwrap_or(Cmd::Serve) {
-        Cmd::Serve => {
+    match cli.cmd {
+        None | Some(Cmd::Serve(_)) => {
             drop(rt);
             // An actix System over a multi-threaded tokio runtime, so
             // background workers (the fleet update) get their own arbiter.
@@ -186,7 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .block_on(restic_manager::serve(settings))
         }
-        Cmd::User(UserCmd::Add { name, role, .. }) => {
+        Some(Cmd::User(UserCmd::Add { name, role, .. })) => {
             let password = read_password_stdin()?;
             rt.block_on(async {
                 let db = restic_manager::db::open(&settings).await?;
@@ -196,7 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Cmd::Host(HostCmd::Add { name }) => rt.block_on(async {
+        Some(Cmd::Host(HostCmd::Add { name })) => rt.block_on(async {
             let db = restic_manager::db::open(&settings).await?;
             let now = chrono::Utc::now().timestamp_millis();
             let created = restic_manager::provisioning::host_add(&db, &name, now).await?;
@@ -209,12 +213,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }),
-        Cmd::AgentBinary(AgentBinaryCmd::Add {
+        Some(Cmd::AgentBinary(AgentBinaryCmd::Add {
             path,
             os,
             arch,
             version,
-        }) => rt.block_on(async {
+        })) => rt.block_on(async {
             let db = restic_manager::db::open(&settings).await?;
             let b = restic_manager::agent_binaries::stage_with_version(&db, &settings.data_dir, &path, &os, &arch, version)
                 .await?;

@@ -152,10 +152,15 @@ impl Drop for Chromedriver {
     fn drop(&mut self) {
         self.delete_session();
         // Whatever is left in chromedriver's process group (its own id).
-        let _ = Command::new("kill")
-            .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
+        // libc, not /usr/bin/kill: procps-ng 4.0's kill was seen here to
+        // signal every process when handed a negative id.
+        let pgid = self.child.id() as libc::pid_t;
+        if pgid > 1 {
+            // SAFETY: killpg only sends a signal; the group is our child's.
+            unsafe {
+                libc::killpg(pgid, libc::SIGKILL);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

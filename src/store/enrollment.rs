@@ -64,21 +64,30 @@ pub async fn check<C: ConnectionTrait>(db: &C, token: &str, now: i64) -> Result<
     Ok(row.host_id)
 }
 
-/// Uses the token up; exactly one concurrent caller wins.
+/// Uses the token up; exactly one concurrent caller wins. The guarded
+/// write comes first: on SQLite a transaction that read before writing
+/// cannot take the write lock once another connection has written.
 pub async fn redeem<C: ConnectionTrait>(db: &C, token: &str, now: i64) -> Result<i64> {
-    let host_id = check(db, token, now).await?;
+    let hash = auth::token_hash(token);
     let r = enrollment_tokens::Entity::update_many()
         .col_expr(enrollment_tokens::Column::UsedAt, Expr::value(now))
-        .filter(enrollment_tokens::Column::TokenHash.eq(auth::token_hash(token)))
+        .filter(enrollment_tokens::Column::TokenHash.eq(hash.as_str()))
         .filter(enrollment_tokens::Column::UsedAt.is_null())
         .filter(enrollment_tokens::Column::ExpiresAt.gt(now))
         .exec(db)
         .await?;
     if r.rows_affected != 1 {
+        // Say why: unknown, used or expired.
+        check(db, token, now).await?;
         return Err(StoreError::Invalid(
             "token_used",
             "this enrollment token was already used: create a new one for the host".into(),
         ));
     }
-    Ok(host_id)
+    let row = enrollment_tokens::Entity::find()
+        .filter(enrollment_tokens::Column::TokenHash.eq(hash.as_str()))
+        .one(db)
+        .await?
+        .ok_or_else(invalid)?;
+    Ok(row.host_id)
 }

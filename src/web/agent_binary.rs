@@ -80,6 +80,17 @@ async fn agent_binary(
             path.display()
         ))
     })?;
+    // A file that changed size since it was staged is not what was recorded.
+    let on_disk = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    if on_disk != b.size as u64 {
+        tracing::error!(path = %path.display(), recorded = b.size, on_disk, "staged agent binary changed on disk");
+        return Err(AppError::Conflict(
+            "binary_changed",
+            format!(
+                "the staged agent binary for {os}/{arch} changed on disk since it was staged: stage it again with `restic-manager agent-binary add`"
+            ),
+        ));
+    }
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "application/octet-stream"))
         .insert_header((SHA256_HEADER, b.sha256.clone()))

@@ -99,6 +99,18 @@ pub fn validate_hello(h: &Hello) -> Result<HelloFacts, String> {
     })
 }
 
+/// A frame over the limit, or fragments adding up to more than it
+/// (actix-ws reports the latter only as an I/O error with this text).
+fn is_too_large(e: &actix_ws::ProtocolError) -> bool {
+    match e {
+        actix_ws::ProtocolError::Overflow => true,
+        actix_ws::ProtocolError::Io(io) => io
+            .to_string()
+            .contains("Exceeded maximum continuation size"),
+        _ => false,
+    }
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(32).collect()
 }
@@ -137,8 +149,8 @@ async fn connection(
                     }
                     Ok(AggregatedMessage::Pong(_)) => {}
                     Ok(AggregatedMessage::Close(_)) => break None,
-                    Err(actix_ws::ProtocolError::Overflow) => {
-                        tracing::warn!("agent sent an oversized frame; closing");
+                    Err(e) if is_too_large(&e) => {
+                        tracing::warn!("agent sent an oversized message; closing");
                         break close(CloseCode::Policy, "frame too large");
                     }
                     Err(e) => {

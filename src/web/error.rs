@@ -68,6 +68,8 @@ impl AppError {
             "host" => "host_not_found",
             "user" => "user_not_found",
             "job" => "job_not_found",
+            "alert" => "alert_not_found",
+            "fleet update" => "fleet_update_not_found",
             _ => "not_found",
         };
         AppError::NotFound(code, format!("no such {what}: it may have been removed"))

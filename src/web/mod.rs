@@ -150,7 +150,11 @@ pub async fn cross_site_guard(
         };
         if refused {
             tracing::warn!(path = req.path(), "refused a cross-site request");
-            return Err(AppError::CrossSite.into());
+            return Err(if req.path().starts_with("/api/") {
+                AppError::CrossSite.into()
+            } else {
+                PageError(AppError::CrossSite).into()
+            });
         }
     }
     next.call(req).await

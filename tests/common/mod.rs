@@ -379,7 +379,7 @@ impl TestApp {
 
     /// Everything a refused request must not change: hosts (with their
     /// secrets), enrollment tokens, users (with role and password hash),
-    /// jobs, alerts, notification targets and deliveries.
+    /// jobs, alerts, notification targets and deliveries, fleet updates.
     /// Sessions are left out: logging in is not a change of state.
     pub async fn snapshot(&self) -> String {
         let hosts = self
@@ -404,9 +404,12 @@ impl TestApp {
             .query("SELECT CAST(id AS TEXT), name FROM notification_targets ORDER BY id")
             .await;
         let deliveries = self.count("notification_deliveries").await;
+        // Only how many: the fleet worker moves runs along by itself.
+        let fleet_updates = self.count("fleet_updates").await;
         format!(
             "hosts={hosts:?}\ntokens={tokens:?}\nusers={users:?}\njobs={jobs:?}\n\
-             alerts={alerts:?}\ntargets={targets:?}\ndeliveries={deliveries}"
+             alerts={alerts:?}\ntargets={targets:?}\ndeliveries={deliveries}\n\
+             fleet_updates={fleet_updates}"
         )
     }
 
