@@ -33,9 +33,9 @@ vendor:
 build VERSION=version:
     RM_VERSION={{quote(trim_start_match(VERSION, "VERSION="))}} cargo build --release --workspace
 
-# Benchmarks (simulated agents over real WebSockets): `just bench --agents 10000`.
+# Benchmarks of the release server over real sockets (see BENCHMARKS.md): `just bench --only agents,dashboard`.
 bench *args:
-    cargo run --release -p restic-manager --bin rm-bench -- {{args}}
+    cargo run --release --example bench -- {{args}}
 
 # What CI checks before the tests.
 lint:

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 /// How long to wait for an element after a navigation or a click.
-const UI_WAIT: Duration = Duration::from_secs(10);
+const UI_WAIT: Duration = Duration::from_secs(20);
 /// The host table refreshes itself every 10 s; allow a missed tick and slack.
 const REFRESH_WAIT: Duration = Duration::from_secs(25);
 
@@ -956,4 +956,276 @@ async fn admin_sees_the_out_of_date_chip_tile_and_update_button_and_a_viewer_no_
     );
     v.close().await;
     agent.shutdown().await;
+}
+
+/// Fleet pages: agents that obey `command.update` by "restarting" at the
+/// target version (or by refusing), under the test's control.
+mod fleet_sim {
+    use std::{sync::Arc, time::Duration};
+
+    use agent::{
+        client::{FrameSender, Identity, RunOptions},
+        config::AgentConfig,
+        wire::{
+            self, CommandUpdate, Envelope, FinishedStatus, JobFinished, JobStarted, UpdateOutcome,
+            UpdateReport,
+        },
+    };
+    use tokio::sync::{mpsc, watch};
+
+    #[derive(Clone, Copy, PartialEq)]
+    pub enum Plan {
+        Update,
+        Fail,
+        Hold,
+    }
+
+    pub struct Sim {
+        pub plan: watch::Sender<Plan>,
+        pub task: tokio::task::JoinHandle<()>,
+    }
+
+    pub fn simulate(cfg: AgentConfig, old: &str, plan: Plan) -> Sim {
+        let (plan_tx, mut plan_rx) = watch::channel(plan);
+        let old = old.to_string();
+        let task = tokio::spawn(async move {
+            let mut version = old;
+            let mut report = None;
+            loop {
+                let (tx, mut rx) = mpsc::unbounded_channel::<(CommandUpdate, FrameSender)>();
+                let opts = RunOptions {
+                    identity: Identity {
+                        agent_version: version.clone(),
+                        os: "linux".into(),
+                        arch: "x86_64".into(),
+                        hostname: format!("node-{}", cfg.host_id),
+                    },
+                    backoff_initial: Duration::from_millis(50),
+                    backoff_cap: Duration::from_millis(300),
+                    update_report: report.take(),
+                    handler: Arc::new(move |env: Envelope, s: FrameSender| {
+                        if env.kind == wire::COMMAND_UPDATE
+                            && let Ok(cmd) = env.payload::<CommandUpdate>()
+                        {
+                            let _ = tx.send((cmd, s));
+                        }
+                    }),
+                    ..RunOptions::default()
+                };
+                let agent = agent::client::spawn(cfg.clone(), opts);
+                let Some((cmd, sender)) = rx.recv().await else {
+                    return;
+                };
+                let started = JobStarted {
+                    job_id: cmd.job_id,
+                    kind: Some(wire::JobKind::Update),
+                };
+                sender.send_message(&started).await.ok();
+                loop {
+                    let p = *plan_rx.borrow_and_update();
+                    match p {
+                        Plan::Hold => {
+                            if plan_rx.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                        Plan::Fail => {
+                            let failed = JobFinished {
+                                job_id: cmd.job_id,
+                                status: FinishedStatus::Failed,
+                                error: Some("checksum mismatch: expected 3f2a…, got 9b01…".into()),
+                                exit_code: None,
+                            };
+                            sender.send_message(&failed).await.ok();
+                            let _ = rx.recv().await;
+                            agent.shutdown().await;
+                            return;
+                        }
+                        Plan::Update => break,
+                    }
+                }
+                agent.shutdown().await;
+                report = Some(UpdateReport {
+                    job_id: cmd.job_id,
+                    from_version: version.clone(),
+                    to_version: cmd.target_version.clone(),
+                    outcome: UpdateOutcome::Updated,
+                    reason: None,
+                });
+                version = cmd.target_version;
+            }
+        });
+        Sim {
+            plan: plan_tx,
+            task,
+        }
+    }
+}
+
+async fn fleet_app(plans: &[fleet_sim::Plan]) -> (TestApp, Vec<fleet_sim::Sim>) {
+    let app = TestApp::spawn_with(|s| s.update_min_healthy = Duration::ZERO).await;
+    let src = app.dir.path().join("fake-agent");
+    std::fs::write(&src, "#!/bin/sh\necho restic-manager-agent x\n").unwrap();
+    restic_manager::agent_binaries::stage_with_version(
+        app.db(),
+        &app.settings.data_dir,
+        &src,
+        "linux",
+        "x86_64",
+        Some(restic_manager::version::VERSION.into()),
+    )
+    .await
+    .unwrap();
+    let mut sims = vec![];
+    for (i, p) in plans.iter().enumerate() {
+        let cfg = app.enrolled_host(&format!("node-{}", i + 1)).await;
+        let id = cfg.host_id;
+        sims.push(fleet_sim::simulate(cfg, "v0.0.9", *p));
+        eventually("host online", || async {
+            (app.host_json(id).await["online"] == true).then_some(())
+        })
+        .await;
+    }
+    (app, sims)
+}
+
+/// Waits until `css`'s text satisfies `ok`, reading again after each htmx swap.
+async fn wait_text(
+    b: &Browser,
+    css: &str,
+    wait: Duration,
+    ok: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let t = b.texts(css).await;
+        if ok(&t) {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{css}` never matched, last {t:?}; {}",
+            b.describe().await
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+#[tokio::test]
+async fn fleet_page_idle_refuses_a_wrong_count_and_follows_the_run_live() {
+    use fleet_sim::Plan;
+    let (app, sims) = fleet_app(&[Plan::Hold, Plan::Update, Plan::Update]).await;
+    let b = Browser::open(&app).await;
+    b.login("admin", ADMIN_PASSWORD).await;
+
+    // The dashboard tile leads to the behind filter, which links here.
+    b.click("[data-testid=hosts-behind-tile]").await;
+    b.click("[data-testid=behind-filter] a[href='/settings/fleet-update']")
+        .await;
+    b.wait_css("[data-testid=fleet-idle]").await;
+    assert_eq!(b.texts("[data-testid=fleet-candidate]").await.len(), 3);
+    let idle = b.text("[data-testid=fleet-idle]").await;
+    assert!(
+        idle.contains("one host at a time") && idle.contains("halts on the first failure"),
+        "{idle}"
+    );
+    b.screenshot("fleet-idle.png").await;
+
+    // A wrong count is refused by the server (the browser would let it through).
+    b.fill("#confirm_count", "4").await;
+    b.click("[data-testid=fleet-start]").await;
+    let banner = b.text("[data-testid=error-banner]").await;
+    assert!(banner.contains("type 3"), "{banner}");
+    assert!(
+        b.texts("[data-testid=fleet-run]").await.is_empty(),
+        "nothing started"
+    );
+
+    b.fill("#confirm_count", "3").await;
+    b.click("[data-testid=fleet-start]").await;
+    wait_text(&b, "[data-testid=fleet-host-status]", UI_WAIT, |t| {
+        t.first().is_some_and(|s| s == "running")
+    })
+    .await;
+    b.js("window.__noReload = true; return null").await;
+    b.screenshot("fleet-running.png").await;
+    // Every page shows the running run.
+    assert!(
+        b.text("[data-testid=fleet-banner]")
+            .await
+            .contains("is running")
+    );
+
+    sims[0].plan.send(Plan::Update).unwrap();
+    let done = wait_text(
+        &b,
+        "[data-testid=fleet-host-status]",
+        Duration::from_secs(30),
+        |t| t.len() == 3 && t.iter().all(|s| s == "succeeded"),
+    )
+    .await;
+    assert_eq!(done.len(), 3);
+    wait_text(&b, "#fleet-live [data-testid=fleet-status]", UI_WAIT, |t| {
+        t == ["completed"]
+    })
+    .await;
+    assert_eq!(
+        b.js("return window.__noReload === true").await,
+        Value::Bool(true),
+        "updated without a reload"
+    );
+    b.close().await;
+    for s in sims {
+        s.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn fleet_page_shows_a_halted_run_and_why() {
+    use fleet_sim::Plan;
+    let (app, sims) = fleet_app(&[Plan::Update, Plan::Fail, Plan::Update]).await;
+    let r = app
+        .admin()
+        .await
+        .post(app.at("/api/fleet/update"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.json::<Value>().await.unwrap()["fleet_update_id"]
+        .as_i64()
+        .unwrap();
+    eventually("halted", || async {
+        let r: Value = app
+            .admin()
+            .await
+            .get(app.at(&format!("/api/fleet-updates/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (r["fleet_update"]["status"] == "halted").then_some(())
+    })
+    .await;
+    let b = Browser::open(&app).await;
+    b.login("admin", ADMIN_PASSWORD).await;
+    b.goto("/settings/fleet-update").await;
+    let reason = b.text("[data-testid=fleet-halted-reason]").await;
+    assert!(reason.contains("checksum mismatch"), "{reason}");
+    assert_eq!(
+        b.texts("[data-testid=fleet-host-status]").await,
+        ["succeeded", "failed", "pending"]
+    );
+    assert!(
+        b.texts("[data-testid=fleet-banner]").await.is_empty(),
+        "no banner once halted"
+    );
+    b.screenshot("fleet-halted.png").await;
+    b.close().await;
+    for s in sims {
+        s.task.abort();
+    }
 }

@@ -168,8 +168,10 @@ pub fn fleet_page(v: &FleetView) -> Markup {
         Nav::Fleet,
         html! {
             h1 class="text-2xl font-semibold mb-4" { "Fleet update" }
-            @if !running { (idle(v)) }
+            // The last run's outcome first (a halt reason must not be missed),
+            // then the start form.
             (fleet_live(v))
+            @if !running { (idle(v)) }
             @if !v.history.is_empty() {
                 section class="card p-0 overflow-x-auto" {
                     h2 class="font-semibold px-4 pt-3" { "History" }
@@ -198,7 +200,7 @@ pub fn fleet_page(v: &FleetView) -> Markup {
 pub fn running_banner(run: Option<(&FleetUpdate, usize, usize)>) -> Markup {
     html! {
         @if let Some((r, done, total)) = run {
-            div class="banner-info flex items-center justify-between" data-testid="fleet-banner" {
+            div class="banner-info flex items-center justify-between mb-4" data-testid="fleet-banner" {
                 span { "Fleet update #" (r.id) " to " (r.target_version) " is running: " (done) " of " (total) " hosts done." }
                 a class="link" href=(routes::FLEET_UPDATE_PAGE) { "View progress →" }
             }

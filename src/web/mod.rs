@@ -218,11 +218,14 @@ impl FromRequest for CurrentUser {
                 Ok(Some(u)) => Ok(CurrentUser(u)),
                 Ok(None) if is_api(&req) => Err(AppError::Unauthorized.into()),
                 Ok(None) => {
-                    let target = req
-                        .uri()
-                        .path_and_query()
-                        .map(|p| p.as_str().to_string())
-                        .unwrap_or_else(|| "/".into());
+                    // For an htmx partial, come back to the page it was on
+                    // (HX-Current-URL), not to the fragment's own URL.
+                    let target = htmx_page_path(&req).unwrap_or_else(|| {
+                        req.uri()
+                            .path_and_query()
+                            .map(|p| p.as_str().to_string())
+                            .unwrap_or_else(|| "/".into())
+                    });
                     let location =
                         format!("{}?next={}", routes::LOGIN, urlencoding::encode(&target));
                     let resp = if is_htmx(&req) {
@@ -244,6 +247,16 @@ impl FromRequest for CurrentUser {
             }
         })
     }
+}
+
+/// Path and query of the page an htmx request came from, if it is ours.
+fn htmx_page_path(req: &HttpRequest) -> Option<String> {
+    if !is_htmx(req) {
+        return None;
+    }
+    let current = req.headers().get("HX-Current-URL")?.to_str().ok()?;
+    let rest = current.strip_prefix(&request_origin(req))?;
+    rest.starts_with('/').then(|| rest.to_string())
 }
 
 /// The logged-in user if any (login page, error pages).

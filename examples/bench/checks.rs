@@ -1,0 +1,280 @@
+//! What the benchmark checks before it believes a number: every agent
+//! acknowledged, every HTTP answer a success, every viewer got every line,
+//! every download complete, the fleet update one host at a time. Each check
+//! returns an error that names what went wrong; the tool exits non-zero on
+//! it rather than print a figure for work the server did not do.
+use std::collections::HashSet;
+
+use anyhow::{Result, bail, ensure};
+
+/// A 2xx status, or an error quoting the start of the body.
+pub fn expect_success(what: &str, status: u16, body: &str) -> Result<()> {
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    let snippet: String = body.chars().take(300).collect();
+    bail!("{what}: HTTP {status}: {snippet}")
+}
+
+/// Which agents said hello (and got `hello.ack`) in which round.
+#[derive(Debug)]
+pub struct AckTracker {
+    acked: Vec<bool>,
+    count: usize,
+}
+
+impl AckTracker {
+    pub fn new(n: usize) -> Self {
+        AckTracker {
+            acked: vec![false; n],
+            count: 0,
+        }
+    }
+
+    /// Records agent `idx`; an ack from an agent outside the fleet is a bug.
+    /// Returns whether it was new.
+    pub fn ack(&mut self, idx: usize) -> Result<bool> {
+        let Some(slot) = self.acked.get_mut(idx) else {
+            bail!(
+                "ack from agent #{idx}, but the fleet has {}",
+                self.acked.len()
+            );
+        };
+        let new = !*slot;
+        *slot = true;
+        self.count += usize::from(new);
+        Ok(new)
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    pub fn complete(&self) -> bool {
+        self.count == self.acked.len()
+    }
+
+    /// An error listing (the first few) agents that never got an ack.
+    pub fn require_complete(&self, what: &str) -> Result<()> {
+        if self.complete() {
+            return Ok(());
+        }
+        let missing: Vec<String> = self
+            .acked
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| !**a)
+            .take(10)
+            .map(|(i, _)| format!("#{i}"))
+            .collect();
+        bail!(
+            "{what}: only {} of {} agents were acknowledged (missing e.g. {})",
+            self.count,
+            self.acked.len(),
+            missing.join(", ")
+        )
+    }
+}
+
+/// A live-log viewer must see every line exactly once, in order: `seqs` are
+/// the line numbers it received, `sent` how many the agent sent (1..=sent).
+pub fn check_viewer_lines(viewer: usize, seqs: &[u64], sent: u64, ended: bool) -> Result<()> {
+    let mut expected = 1u64;
+    for &s in seqs {
+        ensure!(
+            s == expected,
+            "viewer {viewer}: expected line {expected}, got line {s} ({} lines received, {sent} sent)",
+            seqs.len()
+        );
+        expected += 1;
+    }
+    ensure!(
+        seqs.len() as u64 == sent,
+        "viewer {viewer}: received {} of the {sent} lines sent",
+        seqs.len()
+    );
+    ensure!(
+        ended,
+        "viewer {viewer}: the stream never sent its `end` event"
+    );
+    Ok(())
+}
+
+/// A download must have the length the server promised.
+pub fn check_download(i: usize, got: u64, expected: u64) -> Result<()> {
+    ensure!(
+        got == expected,
+        "download {i}: received {got} bytes, expected {expected}"
+    );
+    Ok(())
+}
+
+/// One `command.update` seen by the simulated fleet: which host, when (ms
+/// since an epoch), and when that host's agent was acknowledged again at
+/// the new version.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UpdateStep {
+    pub host: usize,
+    pub command_at: f64,
+    pub back_at: Option<f64>,
+}
+
+/// Per-host overhead of a rolling update: from host k's success hello
+/// (acknowledged at the new version) to the next host's `command.update`.
+/// Checks that all `n` hosts were updated, each exactly once, one at a time.
+pub fn rolling_overheads(steps: &[UpdateStep], n: usize) -> Result<Vec<f64>> {
+    let mut seen = HashSet::new();
+    for s in steps {
+        ensure!(
+            seen.insert(s.host),
+            "host #{} received command.update more than once",
+            s.host
+        );
+    }
+    ensure!(
+        steps.len() == n,
+        "the fleet update sent command.update to {} of {n} hosts",
+        steps.len()
+    );
+    let mut sorted = steps.to_vec();
+    sorted.sort_by(|a, b| a.command_at.total_cmp(&b.command_at));
+    let mut out = Vec::with_capacity(n.saturating_sub(1));
+    for w in sorted.windows(2) {
+        let (prev, next) = (w[0], w[1]);
+        let Some(back) = prev.back_at else {
+            bail!(
+                "host #{} never came back at the new version but host #{} was dispatched",
+                prev.host,
+                next.host
+            );
+        };
+        ensure!(
+            next.command_at >= back,
+            "host #{} was dispatched {:.1} ms before host #{} came back: not one at a time",
+            next.host,
+            back - next.command_at,
+            prev.host
+        );
+        out.push(next.command_at - back);
+    }
+    if let Some(last) = sorted.last() {
+        ensure!(
+            last.back_at.is_some(),
+            "the last host #{} never came back at the new version",
+            last.host
+        );
+    }
+    Ok(out)
+}
+
+/// A stripped ELF binary has no `.symtab` section (its name would sit in
+/// the section-name table).
+pub fn is_stripped(elf: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b".symtab\0";
+    elf.starts_with(b"\x7fELF") && !elf.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_errors_are_refused_with_the_body() {
+        assert!(expect_success("x", 200, "").is_ok());
+        assert!(expect_success("x", 204, "").is_ok());
+        let e = expect_success("GET /", 500, "database is locked")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("500") && e.contains("database is locked"), "{e}");
+        assert!(
+            expect_success("x", 302, "").is_err(),
+            "a redirect is not a page"
+        );
+        assert!(expect_success("x", 401, "").is_err());
+    }
+
+    #[test]
+    fn ack_tracker_counts_each_agent_once_and_names_the_missing() {
+        let mut t = AckTracker::new(3);
+        assert!(t.ack(0).unwrap());
+        assert!(!t.ack(0).unwrap(), "a second ack is not a new one");
+        assert!(t.ack(2).unwrap());
+        assert_eq!(t.count(), 2);
+        let e = t.require_complete("connect").unwrap_err().to_string();
+        assert!(e.contains("2 of 3") && e.contains("#1"), "{e}");
+        assert!(t.ack(7).is_err(), "unknown agent");
+        t.ack(1).unwrap();
+        assert!(t.require_complete("connect").is_ok());
+    }
+
+    #[test]
+    fn a_viewer_missing_reordering_or_duplicating_lines_fails() {
+        assert!(check_viewer_lines(0, &[1, 2, 3], 3, true).is_ok());
+        let short = check_viewer_lines(4, &[1, 2], 3, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            short.contains("viewer 4") && short.contains("2 of the 3"),
+            "{short}"
+        );
+        assert!(check_viewer_lines(0, &[1, 3, 2], 3, true).is_err());
+        assert!(check_viewer_lines(0, &[1, 2, 2, 3], 3, true).is_err());
+        assert!(check_viewer_lines(0, &[1, 2, 3, 4], 3, true).is_err());
+        assert!(
+            check_viewer_lines(0, &[1, 2, 3], 3, false).is_err(),
+            "no end event"
+        );
+    }
+
+    #[test]
+    fn a_short_download_fails() {
+        assert!(check_download(0, 10, 10).is_ok());
+        assert!(
+            check_download(3, 9, 10)
+                .unwrap_err()
+                .to_string()
+                .contains("download 3")
+        );
+    }
+
+    fn step(host: usize, command_at: f64, back_at: f64) -> UpdateStep {
+        UpdateStep {
+            host,
+            command_at,
+            back_at: Some(back_at),
+        }
+    }
+
+    #[test]
+    fn rolling_overheads_measure_success_to_next_dispatch() {
+        let steps = [step(1, 10.0, 12.0), step(0, 0.0, 5.0), step(2, 20.0, 21.0)];
+        assert_eq!(rolling_overheads(&steps, 3).unwrap(), vec![5.0, 8.0]);
+    }
+
+    #[test]
+    fn rolling_checks_refuse_a_bad_run() {
+        // A host missing.
+        let e = rolling_overheads(&[step(0, 0.0, 1.0)], 2).unwrap_err();
+        assert!(e.to_string().contains("1 of 2"), "{e}");
+        // Dispatched twice.
+        assert!(rolling_overheads(&[step(0, 0.0, 1.0), step(0, 2.0, 3.0)], 2).is_err());
+        // Overlap: the next host went before the previous came back.
+        assert!(rolling_overheads(&[step(0, 0.0, 5.0), step(1, 3.0, 6.0)], 2).is_err());
+        // A host that never came back.
+        let lost = UpdateStep {
+            host: 1,
+            command_at: 3.0,
+            back_at: None,
+        };
+        assert!(rolling_overheads(&[step(0, 0.0, 1.0), lost], 2).is_err());
+    }
+
+    #[test]
+    fn stripped_elf_detection() {
+        let mut elf = b"\x7fELF....".to_vec();
+        assert!(is_stripped(&elf));
+        elf.extend_from_slice(b"\0.text\0.symtab\0.strtab\0");
+        assert!(!is_stripped(&elf));
+        assert!(!is_stripped(b"#!/bin/sh\n"), "not an ELF file");
+    }
+}
