@@ -32,6 +32,8 @@ pub struct Settings {
     pub agent_ping_timeout: Duration,
     /// How often the hub writes `last_seen_at` for connected agents.
     pub presence_flush_interval: Duration,
+    /// Per-job log limit; later lines are dropped after one notice.
+    pub job_log_cap_bytes: i64,
     pub workers: usize,
     /// Stage the agent binary that sits beside this executable at start.
     pub stage_sibling_agent: bool,
@@ -57,6 +59,7 @@ impl Settings {
             agent_ping_interval: Duration::from_secs(20),
             agent_ping_timeout: Duration::from_secs(60),
             presence_flush_interval: Duration::from_secs(30),
+            job_log_cap_bytes: crate::store::jobs::LOG_CAP_BYTES,
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),

@@ -758,34 +758,6 @@ async fn admin_adds_a_host_and_gets_a_working_install_command() {
     b.close().await;
 }
 
-/// A job for `host_id`, created straight in the store.
-async fn new_job(app: &TestApp, host_id: i64) -> i64 {
-    use restic_manager::store::jobs::{ActorKind, JobKind, NewJob};
-    let j = NewJob {
-        host_id,
-        kind: JobKind::Backup,
-        actor_kind: ActorKind::User,
-        actor_id: None,
-        actor_name: "admin".into(),
-        target_version: None,
-        deadline_at: None,
-    };
-    restic_manager::store::jobs::create(app.db(), &j, app.clock.now_ms())
-        .await
-        .unwrap()
-        .id
-}
-
-fn log_line(job_id: i64, seq: i64, data: &str) -> agent::wire::LogStream {
-    agent::wire::LogStream {
-        job_id,
-        seq,
-        stream: agent::wire::LogStreamKind::Stdout,
-        data: data.into(),
-        at: "2026-11-28T10:00:00Z".into(),
-    }
-}
-
 #[tokio::test]
 async fn a_viewer_watches_a_job_log_grow_live_and_sees_it_finish() {
     use agent::wire::{FinishedStatus, JobFinished, JobStarted};
@@ -793,7 +765,7 @@ async fn a_viewer_watches_a_job_log_grow_live_and_sees_it_finish() {
     let cfg = app.enrolled_host("web-1").await;
     let agent = app.agent(&cfg, "v1");
     wait_acked(&agent).await;
-    let id = new_job(&app, cfg.host_id).await;
+    let id = common::sim::new_job(&app, cfg.host_id).await;
     let s = agent.sender();
     s.send_message(&JobStarted {
         job_id: id,
@@ -801,7 +773,7 @@ async fn a_viewer_watches_a_job_log_grow_live_and_sees_it_finish() {
     })
     .await
     .unwrap();
-    s.send_message(&log_line(id, 1, "before the page opened"))
+    s.send_message(&common::sim::log_line(id, 1, "before the page opened"))
         .await
         .unwrap();
     restic_manager::provisioning::user_save(
@@ -825,7 +797,7 @@ async fn a_viewer_watches_a_job_log_grow_live_and_sees_it_finish() {
     );
 
     for i in 2..=4 {
-        s.send_message(&log_line(id, i, &format!("live line {i}")))
+        s.send_message(&common::sim::log_line(id, i, &format!("live line {i}")))
             .await
             .unwrap();
     }
@@ -875,18 +847,7 @@ async fn admin_sees_the_out_of_date_chip_tile_and_update_button_and_a_viewer_no_
     let cfg = app.enrolled_host("web-1").await;
     let agent = app.agent(&cfg, "v0.0.1-old");
     wait_acked(&agent).await;
-    let src = app.dir.path().join("fake-agent");
-    std::fs::write(&src, "#!/bin/sh\necho restic-manager-agent x\n").unwrap();
-    restic_manager::agent_binaries::stage_with_version(
-        app.db(),
-        &app.settings.data_dir,
-        &src,
-        "linux",
-        "x86_64",
-        Some(restic_manager::version::VERSION.into()),
-    )
-    .await
-    .unwrap();
+    common::sim::stage_binary(&app, restic_manager::version::VERSION).await;
 
     let b = Browser::open(&app).await;
     b.login("admin", ADMIN_PASSWORD).await;
@@ -958,129 +919,14 @@ async fn admin_sees_the_out_of_date_chip_tile_and_update_button_and_a_viewer_no_
     agent.shutdown().await;
 }
 
-/// Fleet pages: agents that obey `command.update` by "restarting" at the
-/// target version (or by refusing), under the test's control.
-mod fleet_sim {
-    use std::{sync::Arc, time::Duration};
-
-    use agent::{
-        client::{FrameSender, Identity, RunOptions},
-        config::AgentConfig,
-        wire::{
-            self, CommandUpdate, Envelope, FinishedStatus, JobFinished, JobStarted, UpdateOutcome,
-            UpdateReport,
-        },
-    };
-    use tokio::sync::{mpsc, watch};
-
-    #[derive(Clone, Copy, PartialEq)]
-    pub enum Plan {
-        Update,
-        Fail,
-        Hold,
-    }
-
-    pub struct Sim {
-        pub plan: watch::Sender<Plan>,
-        pub task: tokio::task::JoinHandle<()>,
-    }
-
-    pub fn simulate(cfg: AgentConfig, old: &str, plan: Plan) -> Sim {
-        let (plan_tx, mut plan_rx) = watch::channel(plan);
-        let old = old.to_string();
-        let task = tokio::spawn(async move {
-            let mut version = old;
-            let mut report = None;
-            loop {
-                let (tx, mut rx) = mpsc::unbounded_channel::<(CommandUpdate, FrameSender)>();
-                let opts = RunOptions {
-                    identity: Identity {
-                        agent_version: version.clone(),
-                        os: "linux".into(),
-                        arch: "x86_64".into(),
-                        hostname: format!("node-{}", cfg.host_id),
-                    },
-                    backoff_initial: Duration::from_millis(50),
-                    backoff_cap: Duration::from_millis(300),
-                    update_report: report.take(),
-                    handler: Arc::new(move |env: Envelope, s: FrameSender| {
-                        if env.kind == wire::COMMAND_UPDATE
-                            && let Ok(cmd) = env.payload::<CommandUpdate>()
-                        {
-                            let _ = tx.send((cmd, s));
-                        }
-                    }),
-                    ..RunOptions::default()
-                };
-                let agent = agent::client::spawn(cfg.clone(), opts);
-                let Some((cmd, sender)) = rx.recv().await else {
-                    return;
-                };
-                let started = JobStarted {
-                    job_id: cmd.job_id,
-                    kind: Some(wire::JobKind::Update),
-                };
-                sender.send_message(&started).await.ok();
-                loop {
-                    let p = *plan_rx.borrow_and_update();
-                    match p {
-                        Plan::Hold => {
-                            if plan_rx.changed().await.is_err() {
-                                return;
-                            }
-                        }
-                        Plan::Fail => {
-                            let failed = JobFinished {
-                                job_id: cmd.job_id,
-                                status: FinishedStatus::Failed,
-                                error: Some("checksum mismatch: expected 3f2a…, got 9b01…".into()),
-                                exit_code: None,
-                            };
-                            sender.send_message(&failed).await.ok();
-                            let _ = rx.recv().await;
-                            agent.shutdown().await;
-                            return;
-                        }
-                        Plan::Update => break,
-                    }
-                }
-                agent.shutdown().await;
-                report = Some(UpdateReport {
-                    job_id: cmd.job_id,
-                    from_version: version.clone(),
-                    to_version: cmd.target_version.clone(),
-                    outcome: UpdateOutcome::Updated,
-                    reason: None,
-                });
-                version = cmd.target_version;
-            }
-        });
-        Sim {
-            plan: plan_tx,
-            task,
-        }
-    }
-}
-
-async fn fleet_app(plans: &[fleet_sim::Plan]) -> (TestApp, Vec<fleet_sim::Sim>) {
+async fn fleet_app(plans: &[common::sim::Plan]) -> (TestApp, Vec<common::sim::Sim>) {
     let app = TestApp::spawn_with(|s| s.update_min_healthy = Duration::ZERO).await;
-    let src = app.dir.path().join("fake-agent");
-    std::fs::write(&src, "#!/bin/sh\necho restic-manager-agent x\n").unwrap();
-    restic_manager::agent_binaries::stage_with_version(
-        app.db(),
-        &app.settings.data_dir,
-        &src,
-        "linux",
-        "x86_64",
-        Some(restic_manager::version::VERSION.into()),
-    )
-    .await
-    .unwrap();
+    common::sim::stage_binary(&app, restic_manager::version::VERSION).await;
     let mut sims = vec![];
     for (i, p) in plans.iter().enumerate() {
         let cfg = app.enrolled_host(&format!("node-{}", i + 1)).await;
         let id = cfg.host_id;
-        sims.push(fleet_sim::simulate(cfg, "v0.0.9", *p));
+        sims.push(common::sim::simulate(cfg, "v0.0.9", *p));
         eventually("host online", || async {
             (app.host_json(id).await["online"] == true).then_some(())
         })
@@ -1113,7 +959,7 @@ async fn wait_text(
 
 #[tokio::test]
 async fn fleet_page_idle_refuses_a_wrong_count_and_follows_the_run_live() {
-    use fleet_sim::Plan;
+    use common::sim::Plan;
     let (app, sims) = fleet_app(&[Plan::Hold, Plan::Update, Plan::Update]).await;
     let b = Browser::open(&app).await;
     b.login("admin", ADMIN_PASSWORD).await;
@@ -1182,7 +1028,7 @@ async fn fleet_page_idle_refuses_a_wrong_count_and_follows_the_run_live() {
 
 #[tokio::test]
 async fn fleet_page_shows_a_halted_run_and_why() {
-    use fleet_sim::Plan;
+    use common::sim::Plan;
     let (app, sims) = fleet_app(&[Plan::Update, Plan::Fail, Plan::Update]).await;
     let r = app
         .admin()

@@ -2,142 +2,18 @@
 //! connections that "restart" at the target version when told to update.
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use agent::{
-    client::{FrameSender, Identity, RunOptions},
-    config::AgentConfig,
-    wire::{
-        self, CommandUpdate, Envelope, FinishedStatus, JobFinished, JobStarted, UpdateOutcome,
-        UpdateReport,
-    },
+use agent::config::AgentConfig;
+use common::{
+    sim::{self, OLD, Plan, Sim, simulate},
+    *,
 };
-use common::*;
 use restic_manager::{store::users::Role, version::VERSION};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
-
-const OLD: &str = "v0.0.1-old";
-
-#[derive(Clone, Copy, PartialEq)]
-enum Plan {
-    /// Restart at once at the target version.
-    Update,
-    /// Refuse (like a checksum mismatch).
-    Fail,
-    /// Start, then wait for the test to let go.
-    Hold,
-}
-
-/// A host whose agent obeys `command.update` according to a plan; the
-/// plan can change while it runs.
-struct Sim {
-    plan: watch::Sender<Plan>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn opts(
-    cfg: &AgentConfig,
-    version: &str,
-    report: Option<UpdateReport>,
-    tx: mpsc::UnboundedSender<(CommandUpdate, FrameSender)>,
-) -> RunOptions {
-    RunOptions {
-        identity: Identity {
-            agent_version: version.into(),
-            os: "linux".into(),
-            arch: "x86_64".into(),
-            hostname: format!("host-{}", cfg.host_id),
-        },
-        backoff_initial: Duration::from_millis(50),
-        backoff_cap: Duration::from_millis(300),
-        idle_timeout: Duration::from_secs(5),
-        update_report: report,
-        handler: Arc::new(move |env: Envelope, sender: FrameSender| {
-            if env.kind == wire::COMMAND_UPDATE
-                && let Ok(cmd) = env.payload::<CommandUpdate>()
-            {
-                let _ = tx.send((cmd, sender));
-            }
-        }),
-        ..RunOptions::default()
-    }
-}
-
-fn simulate(cfg: AgentConfig, plan: Plan) -> Sim {
-    let (plan_tx, mut plan_rx) = watch::channel(plan);
-    let task = tokio::spawn(async move {
-        let mut version = OLD.to_string();
-        let mut report = None;
-        loop {
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            let agent = agent::client::spawn(cfg.clone(), opts(&cfg, &version, report.take(), tx));
-            let Some((cmd, sender)) = rx.recv().await else {
-                return;
-            };
-            sender
-                .send_message(&JobStarted {
-                    job_id: cmd.job_id,
-                    kind: Some(wire::JobKind::Update),
-                })
-                .await
-                .ok();
-            loop {
-                let p = *plan_rx.borrow_and_update();
-                match p {
-                    Plan::Hold => {
-                        if plan_rx.changed().await.is_err() {
-                            return;
-                        }
-                    }
-                    Plan::Fail => {
-                        sender
-                            .send_message(&JobFinished {
-                                job_id: cmd.job_id,
-                                status: FinishedStatus::Failed,
-                                error: Some("checksum mismatch: expected aa, got bb".into()),
-                                exit_code: None,
-                            })
-                            .await
-                            .ok();
-                        // Keeps running the old version.
-                        let _ = rx.recv().await;
-                        agent.shutdown().await;
-                        return;
-                    }
-                    Plan::Update => break,
-                }
-            }
-            agent.shutdown().await;
-            report = Some(UpdateReport {
-                job_id: cmd.job_id,
-                from_version: version.clone(),
-                to_version: cmd.target_version.clone(),
-                outcome: UpdateOutcome::Updated,
-                reason: None,
-            });
-            version = cmd.target_version;
-        }
-    });
-    Sim {
-        plan: plan_tx,
-        task,
-    }
-}
 
 async fn stage(app: &TestApp) {
-    let src = app.dir.path().join("fake-agent");
-    std::fs::write(&src, "#!/bin/sh\necho restic-manager-agent x\n").unwrap();
-    restic_manager::agent_binaries::stage_with_version(
-        app.db(),
-        &app.settings.data_dir,
-        &src,
-        "linux",
-        "x86_64",
-        Some(VERSION.into()),
-    )
-    .await
-    .unwrap();
+    sim::stage_binary(app, VERSION).await;
 }
 
 async fn online(app: &TestApp, id: i64, version: &str) {
@@ -193,7 +69,7 @@ async fn setup(app: &TestApp, plans: &[Plan]) -> (Vec<AgentConfig>, Vec<Sim>) {
     let mut sims = vec![];
     for (i, p) in plans.iter().enumerate() {
         let cfg = app.enrolled_host(&format!("web-{}", i + 1)).await;
-        sims.push(simulate(cfg.clone(), *p));
+        sims.push(simulate(cfg.clone(), OLD, *p));
         online(app, cfg.host_id, OLD).await;
         cfgs.push(cfg);
     }

@@ -2,40 +2,17 @@
 //! live log stream (SSE) that viewers watch.
 mod common;
 
-use agent::wire::{FinishedStatus, JobFinished, JobStarted, LogStream, LogStreamKind};
-use common::*;
-use futures_util::StreamExt;
-use restic_manager::store::{
-    self,
-    jobs::{ActorKind, JobKind, NewJob},
-    users::Role,
+use agent::wire::{FinishedStatus, JobFinished, JobStarted, LogStream};
+use common::{
+    sim::{self, new_job},
+    *,
 };
+use futures_util::StreamExt;
+use restic_manager::store::{self, users::Role};
 use serde_json::Value;
 
-async fn new_job(app: &TestApp, host_id: i64) -> i64 {
-    let j = NewJob {
-        host_id,
-        kind: JobKind::Backup,
-        actor_kind: ActorKind::User,
-        actor_id: None,
-        actor_name: "admin".into(),
-        target_version: None,
-        deadline_at: None,
-    };
-    store::jobs::create(app.db(), &j, app.clock.now_ms())
-        .await
-        .unwrap()
-        .id
-}
-
 fn line(job_id: i64, seq: i64, data: &str) -> LogStream {
-    LogStream {
-        job_id,
-        seq,
-        stream: LogStreamKind::Stdout,
-        data: data.into(),
-        at: "2026-11-28T10:00:00Z".into(),
-    }
+    sim::log_line(job_id, seq, data)
 }
 
 async fn job(app: &TestApp, id: i64) -> Value {
@@ -501,14 +478,16 @@ async fn the_log_stream_needs_a_session() {
 
 #[tokio::test]
 async fn a_log_past_the_cap_is_truncated_with_a_visible_line() {
-    let app = TestApp::spawn().await;
+    // A small cap keeps the test light; the default is 10 MiB.
+    const CAP: i64 = 256 * 1024;
+    let app = TestApp::spawn_with(|s| s.job_log_cap_bytes = CAP).await;
     let cfg = app.enrolled_host("web-1").await;
     let a = app.agent(&cfg, "v1");
     wait_acked(&a).await;
     let id = new_job(&app, cfg.host_id).await;
     let s = a.sender();
     let chunk = "x".repeat(60 * 1024);
-    let n = (store::jobs::LOG_CAP_BYTES as usize / chunk.len()) as i64 + 3;
+    let n = (CAP as usize / chunk.len()) as i64 + 3;
     for seq in 1..=n {
         s.send_message(&line(id, seq, &chunk)).await.unwrap();
     }

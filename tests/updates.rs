@@ -4,64 +4,15 @@
 //! surfacing on the pages.
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use agent::{
-    client::{FrameSender, RunOptions},
-    wire::{self, CommandUpdate, Envelope, UpdateOutcome, UpdateReport},
+use agent::wire::{self, UpdateOutcome, UpdateReport};
+use common::{
+    sim::{self, OLD},
+    *,
 };
-use common::*;
 use restic_manager::{store::users::Role, version::VERSION};
 use serde_json::Value;
-use tokio::sync::mpsc;
-
-const OLD: &str = "v0.0.1-old";
-
-/// Stages a fake agent binary for linux/x86_64 reporting `version`.
-async fn stage(app: &TestApp, version: &str) -> (String, u64) {
-    let src = app.dir.path().join("fake-agent");
-    std::fs::write(
-        &src,
-        format!("#!/bin/sh\necho restic-manager-agent {version}\n"),
-    )
-    .unwrap();
-    let b = restic_manager::agent_binaries::stage_with_version(
-        app.db(),
-        &app.settings.data_dir,
-        &src,
-        "linux",
-        "x86_64",
-        Some(version.into()),
-    )
-    .await
-    .unwrap();
-    (b.sha256, b.size as u64)
-}
-
-/// An agent whose handler hands `command.update` frames to the test.
-fn agent_catching_updates(
-    app: &TestApp,
-    cfg: &agent::config::AgentConfig,
-    version: &str,
-    report: Option<UpdateReport>,
-) -> (
-    agent::client::AgentHandle,
-    mpsc::UnboundedReceiver<(CommandUpdate, FrameSender)>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let handler = move |env: Envelope, sender: FrameSender| {
-        if env.kind == wire::COMMAND_UPDATE
-            && let Ok(cmd) = env.payload::<CommandUpdate>()
-        {
-            let _ = tx.send((cmd, sender));
-        }
-    };
-    let _ = app;
-    let mut opts = agent_options(cfg, version);
-    opts.update_report = report;
-    opts.handler = Arc::new(handler);
-    (agent::client::spawn(cfg.clone(), opts), rx)
-}
 
 async fn job(app: &TestApp, id: i64) -> Value {
     app.admin()
@@ -92,22 +43,6 @@ async fn dispatch(app: &TestApp, host_id: i64) -> reqwest::Response {
         .unwrap()
 }
 
-/// The options `TestApp::agent` uses, for agents with their own handler.
-fn agent_options(cfg: &agent::config::AgentConfig, version: &str) -> RunOptions {
-    RunOptions {
-        identity: agent::client::Identity {
-            agent_version: version.into(),
-            os: "linux".into(),
-            arch: "x86_64".into(),
-            hostname: format!("host-{}", cfg.host_id),
-        },
-        backoff_initial: Duration::from_millis(50),
-        backoff_cap: Duration::from_millis(500),
-        idle_timeout: Duration::from_secs(5),
-        ..RunOptions::default()
-    }
-}
-
 /// Starts the server again on the same database (after `app.stop()`).
 async fn restart(app: &mut TestApp) {
     let running = restic_manager::start_with_clock(app.settings.clone(), app.clock.clone())
@@ -120,9 +55,9 @@ async fn restart(app: &mut TestApp) {
 #[tokio::test]
 async fn an_update_dispatches_and_succeeds_when_the_agent_returns_at_the_target() {
     let app = TestApp::spawn_with(|s| s.update_min_healthy = Duration::from_millis(300)).await;
-    let (sha, size) = stage(&app, VERSION).await;
+    let (sha, size) = sim::stage_binary(&app, VERSION).await;
     let cfg = app.enrolled_host("web-1").await;
-    let (old, mut cmds) = agent_catching_updates(&app, &cfg, OLD, None);
+    let (old, mut cmds) = sim::catching_updates(&cfg, OLD, None);
     wait_acked(&old).await;
     assert_eq!(app.host_json(cfg.host_id).await["update_available"], true);
 
@@ -171,7 +106,7 @@ async fn an_update_dispatches_and_succeeds_when_the_agent_returns_at_the_target(
         outcome: UpdateOutcome::Updated,
         reason: None,
     };
-    let (new, _) = agent_catching_updates(&app, &cfg, VERSION, Some(report));
+    let (new, _) = sim::catching_updates(&cfg, VERSION, Some(report));
     wait_acked(&new).await;
     let j = wait_job(&app, job_id, "succeeded").await;
     assert!(j["error"].is_null());
@@ -232,12 +167,12 @@ async fn every_refusal_has_its_code_and_changes_nothing() {
     assert_error(dispatch(&app, 99_999).await, 404, "host_not_found").await;
     assert_error(dispatch(&app, cfg.host_id).await, 409, "host_offline").await;
 
-    let (a, _cmds) = agent_catching_updates(&app, &cfg, OLD, None);
+    let (a, _cmds) = sim::catching_updates(&cfg, OLD, None);
     wait_acked(&a).await;
     assert_error(dispatch(&app, cfg.host_id).await, 409, "no_binary").await;
-    stage(&app, "v9.9.9-not-the-server").await;
+    sim::stage_binary(&app, "v9.9.9-not-the-server").await;
     assert_error(dispatch(&app, cfg.host_id).await, 409, "no_binary").await;
-    stage(&app, VERSION).await;
+    sim::stage_binary(&app, VERSION).await;
     let jobs: Vec<Value> = app
         .admin()
         .await
@@ -265,7 +200,7 @@ async fn every_refusal_has_its_code_and_changes_nothing() {
 #[tokio::test]
 async fn a_send_that_fails_fails_the_job_instead_of_leaving_it_queued() {
     let app = TestApp::spawn().await;
-    stage(&app, VERSION).await;
+    sim::stage_binary(&app, VERSION).await;
     let cfg = app.enrolled_host("web-1").await;
     let a = app.agent(&cfg, OLD);
     wait_acked(&a).await;
@@ -300,9 +235,9 @@ async fn a_send_that_fails_fails_the_job_instead_of_leaving_it_queued() {
 #[tokio::test]
 async fn no_hello_by_the_deadline_fails_with_the_timeout_reason() {
     let app = TestApp::spawn_with(|s| s.update_timeout = Duration::from_secs(1)).await;
-    stage(&app, VERSION).await;
+    sim::stage_binary(&app, VERSION).await;
     let cfg = app.enrolled_host("web-1").await;
-    let (a, mut cmds) = agent_catching_updates(&app, &cfg, OLD, None);
+    let (a, mut cmds) = sim::catching_updates(&cfg, OLD, None);
     wait_acked(&a).await;
     let job_id = dispatch(&app, cfg.host_id)
         .await
@@ -320,9 +255,9 @@ async fn no_hello_by_the_deadline_fails_with_the_timeout_reason() {
 #[tokio::test]
 async fn coming_back_at_the_wrong_version_fails_with_the_plans_reason() {
     let app = TestApp::spawn_with(|s| s.update_timeout = Duration::from_secs(2)).await;
-    stage(&app, VERSION).await;
+    sim::stage_binary(&app, VERSION).await;
     let cfg = app.enrolled_host("web-1").await;
-    let (a, mut cmds) = agent_catching_updates(&app, &cfg, OLD, None);
+    let (a, mut cmds) = sim::catching_updates(&cfg, OLD, None);
     wait_acked(&a).await;
     let job_id = dispatch(&app, cfg.host_id)
         .await
@@ -347,9 +282,9 @@ async fn coming_back_at_the_wrong_version_fails_with_the_plans_reason() {
 async fn a_rollback_reported_in_the_hello_fails_the_job_at_once() {
     // A long deadline: only the report can end this job quickly.
     let app = TestApp::spawn_with(|s| s.update_timeout = Duration::from_secs(600)).await;
-    stage(&app, VERSION).await;
+    sim::stage_binary(&app, VERSION).await;
     let cfg = app.enrolled_host("web-1").await;
-    let (a, mut cmds) = agent_catching_updates(&app, &cfg, OLD, None);
+    let (a, mut cmds) = sim::catching_updates(&cfg, OLD, None);
     wait_acked(&a).await;
     let job_id = dispatch(&app, cfg.host_id)
         .await
@@ -367,7 +302,7 @@ async fn a_rollback_reported_in_the_hello_fails_the_job_at_once() {
         outcome: UpdateOutcome::RolledBack,
         reason: Some("new agent restarted 4 times without reaching the server".into()),
     };
-    let (b, _) = agent_catching_updates(&app, &cfg, OLD, Some(report));
+    let (b, _) = sim::catching_updates(&cfg, OLD, Some(report));
     wait_acked(&b).await;
     let j = wait_job(&app, job_id, "failed").await;
     let err = j["error"].as_str().unwrap();
@@ -385,9 +320,9 @@ async fn an_agent_that_drops_during_the_healthy_period_is_not_yet_a_success() {
         s.update_timeout = Duration::from_secs(3);
     })
     .await;
-    stage(&app, VERSION).await;
+    sim::stage_binary(&app, VERSION).await;
     let cfg = app.enrolled_host("web-1").await;
-    let (a, mut cmds) = agent_catching_updates(&app, &cfg, OLD, None);
+    let (a, mut cmds) = sim::catching_updates(&cfg, OLD, None);
     wait_acked(&a).await;
     let job_id = dispatch(&app, cfg.host_id)
         .await
@@ -408,9 +343,9 @@ async fn an_agent_that_drops_during_the_healthy_period_is_not_yet_a_success() {
 #[tokio::test]
 async fn a_server_restart_with_a_pending_deadline_still_ends_the_job_exactly_once() {
     let mut app = TestApp::spawn_with(|s| s.update_timeout = Duration::from_secs(1)).await;
-    stage(&app, VERSION).await;
+    sim::stage_binary(&app, VERSION).await;
     let cfg = app.enrolled_host("web-1").await;
-    let (a, mut cmds) = agent_catching_updates(&app, &cfg, OLD, None);
+    let (a, mut cmds) = sim::catching_updates(&cfg, OLD, None);
     wait_acked(&a).await;
     let job_id = dispatch(&app, cfg.host_id)
         .await
@@ -588,7 +523,7 @@ async fn out_of_date_hosts_show_a_chip_a_tile_and_their_own_filter() {
 #[tokio::test]
 async fn the_form_redirects_htmx_to_the_job_or_shows_an_inline_banner() {
     let app = TestApp::spawn().await;
-    stage(&app, VERSION).await;
+    sim::stage_binary(&app, VERSION).await;
     let cfg = app.enrolled_host("web-1").await;
     let admin = app.admin().await;
     // Offline: an inline banner, no job.
@@ -604,7 +539,7 @@ async fn the_form_redirects_htmx_to_the_job_or_shows_an_inline_banner() {
         body.contains("error-banner") && body.contains("offline"),
         "{body}"
     );
-    let (a, _cmds) = agent_catching_updates(&app, &cfg, OLD, None);
+    let (a, _cmds) = sim::catching_updates(&cfg, OLD, None);
     wait_acked(&a).await;
     let r = admin
         .post(app.at(&format!("/hosts/{}/update", cfg.host_id)))

@@ -118,7 +118,15 @@ pub async fn agent_message(state: &AppState, host_id: i64, env: &Envelope) -> Op
                 stream,
                 data: &m.data,
             };
-            match store::jobs::append_log(&state.db, m.job_id, host_id, line).await {
+            match store::jobs::append_log(
+                &state.db,
+                m.job_id,
+                host_id,
+                line,
+                state.settings.job_log_cap_bytes,
+            )
+            .await
+            {
                 Ok(Ok(Appended::Line(l) | Appended::Truncated(l))) => {
                     state.live.publish(m.job_id, LiveEvent::Line(l));
                 }

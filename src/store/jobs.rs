@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use super::{Page, Result, StoreError};
 use crate::entities::{job_logs, jobs};
 
-/// Per-job log cap; past it one "log truncated" line is kept and the rest dropped.
+/// Default per-job log cap; past it one "log truncated" line is kept and
+/// the rest dropped (`Settings::job_log_cap_bytes`).
 pub const LOG_CAP_BYTES: i64 = 10 * 1024 * 1024;
 pub const TRUNCATED_LINE: &str =
-    "[log truncated: this job's output exceeded 10 MiB; later lines were dropped]";
+    "[log truncated: this job's output passed the server's log limit; later lines were dropped]";
 
 macro_rules! string_enum {
     ($name:ident { $($var:ident => $s:literal),* $(,)? }) => {
@@ -346,6 +347,7 @@ pub async fn append_log(
     job_id: i64,
     host_id: i64,
     line: NewLine<'_>,
+    cap_bytes: i64,
 ) -> Result<std::result::Result<Appended, Refusal>> {
     let txn = db.begin().await?;
     let Some(job) = jobs::Entity::find_by_id(job_id).one(&txn).await? else {
@@ -370,7 +372,7 @@ pub async fn append_log(
     }
     let len = line.data.len() as i64;
     let pos = job.log_lines + 1;
-    let truncate = job.log_bytes + len > LOG_CAP_BYTES;
+    let truncate = job.log_bytes + len > cap_bytes;
     let stored = if truncate {
         // seq 0 is never sent by agents (they count from 1): the notice's own.
         LogLine {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use agent::{
-    client::{AgentHandle, ConnState, Identity, RunOptions},
+    client::{AgentHandle, ConnState},
     config::AgentConfig,
     wire::{Envelope, Hello, Message as _},
 };
@@ -23,6 +23,8 @@ use sea_orm::{ConnectionTrait, Database, Statement};
 use tokio_tungstenite::tungstenite::{
     self, Message as WsMessage, client::IntoClientRequest, protocol::WebSocketConfig,
 };
+
+pub mod sim;
 
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -308,19 +310,7 @@ impl TestApp {
 
     /// Starts a real agent for `cfg` reporting `version`.
     pub fn agent(&self, cfg: &AgentConfig, version: &str) -> AgentHandle {
-        let opts = RunOptions {
-            identity: Identity {
-                agent_version: version.into(),
-                os: "linux".into(),
-                arch: "x86_64".into(),
-                hostname: format!("host-{}", cfg.host_id),
-            },
-            backoff_initial: Duration::from_millis(50),
-            backoff_cap: Duration::from_millis(500),
-            idle_timeout: Duration::from_secs(5),
-            ..RunOptions::default()
-        };
-        agent::client::spawn(cfg.clone(), opts)
+        agent::client::spawn(cfg.clone(), sim::agent_options(cfg, version))
     }
 
     pub async fn host_json(&self, id: i64) -> serde_json::Value {
