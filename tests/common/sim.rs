@@ -30,7 +30,7 @@ pub fn agent_options(cfg: &AgentConfig, version: &str) -> RunOptions {
         },
         backoff_initial: Duration::from_millis(50),
         backoff_cap: Duration::from_millis(500),
-        idle_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(15),
         ..RunOptions::default()
     }
 }
