@@ -7,6 +7,8 @@
 //! error, a short download or a lost log line ends it with an error.
 //!
 //! `cargo run --release --example bench -- --help`
+// Module docs here wrap prose that starts with list-like text.
+#![allow(clippy::doc_lazy_continuation)]
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
@@ -16,15 +18,26 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 
+// The modules live in examples/bench/ (an example's root looks beside itself).
+#[path = "bench/baseline.rs"]
 mod baseline;
+#[path = "bench/checks.rs"]
 mod checks;
+#[path = "bench/procs.rs"]
 mod procs;
+#[path = "bench/report.rs"]
 mod report;
+#[path = "bench/scenarios/mod.rs"]
 mod scenarios;
+#[path = "bench/seed.rs"]
 mod seed;
+#[path = "bench/sim.rs"]
 mod sim;
+#[path = "bench/sse.rs"]
 mod sse;
+#[path = "bench/stats.rs"]
 mod stats;
+#[path = "bench/sys.rs"]
 mod sys;
 
 /// Hidden modes: this tool re-runs itself as a baseline process.
@@ -113,6 +126,10 @@ pub struct Opts {
     /// Do not run `cargo build --release --workspace --bins --examples` first.
     #[arg(long)]
     pub no_build: bool,
+    /// Benchmark this server binary instead of target/release/restic-manager
+    /// (e.g. a build with symbols, to profile it with `perf`).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
     /// Where to write the results table (Markdown).
     #[arg(long, default_value = "target/bench/results.md")]
     pub out: PathBuf,
@@ -158,6 +175,7 @@ macro_rules! say {
 }
 
 fn main() -> ExitCode {
+    restic_manager::install_crypto_provider();
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map(String::as_str);
     if mode == Some(BASELINE_SERVER_MODE) || mode == Some(BASELINE_AGENT_MODE) {
@@ -248,7 +266,7 @@ async fn run(opts: Opts) -> Result<ExitCode> {
     if !opts.no_build {
         build_release()?;
     }
-    let bins = procs::Bins::locate()?;
+    let bins = procs::Bins::locate(opts.server_bin.as_deref())?;
     let version = procs::server_version(&bins)?;
     let scratch = tempfile::Builder::new()
         .prefix("rm-bench-")

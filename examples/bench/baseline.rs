@@ -13,13 +13,32 @@ use anyhow::{Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpSocket, TcpStream},
     sync::broadcast,
 };
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, protocol::WebSocketConfig};
 
 /// Same ping period as the server's default (`agent_ping_interval`).
 const PING_EVERY: Duration = Duration::from_secs(20);
+
+/// Same listen backlog as the server (actix's 1024); tokio's `bind` would
+/// give 128 and drop SYNs of a connect storm.
+const BACKLOG: u32 = 1024;
+
+/// tungstenite zero-fills its whole read buffer (128 KiB by default) on
+/// every read; a lean server would not, so neither does the baseline.
+pub fn lean_ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+}
+
+fn listen() -> Result<TcpListener> {
+    let s = TcpSocket::new_v4()?;
+    s.set_reuseaddr(true)?;
+    s.bind("127.0.0.1:0".parse()?)?;
+    Ok(s.listen(BACKLOG)?)
+}
 
 pub fn sse_frame(event: &str, id: Option<i64>, data: &str) -> String {
     let mut s = String::with_capacity(data.len() + 32);
@@ -31,8 +50,8 @@ pub fn sse_frame(event: &str, id: Option<i64>, data: &str) -> String {
 }
 
 pub async fn server(version: String) -> Result<()> {
-    let ws = TcpListener::bind("127.0.0.1:0").await?;
-    let sse = TcpListener::bind("127.0.0.1:0").await?;
+    let ws = listen()?;
+    let sse = listen()?;
     println!("{} {}", ws.local_addr()?.port(), sse.local_addr()?.port());
     let (tx, _) = broadcast::channel::<bytes::Bytes>(4096);
     let sse_tx = tx.clone();
@@ -57,7 +76,7 @@ pub async fn server(version: String) -> Result<()> {
 
 async fn ws_conn(s: TcpStream, tx: broadcast::Sender<bytes::Bytes>, version: String) -> Result<()> {
     s.set_nodelay(true)?;
-    let mut ws = tokio_tungstenite::accept_async(s).await?;
+    let mut ws = tokio_tungstenite::accept_async_with_config(s, Some(lean_ws_config())).await?;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {

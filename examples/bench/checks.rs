@@ -12,8 +12,13 @@ pub fn expect_success(what: &str, status: u16, body: &str) -> Result<()> {
     if (200..300).contains(&status) {
         return Ok(());
     }
+    Err(http_error(what, status, body))
+}
+
+/// The error for an unexpected HTTP status, quoting the start of the body.
+pub fn http_error(what: &str, status: u16, body: &str) -> anyhow::Error {
     let snippet: String = body.chars().take(300).collect();
-    bail!("{what}: HTTP {status}: {snippet}")
+    anyhow::anyhow!("{what}: HTTP {status}: {snippet}")
 }
 
 /// Which agents said hello (and got `hello.ack`) in which round.
@@ -46,10 +51,6 @@ impl AckTracker {
         Ok(new)
     }
 
-    pub fn count(&self) -> usize {
-        self.count
-    }
-
     pub fn complete(&self) -> bool {
         self.count == self.acked.len()
     }
@@ -79,14 +80,12 @@ impl AckTracker {
 /// A live-log viewer must see every line exactly once, in order: `seqs` are
 /// the line numbers it received, `sent` how many the agent sent (1..=sent).
 pub fn check_viewer_lines(viewer: usize, seqs: &[u64], sent: u64, ended: bool) -> Result<()> {
-    let mut expected = 1u64;
-    for &s in seqs {
+    for (expected, &s) in (1u64..).zip(seqs.iter()) {
         ensure!(
             s == expected,
             "viewer {viewer}: expected line {expected}, got line {s} ({} lines received, {sent} sent)",
             seqs.len()
         );
-        expected += 1;
     }
     ensure!(
         seqs.len() as u64 == sent,
@@ -199,7 +198,6 @@ mod tests {
         assert!(t.ack(0).unwrap());
         assert!(!t.ack(0).unwrap(), "a second ack is not a new one");
         assert!(t.ack(2).unwrap());
-        assert_eq!(t.count(), 2);
         let e = t.require_complete("connect").unwrap_err().to_string();
         assert!(e.contains("2 of 3") && e.contains("#1"), "{e}");
         assert!(t.ack(7).is_err(), "unknown agent");

@@ -26,7 +26,9 @@ pub struct Bins {
 }
 
 impl Bins {
-    pub fn locate() -> Result<Bins> {
+    /// `server`: another server binary to benchmark (e.g. one built with
+    /// symbols for `perf`), instead of the one beside this tool.
+    pub fn locate(server: Option<&Path>) -> Result<Bins> {
         let bench = std::env::current_exe().context("locating this executable")?;
         // target/release/examples/bench → target/release
         let dir = bench
@@ -35,7 +37,9 @@ impl Bins {
             .context("this tool is not in target/<profile>/examples")?
             .to_path_buf();
         let b = Bins {
-            server: dir.join("restic-manager"),
+            server: server
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| dir.join("restic-manager")),
             agent: dir.join("restic-manager-agent"),
             bench,
         };
@@ -255,20 +259,23 @@ pub fn server_version(bins: &Bins) -> Result<String> {
         .with_context(|| format!("unexpected `restic-manager --version` output {text:?}"))
 }
 
-/// `python3 -m http.server` serving `dir`: the static-file baseline.
+/// `python3 -m http.server`'s server and handler, with the listen backlog
+/// raised from its 5 to the server's 1024 (with 5, a hundred clients
+/// connecting at once time out).
+const PYTHON_HTTP: &str = r#"
+import functools, http.server, sys
+class Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 1024
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[2])
+Server(("127.0.0.1", int(sys.argv[1])), handler).serve_forever()
+"#;
+
+/// Python's static file server serving `dir`: the download baseline.
 pub async fn python_http(dir: &Path, log_dir: &Path) -> Result<(Proc, String)> {
     let port = free_port()?;
     let mut cmd = Command::new("python3");
-    cmd.args([
-        "-m",
-        "http.server",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-    ])
-    .arg("--directory")
-    .arg(dir);
-    let mut p = spawn("python3 -m http.server", cmd, log_dir.join("python.log"))?;
+    cmd.args(["-c", PYTHON_HTTP, &port.to_string()]).arg(dir);
+    let mut p = spawn("python3 http.server", cmd, log_dir.join("python.log"))?;
     let url = format!("http://127.0.0.1:{port}");
     wait_ready(&mut p, &format!("{url}/")).await?;
     Ok((p, url))

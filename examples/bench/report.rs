@@ -10,8 +10,6 @@ pub enum Goal {
     None,
     /// Median below this value.
     Below(f64),
-    /// Median above this value.
-    Above(f64),
     /// Median / baseline median at least this.
     RatioAtLeast(f64),
 }
@@ -84,7 +82,6 @@ impl Row {
         let ok = match self.goal {
             Goal::None => return Verdict::NoTarget,
             Goal::Below(x) => s.median < x,
-            Goal::Above(x) => s.median > x,
             Goal::RatioAtLeast(x) => self.ratio().is_some_and(|r| r >= x),
         };
         if ok { Verdict::Pass } else { Verdict::Miss }
@@ -94,7 +91,6 @@ impl Row {
         match self.goal {
             Goal::None => "—".into(),
             Goal::Below(x) => format!("< {} {}", num(x), self.unit),
-            Goal::Above(x) => format!("> {} {}", num(x), self.unit),
             Goal::RatioAtLeast(x) => format!("ratio ≥ {}", num(x)),
         }
     }
@@ -125,7 +121,12 @@ pub fn markdown(rows: &[Row]) -> String {
         let (median, spread, runs) = match r.spread() {
             Some(s) => (
                 format!("{} {}", num(s.median), r.unit),
-                format!("{}–{}", num(s.min), num(s.max)),
+                match s.relative_pct() {
+                    Some(p) if s.runs > 1 => {
+                        format!("{}–{} (±{:.0}%)", num(s.min), num(s.max), p / 2.0)
+                    }
+                    _ => format!("{}–{}", num(s.min), num(s.max)),
+                },
                 s.runs.to_string(),
             ),
             None => ("no data".into(), "—".into(), "0".into()),
@@ -205,7 +206,7 @@ mod tests {
             Row::new("agents", "CPU", "%", vec![]).goal(Goal::Below(5.0)),
         ];
         let md = markdown(&rows);
-        assert!(md.contains("| agents | RSS | 110 MB | 100–120 | 3 | 50.0 MB (bare ws) | 2.20× | < 300 MB | pass |"), "{md}");
+        assert!(md.contains("| agents | RSS | 110 MB | 100–120 (±9%) | 3 | 50.0 MB (bare ws) | 2.20× | < 300 MB | pass |"), "{md}");
         assert!(md.contains("no data") && md.contains("**MISS**"), "{md}");
     }
 

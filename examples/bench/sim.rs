@@ -55,7 +55,13 @@ pub async fn connect(ws_url: &str, server: SocketAddr, src: Ipv4Addr, secret: &s
         "Authorization",
         HeaderValue::from_str(&format!("Bearer {secret}"))?,
     );
-    match tokio_tungstenite::client_async(req, tcp).await {
+    match tokio_tungstenite::client_async_with_config(
+        req,
+        tcp,
+        Some(super::baseline::lean_ws_config()),
+    )
+    .await
+    {
         Ok((ws, _)) => Ok(ws),
         Err(tungstenite::Error::Http(r)) => {
             let body = r

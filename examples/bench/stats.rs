@@ -2,6 +2,7 @@
 //! the median and spread of a figure across runs. Pure functions, tested.
 
 /// Nearest-rank percentile (`p` in 0..=100) of samples in any order.
+#[cfg(test)]
 /// `None` for no samples, so an empty run can never print as zero.
 pub fn percentile(samples: &[f64], p: f64) -> Option<f64> {
     if samples.is_empty() || !(0.0..=100.0).contains(&p) || samples.iter().any(|x| x.is_nan()) {

@@ -46,7 +46,7 @@ async fn one_run(ctx: &Ctx, run: usize) -> Result<Measured> {
     let bin = dir.join("fake-agent");
     crate::write_random_file(&bin, 64 * 1024)?;
     procs::stage_binary(&ctx.bins, &dir, None, &bin, &ctx.version)?;
-    let mut server = Server::start(&ctx.bins, &dir, None, &["--update-min-healthy", "0"]).await?;
+    let server = Server::start(&ctx.bins, &dir, None, &["--update-min-healthy", "0"]).await?;
     let cfg = SimCfg {
         ws_url: server.ws_url(),
         server: format!("127.0.0.1:{}", server.port).parse()?,
