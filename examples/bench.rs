@@ -280,6 +280,7 @@ async fn run(opts: Opts) -> Result<ExitCode> {
     };
     let machine = sys::machine();
     say!("machine: {machine}");
+    let mut quiet = Vec::new();
     say!(
         "server version {}; scratch {}",
         ctx.version,
@@ -297,6 +298,14 @@ async fn run(opts: Opts) -> Result<ExitCode> {
     let mut rows = Vec::new();
     let mut timings = Vec::new();
     for s in &selected {
+        // Other load on the machine skews every figure: say so, in the table too.
+        let busy = sys::machine_busy(std::time::Duration::from_secs(1)).await?;
+        if busy > 10.0 {
+            say!(
+                "WARNING: the machine is {busy:.0}% busy before {s:?}: other processes will skew the figures"
+            );
+        }
+        quiet.push(format!("{s:?} {busy:.0}%"));
         let t = Instant::now();
         say!("== {s:?} ==");
         let r = match s {
@@ -325,13 +334,14 @@ async fn run(opts: Opts) -> Result<ExitCode> {
     let mut out = String::new();
     out.push_str(&format!(
         "Machine: {machine}\n\nServer {} ({}), command: `cargo run --release --example bench --{}{}`, \
-         took {:.0} s ({}).\n\n",
+         took {:.0} s ({}). CPU busy (all cores, 1 s) before each scenario, from other processes: {}.\n\n",
         ctx.version,
         ctx.bins.server.display(),
         if args.is_empty() { "" } else { " " },
         args.join(" "),
         total.as_secs_f64(),
-        timings.join(", ")
+        timings.join(", "),
+        quiet.join(", ")
     ));
     out.push_str(&report::markdown(&rows));
     println!("\n{out}");

@@ -118,6 +118,35 @@ pub fn raise_nofile(needed: u64) -> Result<u64> {
     )
 }
 
+/// Busy and total jiffies of all CPUs, from the first line of /proc/stat.
+pub fn parse_proc_stat(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal …
+    let idle = v.get(3)? + v.get(4).unwrap_or(&0);
+    let total: u64 = v.iter().take(8).sum();
+    Some((total - idle, total))
+}
+
+/// Share of all cores busy over `over` (whoever uses them), in percent.
+pub async fn machine_busy(over: Duration) -> Result<f64> {
+    let read = || -> Result<(u64, u64)> {
+        let s = std::fs::read_to_string("/proc/stat")?;
+        parse_proc_stat(&s).context("cannot parse /proc/stat")
+    };
+    let (b0, t0) = read()?;
+    tokio::time::sleep(over).await;
+    let (b1, t1) = read()?;
+    Ok(if t1 > t0 {
+        (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0
+    } else {
+        0.0
+    })
+}
+
 /// Cores, memory, CPU model and kernel, read from the system.
 pub fn machine() -> String {
     let cores = std::thread::available_parallelism()
@@ -166,6 +195,13 @@ mod tests {
         let s = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 11 7 0 0 20 0 3 0 100 1000 50";
         assert_eq!(parse_stat_cpu(s), Some(18));
         assert_eq!(parse_stat_cpu("42 (x) S 1"), None);
+    }
+
+    #[test]
+    fn machine_busy_share_from_proc_stat() {
+        let s = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n";
+        assert_eq!(parse_proc_stat(s), Some((150, 1000)));
+        assert_eq!(parse_proc_stat("intr 1 2\n"), None);
     }
 
     #[test]

@@ -101,25 +101,32 @@ impl Fleet {
 /// dedicated thread of the same shape.
 pub fn spawn(state: AppState) {
     let fleet = state.fleet.clone();
-    let fut = async move { worker(Arc::new(StateOps(state)), fleet).await };
+    let fut = async move {
+        // Database connections belong to the runtime that opened them (a
+        // Postgres socket is driven by its reactor), so the worker opens its
+        // own pool on its own runtime instead of borrowing the server's.
+        let db = loop {
+            match crate::db::connect(&state.settings.database_url).await {
+                Ok(db) => break db,
+                Err(e) => {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "fleet worker cannot reach the database; retrying"
+                    );
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        };
+        let state = AppState { db, ..state };
+        worker(Arc::new(StateOps(state)), fleet).await
+    };
     if actix_rt::System::try_current().is_some() {
         let arbiter = actix_rt::Arbiter::new();
         arbiter.spawn(fut);
     } else {
-        let spawned = std::thread::Builder::new()
-            .name("fleet-worker".into())
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt.block_on(fut),
-                    Err(e) => tracing::error!(error = %e, "fleet worker runtime failed to start"),
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "fleet worker thread failed to start");
-        }
+        // No actix System (the in-process test server on a plain tokio
+        // runtime): a task on the current runtime.
+        tokio::spawn(fut);
     }
 }
 

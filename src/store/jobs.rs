@@ -281,15 +281,20 @@ pub async fn finish<C: ConnectionTrait>(
         return Ok(Err(r));
     }
     let error: Option<String> = error.map(|e| e.chars().take(4000).collect());
+    // A job that never reported its start gets one now (portable SQL: no
+    // COALESCE with a bound parameter, which Postgres would need typed).
+    jobs::Entity::update_many()
+        .col_expr(jobs::Column::StartedAt, Expr::value(now))
+        .filter(jobs::Column::Id.eq(job_id))
+        .filter(jobs::Column::StartedAt.is_null())
+        .filter(jobs::Column::Status.is_in(JobStatus::LIVE))
+        .exec(db)
+        .await?;
     let res = jobs::Entity::update_many()
         .col_expr(jobs::Column::Status, Expr::value(status.as_str()))
         .col_expr(jobs::Column::FinishedAt, Expr::value(now))
         .col_expr(jobs::Column::Error, Expr::value(error))
         .col_expr(jobs::Column::ExitCode, Expr::value(exit_code))
-        .col_expr(
-            jobs::Column::StartedAt,
-            Expr::cust_with_values("COALESCE(started_at, ?)", [now]),
-        )
         .filter(jobs::Column::Id.eq(job_id))
         .filter(jobs::Column::Status.is_in(JobStatus::LIVE))
         .exec(db)

@@ -121,6 +121,8 @@ struct Streamed {
     lat: Latency,
     cpu: f64,
     client_cpu: f64,
+    /// Lines per second end to end: all lines / (first sent → last viewer done).
+    delivered_per_s: f64,
 }
 
 async fn stream(ctx: &Ctx, t: Target<'_>) -> Result<Streamed> {
@@ -210,6 +212,7 @@ async fn stream(ctx: &Ctx, t: Target<'_>) -> Result<Streamed> {
         checks::check_viewer_lines(i, &v.seqs, total, v.ended)?;
         all.extend(v.latencies_ms);
     }
+    let delivered_per_s = total as f64 / t0.elapsed().as_secs_f64();
     let cpu = cpu.percent_of_core()?;
     let client_cpu = client_cpu.percent_of_core()?;
     proc.check_alive()?;
@@ -218,6 +221,7 @@ async fn stream(ctx: &Ctx, t: Target<'_>) -> Result<Streamed> {
         lat: Latency::of(&all).context("no latencies")?,
         cpu,
         client_cpu,
+        delivered_per_s,
     })
 }
 
@@ -278,16 +282,18 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         .await?;
         bp.kill();
         say!(
-            "logs run {}/{runs}: p50 {:.2} ms p99 {:.2} ms, CPU {:.1}%, load generator {:.1}% (bare relay p50 {:.2} p99 {:.2}, CPU {:.1}%, load generator {:.1}%)",
+            "logs run {}/{runs}: p50 {:.2} ms p99 {:.2} ms, CPU {:.1}%, load generator {:.1}%, {:.0} lines/s delivered (bare relay p50 {:.2} p99 {:.2}, CPU {:.1}%, load generator {:.1}%, {:.0} lines/s)",
             run + 1,
             m.lat.p50,
             m.lat.p99,
             m.cpu,
             m.client_cpu,
+            m.delivered_per_s,
             b.lat.p50,
             b.lat.p99,
             b.cpu,
-            b.client_cpu
+            b.client_cpu,
+            b.delivered_per_s
         );
         ours.push(m);
         bare.push(b);
