@@ -136,6 +136,8 @@ pub enum Ev {
     Acked {
         idx: usize,
         round: u64,
+        /// When the hello went out, and when its ack arrived.
+        hello_at: Instant,
         at: Instant,
         version: String,
     },
@@ -266,8 +268,10 @@ async fn agent_task(
         let Ok(permit) = gate.acquire().await else {
             return;
         };
+        let mut hello_at = Instant::now();
         let res = async {
             let mut ws = connect(&cfg.ws_url, cfg.server, source_addr(idx), &me.secret).await?;
+            hello_at = Instant::now();
             let ack = hello(&mut ws, &version, &hostname, report.clone()).await?;
             if let Some(v) = &cfg.expect_server_version {
                 ensure!(
@@ -300,6 +304,7 @@ async fn agent_task(
         let _ = ev.send(Ev::Acked {
             idx,
             round,
+            hello_at,
             at: Instant::now(),
             version: version.clone(),
         });

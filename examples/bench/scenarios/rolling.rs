@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::{
     Ctx,
-    checks::{self, UpdateStep},
+    checks::{self, Back, UpdateStep},
     procs::{self, Server},
     report::{Goal, Row},
     say, seed,
@@ -96,17 +96,24 @@ async fn one_run(ctx: &Ctx, run: usize) -> Result<Measured> {
                 steps[idx] = Some(UpdateStep {
                     host: idx,
                     command_at: ms(at),
-                    back_at: None,
+                    back: None,
                 });
             }
             Ev::Acked {
-                idx, at, version, ..
+                idx,
+                hello_at,
+                at,
+                version,
+                ..
             } if version == ctx.version => {
                 let s = steps[idx]
                     .as_mut()
                     .with_context(|| format!("host #{idx} came back updated without a command"))?;
-                ensure!(s.back_at.is_none(), "host #{idx} came back twice");
-                s.back_at = Some(ms(at));
+                ensure!(s.back.is_none(), "host #{idx} came back twice");
+                s.back = Some(Back {
+                    hello_at: ms(hello_at),
+                    acked_at: ms(at),
+                });
                 back += 1;
                 last_back = at;
             }
@@ -121,7 +128,7 @@ async fn one_run(ctx: &Ctx, run: usize) -> Result<Measured> {
     let overheads = checks::rolling_overheads(&steps, n)?;
     let restarts: Vec<f64> = steps
         .iter()
-        .filter_map(|s| s.back_at.map(|b| b - s.command_at))
+        .filter_map(|s| s.back.map(|b| b.acked_at - s.command_at))
         .collect();
 
     // The server agrees: the run completed, every host succeeded.
