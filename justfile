@@ -34,8 +34,11 @@ build VERSION=version:
     RM_VERSION={{quote(trim_start_match(VERSION, "VERSION="))}} cargo build --release --workspace
 
 # Benchmarks of the release server over real sockets (see BENCHMARKS.md): `just bench --only agents,dashboard`.
+# One `cargo build` for the server, the agent and the tool (a `cargo run --example` would
+# unify features differently and rebuild half the tree on each switch).
 bench *args:
-    cargo run --release --example bench -- {{args}}
+    cargo build --release --workspace --bins --examples
+    ./target/release/examples/bench --no-build {{args}}
 
 # What CI checks before the tests.
 lint:

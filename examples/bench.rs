@@ -330,10 +330,14 @@ async fn run(opts: Opts) -> Result<ExitCode> {
         timings.push(format!("{s:?} {:.0} s", t.elapsed().as_secs_f64()));
     }
     let total = started.elapsed();
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // As typed to `just bench` (which adds --no-build itself).
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--no-build")
+        .collect();
     let mut out = String::new();
     out.push_str(&format!(
-        "Machine: {machine}\n\nServer {} ({}), command: `cargo run --release --example bench --{}{}`, \
+        "Machine: {machine}\n\nServer {} ({}), command: `just bench{}{}` (`./target/release/examples/bench --no-build …`), \
          took {:.0} s ({}). CPU busy (all cores, 1 s) before each scenario, from other processes: {}.\n\n",
         ctx.version,
         ctx.bins.server.display(),

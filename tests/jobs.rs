@@ -520,3 +520,64 @@ async fn a_log_past_the_cap_is_truncated_with_a_visible_line() {
     assert_eq!(job(&app, id).await["log_truncated"], true);
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_burst_of_lines_is_stored_once_each_in_order_before_the_finish() {
+    // Lines that arrive together are stored together (one transaction per
+    // burst): a burst larger than a batch, duplicates inside it, two jobs
+    // interleaved and the finish right behind must all come out as sent.
+    let app = TestApp::spawn().await;
+    let cfg = app.enrolled_host("web-1").await;
+    let a = app.agent(&cfg, "v1");
+    wait_acked(&a).await;
+    let (id, other) = (
+        new_job(&app, cfg.host_id).await,
+        new_job(&app, cfg.host_id).await,
+    );
+    let s = a.sender();
+    const N: i64 = 700;
+    for seq in 1..=N {
+        s.send_message(&line(id, seq, &format!("line {seq}")))
+            .await
+            .unwrap();
+        if seq % 3 == 0 {
+            // A resend of the line before: dropped, whichever batch it lands in.
+            s.send_message(&line(id, seq - 1, "again")).await.unwrap();
+        }
+        if seq % 100 == 0 {
+            s.send_message(&line(other, seq / 100, "other job"))
+                .await
+                .unwrap();
+        }
+    }
+    s.send_message(&JobFinished {
+        job_id: id,
+        status: FinishedStatus::Succeeded,
+        error: None,
+        exit_code: Some(0),
+    })
+    .await
+    .unwrap();
+    // Ignored: the job is over.
+    s.send_message(&line(id, N + 1, "too late")).await.unwrap();
+    wait_status(&app, id, "succeeded").await;
+    let all: Vec<Value> = app
+        .admin()
+        .await
+        .get(app.at(&format!("/api/jobs/{id}/logs?limit=10000")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pos: Vec<i64> = all.iter().map(|v| v["pos"].as_i64().unwrap()).collect();
+    let seqs: Vec<i64> = all.iter().map(|v| v["seq"].as_i64().unwrap()).collect();
+    assert_eq!(pos, (1..=N).collect::<Vec<_>>());
+    assert_eq!(seqs, (1..=N).collect::<Vec<_>>());
+    assert!(all.iter().all(|v| v["data"] != "again"));
+    assert_eq!(all.last().unwrap()["data"], format!("line {N}"));
+    let o = wait_lines(&app, other, (N / 100) as usize).await;
+    assert_eq!(o.len(), (N / 100) as usize);
+    a.shutdown().await;
+}

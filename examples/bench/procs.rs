@@ -30,6 +30,12 @@ impl Bins {
     /// symbols for `perf`), instead of the one beside this tool.
     pub fn locate(server: Option<&Path>) -> Result<Bins> {
         let bench = std::env::current_exe().context("locating this executable")?;
+        // After `cargo build` replaced this executable, Linux names the
+        // running (old) file "… (deleted)"; the baseline modes run the new one.
+        let bench = match bench.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
+            Some(p) => PathBuf::from(p),
+            None => bench,
+        };
         // target/release/examples/bench → target/release
         let dir = bench
             .parent()

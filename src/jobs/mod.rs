@@ -95,52 +95,63 @@ pub async fn agent_message(state: &AppState, host_id: i64, env: &Envelope) -> Op
             }
         }
         wire::LOG_STREAM => {
-            let m: LogStream = parse(env)?;
-            let ts = chrono::DateTime::parse_from_rfc3339(&m.at)
-                .map(|t| t.timestamp_millis())
-                .unwrap_or(now);
-            let stream = match m.stream {
-                wire::LogStreamKind::Stdout => "stdout",
-                wire::LogStreamKind::Stderr => "stderr",
-                wire::LogStreamKind::System => "system",
-            };
+            agent_logs(state, host_id, std::slice::from_ref(env)).await;
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Handles a run of `log.stream` messages from `host_id`'s agent (what was
+/// waiting on its socket): each job's lines are stored in one transaction
+/// and published as one event. Order is kept; other kinds are ignored.
+pub async fn agent_logs(state: &AppState, host_id: i64, envs: &[Envelope]) {
+    let now = state.clock.now_ms();
+    let msgs: Vec<LogStream> = envs
+        .iter()
+        .filter(|e| e.kind == wire::LOG_STREAM)
+        .filter_map(parse::<LogStream>)
+        .filter(|m| {
             if m.seq < 1 {
                 tracing::warn!(
                     job_id = m.job_id,
                     seq = m.seq,
                     "log line with a seq below 1 ignored"
                 );
-                return None;
             }
-            let line = NewLine {
+            m.seq >= 1
+        })
+        .collect();
+    for run in msgs.chunk_by(|a, b| a.job_id == b.job_id) {
+        let job_id = run[0].job_id;
+        let lines: Vec<NewLine> = run
+            .iter()
+            .map(|m| NewLine {
                 seq: m.seq,
-                ts,
-                stream,
+                ts: chrono::DateTime::parse_from_rfc3339(&m.at)
+                    .map(|t| t.timestamp_millis())
+                    .unwrap_or(now),
+                stream: match m.stream {
+                    wire::LogStreamKind::Stdout => "stdout",
+                    wire::LogStreamKind::Stderr => "stderr",
+                    wire::LogStreamKind::System => "system",
+                },
                 data: &m.data,
-            };
-            match store::jobs::append_log(
-                &state.db,
-                m.job_id,
-                host_id,
-                line,
-                state.settings.job_log_cap_bytes,
-            )
-            .await
-            {
-                Ok(Ok(Appended::Line(l) | Appended::Truncated(l))) => {
-                    state.live.publish(m.job_id, LiveEvent::Line(l));
+            })
+            .collect();
+        let cap = state.settings.job_log_cap_bytes;
+        match store::jobs::append_logs(&state.db, job_id, host_id, &lines, cap).await {
+            Ok(Ok(Appended { stored, ignored })) => {
+                for (seq, why) in ignored {
+                    tracing::debug!(job_id, seq, why, "log line ignored");
                 }
-                Ok(Ok(Appended::Ignored(why))) => {
-                    tracing::debug!(job_id = m.job_id, seq = m.seq, why, "log line ignored");
-                }
-                Ok(Err(r)) => refused("log.stream", m.job_id, host_id, r),
-                Err(e) => {
-                    tracing::error!(error = %e, job_id = m.job_id, "storing a log line failed")
+                if !stored.is_empty() {
+                    state.live.publish(job_id, LiveEvent::lines(stored));
                 }
             }
-            None
+            Ok(Err(r)) => refused("log.stream", job_id, host_id, r),
+            Err(e) => tracing::error!(error = %e, job_id, "storing log lines failed"),
         }
-        _ => None,
     }
 }
 

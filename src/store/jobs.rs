@@ -329,14 +329,15 @@ impl From<job_logs::Model> for LogLine {
     }
 }
 
-#[derive(Debug, PartialEq)]
-pub enum Appended {
-    /// Stored: broadcast it.
-    Line(LogLine),
-    /// The cap was reached with this line: the truncation notice was stored instead.
-    Truncated(LogLine),
-    /// Same seq seen before, or the log is already truncated, or the job is over.
-    Ignored(&'static str),
+/// What became of a batch of lines offered to [`append_logs`].
+#[derive(Debug, Default, PartialEq)]
+pub struct Appended {
+    /// Stored, in order, with consecutive positions: broadcast them. The
+    /// last may be the truncation notice, stored when a line passed the cap.
+    pub stored: Vec<LogLine>,
+    /// Lines not stored, by seq, and why: a seq seen before, a log already
+    /// truncated, a job already over.
+    pub ignored: Vec<(i64, &'static str)>,
 }
 
 pub struct NewLine<'a> {
@@ -346,82 +347,125 @@ pub struct NewLine<'a> {
     pub data: &'a str,
 }
 
-/// Appends one line, de-duplicated by `seq`, within the per-job cap.
-pub async fn append_log(
+/// Takes the job's row for writing before anything is read in `txn`: on
+/// SQLite a transaction that read first cannot take the write lock once
+/// another connection has written (it fails at once, without waiting); on
+/// Postgres it queues concurrent appends to one job, so positions never
+/// collide. A no-op update, so an unknown job is simply not found next.
+async fn lock_job<C: ConnectionTrait>(txn: &C, job_id: i64) -> Result<()> {
+    jobs::Entity::update_many()
+        .col_expr(jobs::Column::LogLines, Expr::col(jobs::Column::LogLines))
+        .filter(jobs::Column::Id.eq(job_id))
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
+/// Rows per INSERT: well under SQLite's and Postgres's bound-parameter limits.
+const INSERT_CHUNK: usize = 500;
+
+/// Appends a batch of one job's lines in one transaction, de-duplicated by
+/// `seq` (against the stored log and within the batch), within the per-job
+/// cap: the line that would pass it is replaced by a notice and everything
+/// after it is dropped. One transaction per batch rather than per line is
+/// what lets a chatty job's output keep up (see BENCHMARKS.md, live logs).
+pub async fn append_logs(
     db: &sea_orm::DatabaseConnection,
     job_id: i64,
     host_id: i64,
-    line: NewLine<'_>,
+    lines: &[NewLine<'_>],
     cap_bytes: i64,
 ) -> Result<std::result::Result<Appended, Refusal>> {
+    let mut out = Appended::default();
+    if lines.is_empty() {
+        return Ok(Ok(out));
+    }
     let txn = db.begin().await?;
+    lock_job(&txn, job_id).await?;
     let Some(job) = jobs::Entity::find_by_id(job_id).one(&txn).await? else {
         return Ok(Err(Refusal::UnknownJob));
     };
     if job.host_id != host_id {
         return Ok(Err(Refusal::OtherHost));
     }
-    if JobStatus::parse(&job.status).is_none_or(JobStatus::is_terminal) {
-        return Ok(Ok(Appended::Ignored("job already finished")));
-    }
-    if job.log_truncated {
-        return Ok(Ok(Appended::Ignored("log truncated")));
-    }
-    let dup = job_logs::Entity::find()
-        .filter(job_logs::Column::JobId.eq(job_id))
-        .filter(job_logs::Column::Seq.eq(line.seq))
-        .count(&txn)
-        .await?;
-    if dup > 0 {
-        return Ok(Ok(Appended::Ignored("duplicate seq")));
-    }
-    let len = line.data.len() as i64;
-    let pos = job.log_lines + 1;
-    let truncate = job.log_bytes + len > cap_bytes;
-    let stored = if truncate {
-        // seq 0 is never sent by agents (they count from 1): the notice's own.
-        LogLine {
-            pos,
-            seq: 0,
-            ts: line.ts,
-            stream: "system".into(),
-            data: TRUNCATED_LINE.into(),
-        }
+    let closed = if JobStatus::parse(&job.status).is_none_or(JobStatus::is_terminal) {
+        Some("job already finished")
+    } else if job.log_truncated {
+        Some("log truncated")
     } else {
-        LogLine {
-            pos,
-            seq: line.seq,
-            ts: line.ts,
-            stream: line.stream.into(),
-            data: line.data.into(),
-        }
+        None
     };
-    job_logs::ActiveModel {
-        job_id: Set(job_id),
-        pos: Set(stored.pos),
-        seq: Set(stored.seq),
-        ts: Set(stored.ts),
-        stream: Set(stored.stream.clone()),
-        payload: Set(stored.data.clone()),
+    if let Some(why) = closed {
+        out.ignored = lines.iter().map(|l| (l.seq, why)).collect();
+        return Ok(Ok(out));
     }
-    .insert(&txn)
-    .await?;
+    let mut seen: std::collections::HashSet<i64> = job_logs::Entity::find()
+        .select_only()
+        .column(job_logs::Column::Seq)
+        .filter(job_logs::Column::JobId.eq(job_id))
+        .filter(job_logs::Column::Seq.is_in(lines.iter().map(|l| l.seq)))
+        .into_tuple::<i64>()
+        .all(&txn)
+        .await?
+        .into_iter()
+        .collect();
+    let (mut pos, mut bytes, mut truncated) = (job.log_lines, job.log_bytes, false);
+    for line in lines {
+        if truncated {
+            out.ignored.push((line.seq, "log truncated"));
+            continue;
+        }
+        if !seen.insert(line.seq) {
+            out.ignored.push((line.seq, "duplicate seq"));
+            continue;
+        }
+        let len = line.data.len() as i64;
+        pos += 1;
+        truncated = bytes + len > cap_bytes;
+        out.stored.push(if truncated {
+            // seq 0 is never sent by agents (they count from 1): the notice's own.
+            LogLine {
+                pos,
+                seq: 0,
+                ts: line.ts,
+                stream: "system".into(),
+                data: TRUNCATED_LINE.into(),
+            }
+        } else {
+            bytes += len;
+            LogLine {
+                pos,
+                seq: line.seq,
+                ts: line.ts,
+                stream: line.stream.into(),
+                data: line.data.into(),
+            }
+        });
+    }
+    if out.stored.is_empty() {
+        return Ok(Ok(out));
+    }
+    for chunk in out.stored.chunks(INSERT_CHUNK) {
+        job_logs::Entity::insert_many(chunk.iter().map(|l| job_logs::ActiveModel {
+            job_id: Set(job_id),
+            pos: Set(l.pos),
+            seq: Set(l.seq),
+            ts: Set(l.ts),
+            stream: Set(l.stream.clone()),
+            payload: Set(l.data.clone()),
+        }))
+        .exec(&txn)
+        .await?;
+    }
     jobs::Entity::update_many()
         .col_expr(jobs::Column::LogLines, Expr::value(pos))
-        .col_expr(
-            jobs::Column::LogBytes,
-            Expr::value(job.log_bytes + if truncate { 0 } else { len }),
-        )
-        .col_expr(jobs::Column::LogTruncated, Expr::value(truncate))
+        .col_expr(jobs::Column::LogBytes, Expr::value(bytes))
+        .col_expr(jobs::Column::LogTruncated, Expr::value(truncated))
         .filter(jobs::Column::Id.eq(job_id))
         .exec(&txn)
         .await?;
     txn.commit().await?;
-    Ok(Ok(if truncate {
-        Appended::Truncated(stored)
-    } else {
-        Appended::Line(stored)
-    }))
+    Ok(Ok(out))
 }
 
 /// Lines after position `after`, in order, at most `limit`.
@@ -453,6 +497,7 @@ pub async fn append_server_line(
     data: &str,
 ) -> Result<Option<LogLine>> {
     let txn = db.begin().await?;
+    lock_job(&txn, job_id).await?;
     let Some(job) = jobs::Entity::find_by_id(job_id).one(&txn).await? else {
         return Err(StoreError::NotFound("job"));
     };

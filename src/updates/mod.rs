@@ -90,7 +90,7 @@ pub struct Requester {
 
 async fn log(state: &AppState, job_id: i64, text: &str) {
     match store::jobs::append_server_line(&state.db, job_id, state.clock.now_ms(), text).await {
-        Ok(Some(line)) => state.live.publish(job_id, LiveEvent::Line(line)),
+        Ok(Some(line)) => state.live.publish(job_id, LiveEvent::lines(vec![line])),
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, job_id, "writing an update log line failed"),
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use actix_web::{HttpRequest, HttpResponse, rt, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
 use agent::wire::{self, Envelope, Hello, HelloAck, HelloRejected, Message as _};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use super::{
     AppError,
@@ -111,6 +111,31 @@ fn is_too_large(e: &actix_ws::ProtocolError) -> bool {
     }
 }
 
+/// Most `log.stream` messages stored in one transaction.
+const LOG_BATCH: usize = 256;
+
+type Incoming = Option<Result<AggregatedMessage, actix_ws::ProtocolError>>;
+
+/// The held-over message if there is one, else the next from the socket.
+/// Cancel-safe: `pending` is taken only when this is first polled, and then
+/// it completes at once.
+async fn next_message(
+    pending: &mut Option<Incoming>,
+    stream: &mut actix_ws::AggregatedMessageStream,
+) -> Incoming {
+    match pending.take() {
+        Some(m) => m,
+        None => stream.next().await,
+    }
+}
+
+/// The envelope, when `text` is a well-formed `log.stream` message.
+fn log_line(text: &str) -> Option<Envelope> {
+    Envelope::parse(text)
+        .ok()
+        .filter(|e| e.kind == wire::LOG_STREAM)
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(32).collect()
 }
@@ -129,13 +154,38 @@ async fn connection(
     let mut ping = tokio::time::interval(state.settings.agent_ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
+    // A message read past the end of a batch of log lines, handled next.
+    let mut pending: Option<Incoming> = None;
     let reason: Option<CloseReason> = loop {
         tokio::select! {
-            msg = stream.next() => {
+            msg = next_message(&mut pending, &mut stream) => {
                 let Some(msg) = msg else { break None };
                 last_heard = Instant::now();
                 match msg {
                     Ok(AggregatedMessage::Text(text)) => {
+                        // Log lines, and every log line already waiting behind
+                        // them, are stored and published together.
+                        if said_hello && let Some(first) = log_line(&text) {
+                            let mut batch = vec![first];
+                            while batch.len() < LOG_BATCH {
+                                match stream.next().now_or_never() {
+                                    Some(Some(Ok(AggregatedMessage::Text(t)))) => match log_line(&t) {
+                                        Some(env) => batch.push(env),
+                                        None => {
+                                            pending = Some(Some(Ok(AggregatedMessage::Text(t))));
+                                            break;
+                                        }
+                                    },
+                                    Some(other) => {
+                                        pending = Some(other);
+                                        break;
+                                    }
+                                    None => break,
+                                }
+                            }
+                            crate::jobs::agent_logs(&state, host_id, &batch).await;
+                            continue;
+                        }
                         match handle_text(&state, host_id, conn_id, &mut session, &text, &mut said_hello).await {
                             Ok(()) => {}
                             Err(reason) => break reason,

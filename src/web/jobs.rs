@@ -273,13 +273,15 @@ async fn pump(
     loop {
         tokio::select! {
             ev = rx.recv() => match ev {
-                Ok(LiveEvent::Line(l)) => {
-                    if l.pos > last + 1 {
+                Ok(LiveEvent::Lines(b)) => {
+                    let (Some(first), Some(end)) = (b.first_pos(), b.last_pos()) else { continue };
+                    if first > last + 1 {
                         catch_up(&state, job_id, &mut last, &tx).await?;
                     }
-                    if l.pos > last {
-                        tx.send(line_event(&l)).await.map_err(|_| ())?;
-                        last = l.pos;
+                    if end > last {
+                        // Rendered once for all viewers; one write per batch.
+                        tx.send(b.frames_after(last, line_event)).await.map_err(|_| ())?;
+                        last = end;
                     }
                 }
                 Ok(LiveEvent::Status(j)) if j.status.is_terminal() => return finish(state, tx, last).await,
@@ -312,8 +314,17 @@ async fn job_events(
     rt::spawn(async move {
         let _ = pump(state, job.id, after, tx).await;
     });
+    // Whatever is queued goes out in one write.
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, actix_web::Error>(b), rx))
+        let mut queued = Vec::new();
+        if rx.recv_many(&mut queued, 64).await == 0 {
+            return None;
+        }
+        let chunk = match <[web::Bytes; 1]>::try_from(queued) {
+            Ok([one]) => one,
+            Err(many) => web::Bytes::from(many.concat()),
+        };
+        Some((Ok::<_, actix_web::Error>(chunk), rx))
     });
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
