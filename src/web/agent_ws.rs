@@ -55,10 +55,12 @@ async fn agent_ws(
         .aggregate_continuations()
         .max_continuation_size(wire::MAX_FRAME_BYTES);
     let state = state.get_ref().clone();
+    // Each connected agent costs this task (kept small: the work done per
+    // message is boxed) plus actix's per-connection buffers.
+    let fut = connection(state, host.id, session, stream);
     rt::spawn(async move {
         let span = tracing::info_span!("agent", host_id = host.id);
-        let _ = tracing::Instrument::instrument(connection(state, host.id, session, stream), span)
-            .await;
+        let _ = tracing::Instrument::instrument(fut, span).await;
     });
     Ok(resp)
 }
@@ -183,10 +185,13 @@ async fn connection(
                                     None => break,
                                 }
                             }
-                            crate::jobs::agent_logs(&state, host_id, &batch).await;
+                            // Boxed, like handle_text: the database work's
+                            // state lives on the heap only while it runs, not
+                            // in every idle connection's task.
+                            Box::pin(crate::jobs::agent_logs(&state, host_id, &batch)).await;
                             continue;
                         }
-                        match handle_text(&state, host_id, conn_id, &mut session, &text, &mut said_hello).await {
+                        match Box::pin(handle_text(&state, host_id, conn_id, &mut session, &text, &mut said_hello)).await {
                             Ok(()) => {}
                             Err(reason) => break reason,
                         }
