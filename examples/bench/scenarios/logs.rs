@@ -322,6 +322,14 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         .goal(Goal::Below(100.0)),
         Row::new(
             &section,
+            "lines delivered per second, end to end",
+            "lines/s",
+            col(&ours, |m| m.delivered_per_s),
+        )
+        .baseline("bare relay", col(&bare, |m| m.delivered_per_s))
+        .note("below the rate sent: the server falls behind"),
+        Row::new(
+            &section,
             "server CPU while streaming",
             "% of a core",
             col(&ours, |m| m.cpu),
