@@ -15,6 +15,15 @@ fn line(job_id: i64, seq: i64, data: &str) -> LogStream {
     sim::log_line(job_id, seq, data)
 }
 
+fn succeeded(job_id: i64) -> JobFinished {
+    JobFinished {
+        job_id,
+        status: FinishedStatus::Succeeded,
+        error: None,
+        exit_code: Some(0),
+    }
+}
+
 async fn job(app: &TestApp, id: i64) -> Value {
     app.admin()
         .await
@@ -27,10 +36,11 @@ async fn job(app: &TestApp, id: i64) -> Value {
         .unwrap()
 }
 
+/// A job's whole log (up to the API's 10,000-line page).
 async fn logs(app: &TestApp, id: i64) -> Vec<Value> {
     app.admin()
         .await
-        .get(app.at(&format!("/api/jobs/{id}/logs")))
+        .get(app.at(&format!("/api/jobs/{id}/logs?limit=10000")))
         .send()
         .await
         .unwrap()
@@ -82,14 +92,7 @@ async fn agent_messages_drive_a_job_through_its_lifecycle() {
     ] {
         s.send_message(&line(id, seq, text)).await.unwrap();
     }
-    s.send_message(&JobFinished {
-        job_id: id,
-        status: FinishedStatus::Succeeded,
-        error: None,
-        exit_code: Some(0),
-    })
-    .await
-    .unwrap();
+    s.send_message(&succeeded(id)).await.unwrap();
     let j = wait_status(&app, id, "succeeded").await;
     assert!(j["finished_at"].is_string());
     assert_eq!(j["exit_code"], 0);
@@ -211,14 +214,7 @@ async fn a_terminal_job_never_changes_and_other_hosts_cannot_touch_a_job() {
     .await
     .unwrap();
     sa.send_message(&line(id, 1, "late")).await.unwrap();
-    sa.send_message(&JobFinished {
-        job_id: id,
-        status: FinishedStatus::Succeeded,
-        error: None,
-        exit_code: Some(0),
-    })
-    .await
-    .unwrap();
+    sa.send_message(&succeeded(id)).await.unwrap();
     // A later message on the same connection proves the earlier ones were handled.
     let probe = new_job(&app, owner.host_id).await;
     sa.send_message(&JobStarted {
@@ -341,14 +337,7 @@ async fn a_viewer_resumes_the_live_log_with_last_event_id_and_sees_each_line_onc
     wait_lines(&app, id, 8).await;
     let mut sse = Sse::open(&viewer, url, Some(last)).await;
     s.send_message(&line(id, 9, "line 9")).await.unwrap();
-    s.send_message(&JobFinished {
-        job_id: id,
-        status: FinishedStatus::Succeeded,
-        error: None,
-        exit_code: Some(0),
-    })
-    .await
-    .unwrap();
+    s.send_message(&succeeded(id)).await.unwrap();
     while let Some(l) = sse.next_line().await {
         seen.push(l);
     }
@@ -407,14 +396,7 @@ async fn many_viewers_each_get_every_line_and_the_status_change() {
             .await
             .unwrap();
     }
-    s.send_message(&JobFinished {
-        job_id: id,
-        status: FinishedStatus::Succeeded,
-        error: None,
-        exit_code: Some(0),
-    })
-    .await
-    .unwrap();
+    s.send_message(&succeeded(id)).await.unwrap();
     for t in tasks {
         let (n, status) = t.await.unwrap();
         assert_eq!(n, 50);
@@ -491,25 +473,9 @@ async fn a_log_past_the_cap_is_truncated_with_a_visible_line() {
     for seq in 1..=n {
         s.send_message(&line(id, seq, &chunk)).await.unwrap();
     }
-    s.send_message(&JobFinished {
-        job_id: id,
-        status: FinishedStatus::Succeeded,
-        error: None,
-        exit_code: Some(0),
-    })
-    .await
-    .unwrap();
+    s.send_message(&succeeded(id)).await.unwrap();
     wait_status(&app, id, "succeeded").await;
-    let all: Vec<Value> = app
-        .admin()
-        .await
-        .get(app.at(&format!("/api/jobs/{id}/logs?limit=10000")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = logs(&app, id).await;
     let stored = n as usize - 2; // the cap is hit part-way through line n-2
     assert_eq!(
         all.len(),
@@ -550,27 +516,11 @@ async fn a_burst_of_lines_is_stored_once_each_in_order_before_the_finish() {
                 .unwrap();
         }
     }
-    s.send_message(&JobFinished {
-        job_id: id,
-        status: FinishedStatus::Succeeded,
-        error: None,
-        exit_code: Some(0),
-    })
-    .await
-    .unwrap();
+    s.send_message(&succeeded(id)).await.unwrap();
     // Ignored: the job is over.
     s.send_message(&line(id, N + 1, "too late")).await.unwrap();
     wait_status(&app, id, "succeeded").await;
-    let all: Vec<Value> = app
-        .admin()
-        .await
-        .get(app.at(&format!("/api/jobs/{id}/logs?limit=10000")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = logs(&app, id).await;
     let pos: Vec<i64> = all.iter().map(|v| v["pos"].as_i64().unwrap()).collect();
     let seqs: Vec<i64> = all.iter().map(|v| v["seq"].as_i64().unwrap()).collect();
     assert_eq!(pos, (1..=N).collect::<Vec<_>>());
