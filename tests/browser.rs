@@ -282,14 +282,21 @@ impl Browser {
         }
     }
 
+    /// Text of the first match. An htmx swap can replace the element between
+    /// the find and the read (a stale reference); then it finds it again
+    /// (bounded), as a person looking at the page would.
     async fn text(&self, css: &str) -> String {
-        self.wait_css(css)
-            .await
-            .text()
-            .await
-            .expect("element text")
-            .trim()
-            .to_string()
+        let mut last_err = None;
+        for _ in 0..20 {
+            match self.wait_css(css).await.text().await {
+                Ok(t) => return t.trim().to_string(),
+                Err(e) => {
+                    last_err = Some(e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        panic!("`{css}` kept changing under the reader: {last_err:?}")
     }
 
     /// Texts of all matches. An htmx swap can replace elements between the
@@ -317,12 +324,20 @@ impl Browser {
         e.send_keys(value).await.expect("type into field");
     }
 
+    /// Clicks the first match; like `text`, finds it again if an htmx swap
+    /// replaced it between the find and the click.
     async fn click(&self, css: &str) {
-        self.wait_css(css)
-            .await
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("clicking `{css}`: {e}"));
+        let mut last_err = None;
+        for _ in 0..20 {
+            match self.wait_css(css).await.click().await {
+                Ok(()) => return,
+                Err(e) => {
+                    last_err = Some(e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        panic!("clicking `{css}`: {last_err:?}")
     }
 
     async fn js(&self, script: &str) -> Value {
