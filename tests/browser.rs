@@ -388,26 +388,47 @@ impl Browser {
             .await
     }
 
+    /// Ids of the dashboard's rows, sorted. Reads again if the 10 s refresh
+    /// swaps the table between the find and the read (bounded).
     async fn row_ids(&self) -> Vec<i64> {
-        let mut ids = Vec::new();
-        for row in self
-            .c
-            .find_all(Locator::Css("[data-testid=host-row]"))
-            .await
-            .expect("rows")
-        {
-            let id = row
-                .attr("data-host-id")
+        'retry: for _ in 0..20 {
+            let mut ids = Vec::new();
+            let rows = self
+                .c
+                .find_all(Locator::Css("[data-testid=host-row]"))
                 .await
-                .expect("attr")
-                .unwrap_or_default();
-            ids.push(
-                id.parse()
-                    .unwrap_or_else(|_| panic!("row with a bad data-host-id {id:?}")),
-            );
+                .expect("rows");
+            for row in rows {
+                let Ok(id) = row.attr("data-host-id").await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue 'retry;
+                };
+                let id = id.unwrap_or_default();
+                ids.push(
+                    id.parse()
+                        .unwrap_or_else(|_| panic!("row with a bad data-host-id {id:?}")),
+                );
+            }
+            ids.sort();
+            return ids;
         }
-        ids.sort();
-        ids
+        panic!("the dashboard's rows kept changing under the reader")
+    }
+
+    /// An attribute of the first match (None: not set); finds it again if a
+    /// swap replaced it between the find and the read.
+    async fn attr(&self, css: &str, name: &str) -> Option<String> {
+        let mut last_err = None;
+        for _ in 0..20 {
+            match self.wait_css(css).await.attr(name).await {
+                Ok(v) => return v,
+                Err(e) => {
+                    last_err = Some(e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        panic!("`{css}` kept changing under the reader: {last_err:?}")
     }
 
     /// Every CSP violation this document reported since it loaded
@@ -892,14 +913,13 @@ async fn admin_sees_the_out_of_date_chip_tile_and_update_button_and_a_viewer_no_
             .await
             .starts_with("out of date")
     );
-    let button = b.wait_css("[data-testid=update-agent]").await;
     assert_eq!(
-        button.attr("disabled").await.unwrap(),
+        b.attr("[data-testid=update-agent]", "disabled").await,
         None,
         "enabled for an online, out-of-date host"
     );
     // Clicking dispatches and htmx takes the admin to the live job page.
-    button.click().await.unwrap();
+    b.click("[data-testid=update-agent]").await;
     let deadline = Instant::now() + UI_WAIT;
     while !b.location().await.starts_with("/jobs/") {
         assert!(
