@@ -531,3 +531,37 @@ async fn a_burst_of_lines_is_stored_once_each_in_order_before_the_finish() {
     assert_eq!(o.len(), (N / 100) as usize);
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn control_characters_from_an_agent_are_stored_readably_and_lose_no_neighbours() {
+    // A NUL byte is legal JSON ("\u0000") but Postgres refuses it in text:
+    // one such line must not cost the lines sent with it, nor the finish.
+    let app = TestApp::spawn().await;
+    let cfg = app.enrolled_host("web-1").await;
+    let a = app.agent(&cfg, "v1");
+    wait_acked(&a).await;
+    let id = new_job(&app, cfg.host_id).await;
+    let s = a.sender();
+    s.send_message(&line(id, 1, "before")).await.unwrap();
+    s.send_message(&line(id, 2, "nul\u{0}here\u{1b}[1m"))
+        .await
+        .unwrap();
+    s.send_message(&line(id, 3, "after")).await.unwrap();
+    s.send_message(&JobFinished {
+        job_id: id,
+        status: FinishedStatus::Failed,
+        error: Some("restic said \u{0}".into()),
+        exit_code: Some(1),
+    })
+    .await
+    .unwrap();
+    let j = wait_status(&app, id, "failed").await;
+    assert_eq!(j["error"], "restic said \u{fffd}");
+    let data: Vec<String> = logs(&app, id)
+        .await
+        .iter()
+        .map(|v| v["data"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(data, ["before", "nul\u{fffd}here\u{1b}[1m", "after"]);
+    a.shutdown().await;
+}

@@ -300,15 +300,27 @@ async fn a_rollback_reported_in_the_hello_fails_the_job_at_once() {
         from_version: OLD.into(),
         to_version: VERSION.into(),
         outcome: UpdateOutcome::RolledBack,
-        reason: Some("new agent restarted 4 times without reaching the server".into()),
+        // The agent's text is its own: a NUL (refused by Postgres in text)
+        // and far more than anyone reads must not keep the job from failing.
+        reason: Some(format!(
+            "new agent restarted 4 times without reaching the server\u{0}{}",
+            "x".repeat(100_000)
+        )),
     };
     let (b, _) = sim::catching_updates(&cfg, OLD, Some(report));
     wait_acked(&b).await;
     let j = wait_job(&app, job_id, "failed").await;
     let err = j["error"].as_str().unwrap();
     assert!(
-        err.starts_with(&format!("rolled back to {OLD}")) && err.contains("4 times"),
+        err.starts_with(&format!(
+            "rolled back to {OLD}: new agent restarted 4 times without reaching the server\u{fffd}x"
+        )),
         "{err}"
+    );
+    assert!(
+        err.ends_with("x…") && err.len() < 2200,
+        "cut short: {} bytes",
+        err.len()
     );
     b.shutdown().await;
 }

@@ -284,16 +284,14 @@ pub async fn on_hello(
     };
     if let Some(r) = report.filter(|r| r.job_id == job.id && r.outcome == UpdateOutcome::RolledBack)
     {
-        let why = r
-            .reason
-            .as_deref()
-            .unwrap_or("the new agent did not stay up");
-        fail(
-            state,
-            &job,
-            &format!("rolled back to {}: {why}", r.from_version),
-        )
-        .await;
+        // Both come from the agent: bounded and cleaned before they reach
+        // the job, the alert and a fleet run's halt reason.
+        let why = r.reason.as_deref().map_or_else(
+            || "the new agent did not stay up".to_string(),
+            |w| jobs::agent_text(w, jobs::AGENT_TEXT_MAX_BYTES),
+        );
+        let from = jobs::agent_text(&r.from_version, 64);
+        fail(state, &job, &format!("rolled back to {from}: {why}")).await;
         return;
     }
     let target = job.target_version.clone().unwrap_or_default();
