@@ -177,6 +177,42 @@ async fn a_failing_host_halts_the_run_raises_an_alert_and_the_next_stays_pending
 }
 
 #[tokio::test]
+async fn an_update_the_agent_reports_cancelled_halts_the_run_like_a_failure() {
+    // Only success moves a run on; a cancelled update must not leave it
+    // waiting for an outcome that never comes.
+    let app = TestApp::spawn_with(fast).await;
+    let (cfgs, sims) = setup(&app, &[Plan::Cancel, Plan::Update]).await;
+    let id = start(&app, json!({})).await.json::<Value>().await.unwrap()["fleet_update_id"]
+        .as_i64()
+        .unwrap();
+    let r = wait_run(&app, id, "halted").await;
+    assert_eq!(statuses(&r), ["failed", "pending"]);
+    let reason = r["fleet_update"]["halted_reason"].as_str().unwrap();
+    assert!(reason.contains("cancelled the update"), "{reason}");
+    let host = app.host_json(cfgs[0].host_id).await;
+    assert_eq!(host["agent_version"], OLD, "still on the old version");
+    let alerts: Vec<Value> = app
+        .admin()
+        .await
+        .get(app.at("/api/alerts?state=active"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["kind"] == "update_failed" && a["host_id"] == cfgs[0].host_id),
+        "{alerts:?}"
+    );
+    for s in sims {
+        s.task.abort();
+    }
+}
+
+#[tokio::test]
 async fn one_run_at_a_time_cancel_stops_further_dispatches_and_roles_are_enforced() {
     let app = TestApp::spawn_with(fast).await;
     let (_cfgs, sims) = setup(&app, &[Plan::Hold, Plan::Update]).await;

@@ -35,10 +35,14 @@ pub struct Page {
 
 impl Page {
     pub const MAX: u64 = 1000;
+    /// Largest offset: the database takes a signed 64-bit number (the driver
+    /// panics beyond it), and `offset + limit` (the next page) must fit too.
+    /// Any offset this large is past the end: an empty page.
+    pub const MAX_OFFSET: u64 = i64::MAX as u64 - Self::MAX;
     pub fn new(limit: Option<u64>, offset: Option<u64>) -> Self {
         Page {
             limit: limit.unwrap_or(100).clamp(1, Self::MAX),
-            offset: offset.unwrap_or(0),
+            offset: offset.unwrap_or(0).min(Self::MAX_OFFSET),
         }
     }
 }

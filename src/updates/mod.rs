@@ -250,12 +250,16 @@ async fn on_finished(state: &AppState, job: &Job, succeeded: bool, reason: Optio
     });
 }
 
-/// The agent itself reported the update job failed (before swapping).
+/// The agent itself ended the update job, failed or cancelled (before
+/// swapping): the host stays on its old version.
 pub async fn agent_failed(state: &AppState, job: &Job) {
-    let reason = job
-        .error
-        .clone()
-        .unwrap_or_else(|| "the agent reported a failure".into());
+    let reason = job.error.clone().unwrap_or_else(|| {
+        if job.status == JobStatus::Cancelled {
+            "the agent cancelled the update".into()
+        } else {
+            "the agent reported a failure".into()
+        }
+    });
     on_finished(state, job, false, Some(reason)).await;
 }
 

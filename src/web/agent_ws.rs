@@ -310,9 +310,12 @@ async fn handle_text(
             tracing::warn!(kind = %env.kind, "message before hello ignored");
         }
         wire::JOB_STARTED | wire::JOB_FINISHED | wire::LOG_STREAM => {
+            // An agent never ends its update job as succeeded (that takes
+            // the new agent's hello): failed and cancelled both end it.
             if let Some(job) = crate::jobs::agent_message(state, host_id, &env).await
                 && job.kind == JobKind::Update
-                && job.status == JobStatus::Failed
+                && job.status.is_terminal()
+                && job.status != JobStatus::Succeeded
             {
                 crate::updates::agent_failed(state, &job).await;
             }

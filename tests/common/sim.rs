@@ -86,6 +86,8 @@ pub enum Plan {
     Fail,
     /// Start, then wait until the plan changes.
     Hold,
+    /// Report the job cancelled (no error text) and keep running.
+    Cancel,
 }
 
 /// A host whose agent follows a plan that the test may change meanwhile.
@@ -123,12 +125,21 @@ pub fn simulate(cfg: AgentConfig, from_version: &str, plan: Plan) -> Sim {
                             return;
                         }
                     }
-                    Plan::Fail => {
-                        let failed = JobFinished {
-                            job_id: cmd.job_id,
-                            status: FinishedStatus::Failed,
-                            error: Some("checksum mismatch: expected 3f2a…, got 9b01…".into()),
-                            exit_code: None,
+                    Plan::Fail | Plan::Cancel => {
+                        let failed = if p == Plan::Fail {
+                            JobFinished {
+                                job_id: cmd.job_id,
+                                status: FinishedStatus::Failed,
+                                error: Some("checksum mismatch: expected 3f2a…, got 9b01…".into()),
+                                exit_code: None,
+                            }
+                        } else {
+                            JobFinished {
+                                job_id: cmd.job_id,
+                                status: FinishedStatus::Cancelled,
+                                error: None,
+                                exit_code: None,
+                            }
                         };
                         sender.send_message(&failed).await.ok();
                         // Keeps running the old version until the test ends.
