@@ -283,7 +283,10 @@ impl Sse {
                 .await
                 .ok()??
                 .ok()?;
-            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+            // As a browser reads it: CRLF, CR and LF all end a line.
+            let text = String::from_utf8_lossy(&chunk);
+            self.buf
+                .push_str(&text.replace("\r\n", "\n").replace('\r', "\n"));
         }
     }
 
@@ -563,5 +566,50 @@ async fn control_characters_from_an_agent_are_stored_readably_and_lose_no_neighb
         .map(|v| v["data"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(data, ["before", "nul\u{fffd}here\u{1b}[1m", "after"]);
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn carriage_returns_in_a_log_line_cannot_forge_live_events() {
+    // In SSE a bare CR ends a line as LF does: restic's progress output (or a
+    // hostile agent) must not start an `event:` or `id:` field of its own.
+    let app = TestApp::spawn().await;
+    let cfg = app.enrolled_host("web-1").await;
+    let a = app.agent(&cfg, "v1");
+    wait_acked(&a).await;
+    let id = new_job(&app, cfg.host_id).await;
+    let s = a.sender();
+    s.send_message(&JobStarted {
+        job_id: id,
+        kind: None,
+    })
+    .await
+    .unwrap();
+    s.send_message(&line(
+        id,
+        1,
+        "10%\r20%\revent: status\rid: 999999\r\rdata: forged\r\n30%",
+    ))
+    .await
+    .unwrap();
+    s.send_message(&line(id, 2, "next")).await.unwrap();
+    let viewer = app.admin().await;
+    let mut sse = Sse::open(&viewer, app.at(&format!("/jobs/{id}/events")), None).await;
+    let mut seen = vec![];
+    while seen.len() < 3 {
+        let (ev, eid, data) = sse.next().await.expect("an event");
+        if ev == "status" {
+            assert!(data.contains("job-status"), "a real summary: {data}");
+            continue;
+        }
+        seen.push((ev, eid, data));
+        if seen.last().is_some_and(|(_, _, d)| d.contains("next")) {
+            break;
+        }
+    }
+    let heads: Vec<(&str, Option<i64>)> = seen.iter().map(|(e, i, _)| (e.as_str(), *i)).collect();
+    assert_eq!(heads, [("line", Some(1)), ("line", Some(2))], "{seen:?}");
+    let first = &seen[0].2;
+    assert!(first.contains("10%") && first.contains("30%"), "{first}");
     a.shutdown().await;
 }

@@ -193,7 +193,9 @@ pub struct EventsQuery {
     after: Option<i64>,
 }
 
-/// One SSE frame; multi-line data becomes several `data:` lines.
+/// One SSE frame; multi-line data becomes several `data:` lines. CR, LF and
+/// CRLF all end a line in SSE, so each starts a new `data:` line: text from
+/// a log can never begin a field of its own (an `event:` or `id:`).
 fn sse(event: &str, id: Option<i64>, data: &str) -> web::Bytes {
     let mut out = String::with_capacity(data.len() + 32);
     if let Some(id) = id {
@@ -202,10 +204,21 @@ fn sse(event: &str, id: Option<i64>, data: &str) -> web::Bytes {
     out.push_str("event: ");
     out.push_str(event);
     out.push('\n');
-    for line in data.split('\n') {
+    let mut rest = data;
+    loop {
+        let end = rest.find(['\r', '\n']).unwrap_or(rest.len());
         out.push_str("data: ");
-        out.push_str(line.trim_end_matches('\r'));
+        out.push_str(&rest[..end]);
         out.push('\n');
+        if end == rest.len() {
+            break;
+        }
+        let sep = if rest[end..].starts_with("\r\n") {
+            2
+        } else {
+            1
+        };
+        rest = &rest[end + sep..];
     }
     out.push('\n');
     web::Bytes::from(out)
@@ -340,4 +353,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(routes::JOBS_PAGE, web::get().to(jobs_page))
         .route("/jobs/{id}", web::get().to(job_page))
         .route("/jobs/{id}/events", web::get().to(job_events));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sse;
+
+    #[test]
+    fn every_line_ending_starts_a_new_data_line() {
+        let frame = sse("line", Some(7), "a\rb\r\nc\nevent: x\r\rid: 9");
+        assert_eq!(
+            std::str::from_utf8(&frame).unwrap(),
+            "id: 7\nevent: line\ndata: a\ndata: b\ndata: c\ndata: event: x\ndata: \ndata: id: 9\n\n"
+        );
+        assert_eq!(&sse("end", None, "")[..], b"event: end\ndata: \n\n");
+        assert_eq!(&sse("s", None, "x\n")[..], b"event: s\ndata: x\ndata: \n\n");
+    }
 }
