@@ -613,3 +613,34 @@ async fn carriage_returns_in_a_log_line_cannot_forge_live_events() {
     assert!(first.contains("10%") && first.contains("30%"), "{first}");
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn watching_finished_jobs_leaves_nothing_behind() {
+    // A viewer paging through old jobs' live views must not make the server
+    // keep a channel per job it looked at.
+    let app = TestApp::spawn().await;
+    let cfg = app.enrolled_host("web-1").await;
+    let a = app.agent(&cfg, "v1");
+    wait_acked(&a).await;
+    let s = a.sender();
+    let mut ids = vec![];
+    for _ in 0..3 {
+        let id = new_job(&app, cfg.host_id).await;
+        s.send_message(&line(id, 1, "done soon")).await.unwrap();
+        s.send_message(&succeeded(id)).await.unwrap();
+        wait_status(&app, id, "succeeded").await;
+        ids.push(id);
+    }
+    let viewer = app.admin().await;
+    for &id in &ids {
+        let mut sse = Sse::open(&viewer, app.at(&format!("/jobs/{id}/events")), None).await;
+        let (pos, data) = sse.next_line().await.expect("the stored line");
+        assert!(pos == 1 && data.contains("done soon"), "{data}");
+        assert_eq!(sse.next_line().await, None, "then the end");
+    }
+    eventually("no live channel left open", || async {
+        (app.state().live.open_channels() == 0).then_some(())
+    })
+    .await;
+    a.shutdown().await;
+}

@@ -86,11 +86,20 @@ impl LiveJobs {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn subscribe(&self, job_id: i64) -> broadcast::Receiver<LiveEvent> {
-        self.lock()
+    /// Starts watching a job. The job's channel goes away with its last
+    /// watcher (or its terminal status), so watching a job that never
+    /// publishes again (one already finished) leaves nothing behind.
+    pub fn subscribe(&self, job_id: i64) -> Watch<'_> {
+        let rx = self
+            .lock()
             .entry(job_id)
             .or_insert_with(|| broadcast::channel(CAPACITY).0)
-            .subscribe()
+            .subscribe();
+        Watch {
+            live: self,
+            job_id,
+            rx: Some(rx),
+        }
     }
 
     /// Sends to the job's watchers, if any. A terminal status closes the
@@ -111,6 +120,38 @@ impl LiveJobs {
     }
 }
 
+/// One watcher of one job; dropping it drops the job's channel when it was
+/// the last watcher.
+pub struct Watch<'a> {
+    live: &'a LiveJobs,
+    job_id: i64,
+    rx: Option<broadcast::Receiver<LiveEvent>>,
+}
+
+impl Watch<'_> {
+    pub async fn recv(&mut self) -> Result<LiveEvent, broadcast::error::RecvError> {
+        match &mut self.rx {
+            Some(rx) => rx.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        // Under the lock: a viewer subscribing now either came before (and
+        // keeps the count above 0) or makes a new channel after.
+        let mut map = self.live.lock();
+        if map
+            .get(&self.job_id)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            map.remove(&self.job_id);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +164,55 @@ mod tests {
             stream: "stdout".into(),
             data: format!("l{pos}"),
         }
+    }
+
+    #[test]
+    fn a_jobs_channel_goes_with_its_last_watcher() {
+        let live = LiveJobs::default();
+        let a = live.subscribe(1);
+        let b = live.subscribe(1);
+        let other = live.subscribe(2);
+        assert_eq!(live.open_channels(), 2);
+        drop(a);
+        assert_eq!(live.open_channels(), 2, "b still watches job 1");
+        drop(b);
+        assert_eq!(live.open_channels(), 1);
+        drop(other);
+        assert_eq!(live.open_channels(), 0);
+        // Publishing to nobody makes nothing.
+        live.publish(1, LiveEvent::lines(vec![line(1)]));
+        assert_eq!(live.open_channels(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_watcher_gets_events_and_closed_after_the_terminal_status() {
+        let live = LiveJobs::default();
+        let mut w = live.subscribe(1);
+        live.publish(1, LiveEvent::lines(vec![line(1)]));
+        assert!(matches!(w.recv().await, Ok(LiveEvent::Lines(_))));
+        use crate::store::jobs::{ActorKind, JobKind, JobStatus};
+        let job = Job {
+            id: 1,
+            host_id: 1,
+            kind: JobKind::Backup,
+            status: JobStatus::Failed,
+            actor_kind: ActorKind::User,
+            actor_id: None,
+            actor_name: "admin".into(),
+            created_at: 0,
+            started_at: None,
+            finished_at: Some(1),
+            exit_code: None,
+            error: None,
+            target_version: None,
+            deadline_at: None,
+            log_lines: 1,
+            log_truncated: false,
+        };
+        live.publish(1, LiveEvent::Status(Box::new(job)));
+        assert!(matches!(w.recv().await, Ok(LiveEvent::Status(_))));
+        assert!(w.recv().await.is_err(), "closed after the end");
+        assert_eq!(live.open_channels(), 0);
     }
 
     #[test]

@@ -267,7 +267,8 @@ async fn pump(
     tx: mpsc::Sender<web::Bytes>,
 ) -> Result<(), ()> {
     // Subscribe before reading the backlog so nothing falls in between.
-    let mut rx = state.live.subscribe(job_id);
+    let live = state.live.clone();
+    let mut rx = live.subscribe(job_id);
     catch_up(&state, job_id, &mut last, &tx).await?;
     let finish = |state: AppState, tx: mpsc::Sender<web::Bytes>, mut last: i64| async move {
         catch_up(&state, job_id, &mut last, &tx).await?;
@@ -288,7 +289,7 @@ async fn pump(
             ev = rx.recv() => match ev {
                 Ok(LiveEvent::Lines(b)) => {
                     let (Some(first), Some(end)) = (b.first_pos(), b.last_pos()) else { continue };
-                    if first > last + 1 {
+                    if first > last.saturating_add(1) {
                         catch_up(&state, job_id, &mut last, &tx).await?;
                     }
                     if end > last {
