@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::Mutex,
+    sync::{LazyLock, Mutex},
     time::{Duration, Instant},
 };
 
@@ -18,6 +18,42 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
         .hash_password(password.as_bytes())
         .map(|h| h.to_string())
         .map_err(|e| anyhow::anyhow!("hashing password: {e}"))
+}
+
+/// Password checks (argon2: ~19 MiB and tens of milliseconds each) allowed
+/// at once, one per core. More logins at once wait their turn rather than
+/// each taking memory: a burst of unauthenticated logins cannot exhaust the
+/// server, and the lock check runs again when a turn comes.
+static SLOTS: LazyLock<usize> = LazyLock::new(|| {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .max(2)
+});
+static PASSWORD_SLOTS: LazyLock<tokio::sync::Semaphore> =
+    LazyLock::new(|| tokio::sync::Semaphore::new(*SLOTS));
+
+/// How long a login waits for a turn before being told to retry.
+pub const PASSWORD_WAIT: Duration = Duration::from_secs(10);
+
+/// How many password checks may run at once.
+pub fn password_slots() -> usize {
+    *SLOTS
+}
+
+/// A turn at password work, or None when none came free in time.
+pub async fn password_turn() -> Option<tokio::sync::SemaphorePermit<'static>> {
+    tokio::time::timeout(PASSWORD_WAIT, PASSWORD_SLOTS.acquire())
+        .await
+        .ok()?
+        .ok()
+}
+
+/// Runs argon2 work on the blocking pool in a turn. None: no turn came free
+/// in time (the caller says "busy, retry").
+pub async fn password_work<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let _turn = password_turn().await?;
+    tokio::task::spawn_blocking(f).await.ok()
 }
 
 pub fn verify_password(password: &str, stored: &str) -> bool {
@@ -67,7 +103,10 @@ impl LoginThrottle {
     }
 
     fn keys(username: &str, ip: Option<IpAddr>) -> Vec<String> {
-        let mut k = vec![format!("u:{}", username.to_lowercase())];
+        // Usernames are at most 64 characters: a longer one is not a user,
+        // and must not make a key of whatever length was sent.
+        let name: String = username.chars().take(64).collect();
+        let mut k = vec![format!("u:{}", name.to_lowercase())];
         if let Some(ip) = ip {
             k.push(format!("ip:{ip}"));
         }
@@ -112,7 +151,10 @@ impl LoginThrottle {
 
     pub fn record_success(&self, username: &str) {
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&format!("u:{}", username.to_lowercase()));
+        let [user_key, ..] = &Self::keys(username, None)[..] else {
+            return;
+        };
+        map.remove(user_key);
     }
 }
 

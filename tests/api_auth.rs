@@ -255,6 +255,55 @@ async fn five_failures_lock_the_login_even_for_the_right_password() {
     assert_eq!(app.count("sessions").await, 0);
 }
 
+#[tokio::test]
+async fn a_burst_of_wrong_passwords_sent_at_once_is_still_locked_after_five() {
+    // Sent together, every attempt would pass the lock check before any
+    // failure is counted; password checks take turns, so no more than the
+    // five allowed (plus those already checking) are ever tried.
+    let app = TestApp::spawn().await;
+    let app_ref = &app;
+    let burst = futures_util::future::join_all(
+        (0..40).map(|i| async move { login_status(app_ref, "admin", &format!("spray-{i}")).await }),
+    )
+    .await;
+    let tried = burst.iter().filter(|r| r.status() == 401).count();
+    let locked = burst.iter().filter(|r| r.status() == 429).count();
+    assert_eq!(tried + locked, 40, "only 401 or 429");
+    let slots = restic_manager::auth::password_slots();
+    assert!(
+        (5..=5 + slots).contains(&tried),
+        "{tried} passwords tried with {slots} checking at a time"
+    );
+    assert_error(
+        login_status(&app, "admin", ADMIN_PASSWORD).await,
+        429,
+        "too_many_attempts",
+    )
+    .await;
+    // An absurd username is refused like any other wrong one, and its
+    // attempts count against the address too.
+    let r = login_status(&app, &format!("x\u{0}{}", "y".repeat(60_000)), "pw").await;
+    assert_eq!(r.status(), 429, "the address is locked already");
+    assert_eq!(app.count("sessions").await, 0);
+}
+
+#[tokio::test]
+async fn an_absurd_username_is_a_plain_wrong_login() {
+    let app = TestApp::spawn().await;
+    for name in ["a\u{0}b".to_string(), "x".repeat(60_000), "".into()] {
+        assert_error(
+            login_status(&app, &name, "whatever").await,
+            401,
+            "invalid_credentials",
+        )
+        .await;
+    }
+    assert_eq!(
+        login_status(&app, "admin", ADMIN_PASSWORD).await.status(),
+        200
+    );
+}
+
 // ---- Session expiry --------------------------------------------------------
 
 #[tokio::test]

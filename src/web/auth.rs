@@ -32,14 +32,36 @@ async fn authenticate(
     password: &str,
 ) -> Result<(User, String), AppError> {
     let ip = client_ip(req);
-    if let Some(secs) = state.throttle.locked_for(username, ip) {
-        return Err(AppError::TooManyRequests(
-            "too_many_attempts",
-            format!("too many failed logins: wait {secs} seconds and try again"),
-            secs,
-        ));
+    let locked = || {
+        state.throttle.locked_for(username, ip).map(|secs| {
+            AppError::TooManyRequests(
+                "too_many_attempts",
+                format!("too many failed logins: wait {secs} seconds and try again"),
+                secs,
+            )
+        })
+    };
+    if let Some(e) = locked() {
+        return Err(e);
     }
-    let found = store::users::find_for_login(&state.db, username).await?;
+    let Some(turn) = auth::password_turn().await else {
+        return Err(AppError::TooManyRequests(
+            "server_busy",
+            "too many logins at once: try again in a few seconds".into(),
+            5,
+        ));
+    };
+    // Attempts sent together waited for this turn: earlier ones may have
+    // locked the login meanwhile.
+    if let Some(e) = locked() {
+        return Err(e);
+    }
+    // A name that could never be a user is not looked up (a NUL would even
+    // fail the query on Postgres), but costs the same time.
+    let found = match store::users::validate_username(username) {
+        Ok(()) => store::users::find_for_login(&state.db, username).await?,
+        Err(_) => None,
+    };
     // Verify against a fixed hash when the user does not exist, so timing
     // does not reveal which usernames exist.
     let (user, ok) = match found {
@@ -53,9 +75,16 @@ async fn authenticate(
         }
     };
     let Some(user) = user.filter(|_| ok) else {
+        // Counted before the turn is given up, so the next in line sees it.
         state.throttle.record_failure(username, ip);
-        tracing::info!(username, ip = ?ip, "failed login");
-        let shown: String = username.chars().take(64).collect();
+        drop(turn);
+        // What was typed, made fit to log and store.
+        let shown: String = username
+            .chars()
+            .take(64)
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect();
+        tracing::info!(username = %shown, ip = ?ip, "failed login");
         audit::record(
             state,
             Some(req),
@@ -71,6 +100,7 @@ async fn authenticate(
         ));
     };
     state.throttle.record_success(username);
+    drop(turn);
     let now = state.clock.now_ms();
     let session = store::sessions::create(
         &state.db,

@@ -38,9 +38,15 @@ fn parse_role(s: &str) -> Result<Role, AppError> {
 async fn hash(password: &str) -> Result<String, AppError> {
     users::validate_password(password)?;
     let pw = password.to_string();
-    tokio::task::spawn_blocking(move || auth::hash_password(&pw))
+    auth::password_work(move || auth::hash_password(&pw))
         .await
-        .map_err(|e| AppError::Internal(e.into()))?
+        .ok_or_else(|| {
+            AppError::TooManyRequests(
+                "server_busy",
+                "the server is busy checking passwords: try again in a few seconds".into(),
+                5,
+            )
+        })?
         .map_err(AppError::Internal)
 }
 
