@@ -17,6 +17,7 @@ pub mod routes;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod updates;
 pub mod version;
 pub mod views;

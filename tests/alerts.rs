@@ -581,6 +581,24 @@ async fn the_test_button_sends_a_test_event_and_changes_are_audited() {
         assert_eq!(page.status, 400, "{bad}");
         assert!(page.has("[data-testid=error-banner]"));
     }
+    // A secret with a NUL (which Postgres would refuse) is a clear 400.
+    let page = post_form(
+        &admin,
+        app.at(routes::NOTIFICATIONS_PAGE),
+        &[
+            ("name", "bad"),
+            ("url", "https://hooks.example.com/x"),
+            ("secret", "a\u{0}b"),
+        ],
+    )
+    .await;
+    assert_eq!(page.status, 400);
+    assert!(
+        page.one("[data-testid=error-banner]")
+            .contains("no control characters"),
+        "{}",
+        page.text
+    );
     assert_eq!(app.count("notification_targets").await, 1);
 
     let page = post_form(&admin, app.at(&routes::notification_target_delete(id)), &[]).await;

@@ -265,6 +265,27 @@ async fn bad_list_filters_are_400() {
             .unwrap();
         assert_error(r, 400, code).await;
     }
+    for q in [
+        "actor=a%00b",
+        "action=%0Aforged",
+        &format!("actor={}", "x".repeat(200)),
+    ] {
+        let r = admin
+            .get(format!("{}?{q}", app.at(routes::API_AUDIT)))
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 400, "invalid_query").await;
+        let page = Page::from(
+            admin
+                .get(app.at(&format!("/audit?{q}")))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(page.status, 400, "{q}");
+    }
     let page = Page::from(admin.get(app.at("/?status=bogus")).send().await.unwrap()).await;
     assert_eq!(page.status, 400);
     page.assert_html();

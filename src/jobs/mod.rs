@@ -11,35 +11,9 @@ use crate::{
         self,
         jobs::{Appended, Job, JobStatus, NewLine, Refusal, Transition},
     },
+    text,
 };
 pub use live::{LiveEvent, LiveJobs};
-
-/// Longest error or reason text kept from an agent; the rest is cut off.
-pub const AGENT_TEXT_MAX_BYTES: usize = 2048;
-
-/// Free text from an agent made fit to store and show: NUL (see
-/// [`without_nul`]) replaced, cut to `max` bytes on a character boundary with
-/// "…" marking the cut.
-pub fn agent_text(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return without_nul(s.to_string());
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    without_nul(format!("{}…", &s[..end]))
-}
-
-/// NUL is legal in JSON but Postgres refuses it in `text` (the whole write
-/// would fail), so it becomes U+FFFD, as undecodable bytes do.
-pub fn without_nul(s: String) -> String {
-    if s.contains('\0') {
-        s.replace('\0', "\u{fffd}")
-    } else {
-        s
-    }
-}
 
 fn refused(kind: &str, job_id: i64, host_id: i64, r: Refusal) {
     tracing::warn!(job_id, host_id, message = kind, reason = %r, "agent job message refused");
@@ -103,7 +77,7 @@ pub async fn agent_message(state: &AppState, host_id: i64, env: &Envelope) -> Op
                 status,
                 m.error
                     .as_deref()
-                    .map(|e| agent_text(e, AGENT_TEXT_MAX_BYTES))
+                    .map(|e| text::agent_text(e, text::AGENT_TEXT_MAX_BYTES))
                     .as_deref(),
                 m.exit_code,
                 now,
@@ -143,7 +117,7 @@ pub async fn agent_logs(state: &AppState, host_id: i64, envs: &[Envelope]) {
         .filter_map(parse::<LogStream>)
         .map(|mut m| {
             // The frame limit and the log cap bound the size.
-            m.data = without_nul(m.data);
+            m.data = text::without_nul(m.data);
             m
         })
         .filter(|m| {
@@ -224,21 +198,5 @@ pub async fn finish(
             Ok(t.changed.then_some(t.job))
         }
         Err(_) => Ok(None),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn agent_text_replaces_nul_and_cuts_on_a_character_boundary() {
-        assert_eq!(agent_text("a\0b", 10), "a\u{fffd}b");
-        assert_eq!(agent_text("short", 5), "short");
-        assert_eq!(agent_text("abcdef", 3), "abc…");
-        // "é" is two bytes: a cut inside it backs off to before it.
-        assert_eq!(agent_text("aé", 2), "a…");
-        assert_eq!(agent_text("\0\0", 1), "\u{fffd}…");
-        assert_eq!(without_nul("no nul".into()), "no nul");
     }
 }

@@ -86,10 +86,12 @@ pub fn validate_target(t: &NewTarget) -> Result<String> {
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
         return Err(bad_url());
     }
-    if t.secret.is_some_and(|s| s.len() > MAX_SECRET) {
+    if t.secret
+        .is_some_and(|s| s.len() > MAX_SECRET || s.chars().any(char::is_control))
+    {
         return Err(StoreError::Invalid(
             "invalid_secret",
-            format!("the secret is at most {MAX_SECRET} bytes"),
+            format!("the secret is at most {MAX_SECRET} bytes, with no control characters"),
         ));
     }
     Ok(url.to_string())
@@ -361,6 +363,8 @@ mod tests {
         }
         let long = "x".repeat(MAX_SECRET + 1);
         assert!(validate_target(&t("http://a/", Some(&long))).is_err());
+        assert!(validate_target(&t("http://a/", Some("a\nb"))).is_err());
+        assert!(validate_target(&t("http://a/", Some("s3cret-ok"))).is_ok());
     }
 
     #[test]

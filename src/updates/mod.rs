@@ -16,7 +16,7 @@ use crate::{
         self, StoreError,
         jobs::{ActorKind, Job, JobKind, JobStatus, NewJob},
     },
-    version,
+    text, version,
 };
 
 /// How an update job ended, for whoever waits on it (the fleet worker).
@@ -292,9 +292,9 @@ pub async fn on_hello(
         // the job, the alert and a fleet run's halt reason.
         let why = r.reason.as_deref().map_or_else(
             || "the new agent did not stay up".to_string(),
-            |w| jobs::agent_text(w, jobs::AGENT_TEXT_MAX_BYTES),
+            |w| text::agent_text(w, text::AGENT_TEXT_MAX_BYTES),
         );
-        let from = jobs::agent_text(&r.from_version, 64);
+        let from = text::agent_text(&r.from_version, 64);
         fail(state, &job, &format!("rolled back to {from}: {why}")).await;
         return;
     }

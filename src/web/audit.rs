@@ -20,11 +20,23 @@ pub struct AuditQuery {
 }
 
 impl AuditQuery {
-    fn filter(&self) -> AuditFilter {
-        AuditFilter {
+    /// Actions and actor names are short and printable; anything else could
+    /// match nothing (and a NUL fails the query on Postgres).
+    fn filter(&self) -> Result<AuditFilter, AppError> {
+        for (field, v) in [("action", &self.action), ("actor", &self.actor)] {
+            if v.as_deref()
+                .is_some_and(|v| v.chars().count() > 128 || v.chars().any(char::is_control))
+            {
+                return Err(AppError::BadRequest(
+                    "invalid_query",
+                    format!("{field} is at most 128 printable characters"),
+                ));
+            }
+        }
+        Ok(AuditFilter {
             action: self.action.clone(),
             actor: self.actor.clone(),
-        }
+        })
     }
 }
 
@@ -34,7 +46,7 @@ async fn api_audit(
     q: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
-    let rows = store::audit::list(&state.db, &q.filter(), Page::new(q.limit, q.offset)).await?;
+    let rows = store::audit::list(&state.db, &q.filter()?, Page::new(q.limit, q.offset)).await?;
     Ok(HttpResponse::Ok().json(
         rows.iter()
             .map(|e| {
@@ -59,7 +71,7 @@ async fn audit_page(
     q: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, PageError> {
     user.require(Role::Admin)?;
-    let filter = q.filter();
+    let filter = q.filter()?;
     let page = Page::new(q.limit, q.offset);
     let entries = store::audit::list(&state.db, &filter, page).await?;
     let total = store::audit::count(&state.db, &filter).await?;

@@ -79,11 +79,7 @@ async fn authenticate(
         state.throttle.record_failure(username, ip);
         drop(turn);
         // What was typed, made fit to log and store.
-        let shown: String = username
-            .chars()
-            .take(64)
-            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-            .collect();
+        let shown = crate::text::one_line(username, 64);
         tracing::info!(username = %shown, ip = ?ip, "failed login");
         audit::record(
             state,

@@ -47,7 +47,7 @@ async fn agent_enroll(
     txn.commit().await?;
     // A re-enrolled host's old connection used the old secret: drop it.
     state.hub.disconnect(host_id, "host re-enrolled");
-    let hostname: String = body.hostname.chars().take(64).collect();
+    let hostname = crate::text::one_line(&body.hostname, 64);
     tracing::info!(host_id, %hostname, "agent enrolled");
     audit::record(
         &state,
