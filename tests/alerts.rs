@@ -78,6 +78,9 @@ impl Receiver {
     }
 }
 
+/// A scripted "status" for a 500 whose body never ends.
+const ENDLESS: u16 = 999;
+
 async fn serve_one(
     mut sock: tokio::net::TcpStream,
     got: Arc<Mutex<Vec<Received>>>,
@@ -114,6 +117,16 @@ async fn serve_one(
     let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
     got.lock().unwrap().push(Received { headers, body });
     let status = script.lock().unwrap().pop_front().unwrap_or(200);
+    if status == ENDLESS {
+        // A 500 whose body never ends, until the client hangs up.
+        let head = "HTTP/1.1 500 Endless\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n";
+        if sock.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = format!("1000\r\n{}\r\n", "e".repeat(0x1000));
+        while sock.write_all(chunk.as_bytes()).await.is_ok() {}
+        return;
+    }
     let text = if status == 200 {
         "ok"
     } else {
@@ -539,6 +552,23 @@ async fn a_failed_delivery_is_retried_and_failures_show_on_the_settings_page() {
     assert!(failed.3.contains("receiver is down"), "{rows:?}");
     assert_eq!(flaky.all().len(), 2, "a delivered webhook was sent again");
     assert_eq!(down.all().len(), 5);
+}
+
+#[tokio::test]
+async fn a_failure_answered_with_an_endless_body_shows_its_start() {
+    // The error keeps the start of the answer; the rest is never read.
+    let app = TestApp::spawn_with(fast_retries).await;
+    let hook = Receiver::start(&[ENDLESS; 10]).await;
+    add_target(&app, "endless", &hook.url, "").await;
+    alerts::raise_fleet_update_halted(app.state(), 7, "host web-9 failed its update").await;
+    let rows = eventually("the delivery fails", || async {
+        let rows = delivery_rows(&settings_page(&app).await);
+        rows.first()
+            .is_some_and(|r| r.3.starts_with("HTTP 500"))
+            .then_some(rows)
+    })
+    .await;
+    assert!(rows[0].3.contains("Server Error: eeee"), "{rows:?}");
 }
 
 #[tokio::test]

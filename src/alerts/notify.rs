@@ -34,6 +34,8 @@ const CONCURRENCY: usize = 8;
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// How much of a failing response's body is kept as the error.
 const ERROR_BODY_CHARS: usize = 200;
+/// Bytes of a failed delivery's response read to find those characters.
+const ERROR_BODY_READ_BYTES: usize = 4096;
 
 pub const SIGNATURE_HEADER: &str = "X-RM-Signature";
 pub const EVENT_HEADER: &str = "X-RM-Event";
@@ -250,7 +252,18 @@ async fn send(w: &Worker, target: &Target, d: &Delivery) -> Result<(), String> {
     if status.is_success() {
         return Ok(());
     }
-    let text = resp.text().await.unwrap_or_default();
+    // Only the start is shown: read no more than that (a hostile or broken
+    // endpoint may answer with an endless body).
+    let mut resp = resp;
+    let mut head = Vec::new();
+    while head.len() < ERROR_BODY_READ_BYTES {
+        match resp.chunk().await {
+            Ok(Some(c)) => head.extend_from_slice(&c),
+            _ => break,
+        }
+    }
+    head.truncate(ERROR_BODY_READ_BYTES);
+    let text = String::from_utf8_lossy(&head);
     let snippet: String = text
         .chars()
         .filter(|c| !c.is_control())

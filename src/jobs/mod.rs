@@ -168,7 +168,8 @@ fn parse<P: serde::de::DeserializeOwned>(env: &Envelope) -> Option<P> {
     match env.payload::<P>() {
         Ok(p) => Some(p),
         Err(e) => {
-            tracing::warn!(kind = %env.kind, error = %e, "malformed job message ignored");
+            let error = text::one_line(&e.to_string(), 256);
+            tracing::warn!(kind = %env.kind, %error, "malformed job message ignored");
             None
         }
     }

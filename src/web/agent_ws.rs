@@ -268,7 +268,8 @@ async fn handle_text(
             let parsed = env.payload::<Hello>();
             let report = parsed.as_ref().ok().and_then(|h| h.update.clone());
             let hello = parsed
-                .map_err(|e| e.to_string())
+                // serde quotes the bad value: keep the reason short.
+                .map_err(|e| crate::text::one_line(&e.to_string(), 256))
                 .and_then(|h| validate_hello(&h));
             let facts = match hello {
                 Ok(f) => f,
@@ -307,7 +308,7 @@ async fn handle_text(
             .await;
         }
         _ if !*said_hello => {
-            tracing::warn!(kind = %env.kind, "message before hello ignored");
+            tracing::warn!(kind = %crate::text::one_line(&env.kind, 64), "message before hello ignored");
         }
         wire::JOB_STARTED | wire::JOB_FINISHED | wire::LOG_STREAM => {
             // An agent never ends its update job as succeeded (that takes
@@ -321,7 +322,7 @@ async fn handle_text(
             }
         }
         other => {
-            tracing::debug!(kind = %other, "unknown message type ignored");
+            tracing::debug!(kind = %crate::text::one_line(other, 64), "unknown message type ignored");
         }
     }
     Ok(())
