@@ -7,7 +7,7 @@
 //! dispatched again).
 use std::{future::Future, sync::Arc, time::Duration};
 
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use tokio::sync::{Notify, broadcast::error::RecvError};
 
 use crate::{
@@ -162,8 +162,11 @@ async fn halt<O: FleetOps>(
     host_reason: &str,
     reason: String,
 ) -> store::Result<()> {
+    // One transaction: a run is never left running past a host marked
+    // failed (a resumed run would move on to the next host).
+    let txn = ops.db().begin().await?;
     store::fleet_updates::set_host_status(
-        ops.db(),
+        &txn,
         run_id,
         h.host_id,
         HostStatus::Failed,
@@ -171,7 +174,9 @@ async fn halt<O: FleetOps>(
         None,
     )
     .await?;
-    if store::fleet_updates::halt(ops.db(), run_id, &reason, ops.now_ms()).await? {
+    let halted = store::fleet_updates::halt(&txn, run_id, &reason, ops.now_ms()).await?;
+    txn.commit().await?;
+    if halted {
         tracing::warn!(%reason, "fleet update halted");
         ops.raise_halted(run_id, &reason).await;
     }
