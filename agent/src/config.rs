@@ -45,11 +45,14 @@ pub enum ConfigError {
         #[source]
         source: io::Error,
     },
-    #[error("agent config {} is not valid TOML", path.display())]
+    /// Only where and what: the parser's own message quotes the line, which
+    /// may be the secret's, and this goes to the journal on every restart.
+    #[error("agent config {} is not valid TOML (line {line}, column {column}): {message}", path.display())]
     Parse {
         path: PathBuf,
-        #[source]
-        source: toml::de::Error,
+        line: usize,
+        column: usize,
+        message: String,
     },
     #[error("agent config {}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
@@ -133,9 +136,23 @@ impl AgentConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let config: AgentConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
+        let config: AgentConfig = toml::from_str(&text).map_err(|e| {
+            let at = e.span().map_or(0, |s| s.start).min(text.len());
+            let before = &text[..text.floor_char_boundary(at)];
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line: before.matches('\n').count() + 1,
+                column: before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1,
+                // serde's messages may quote a value too ("invalid type:
+                // string \"…\""): keep its first words only.
+                message: e
+                    .message()
+                    .split(['"', '`', '\''])
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            }
         })?;
         config.validate().map_err(|reason| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -356,6 +373,30 @@ mod tests {
         let err = AgentConfig::load(&garbage).unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }));
         assert!(err.to_string().contains("garbage.toml"), "{err}");
+
+        // A broken secret line: where it is, never what it says.
+        let leaky = dir.join("leaky.toml");
+        std::fs::write(
+            &leaky,
+            "server_url = \"http://a\"\nhost_id = 1\nsecret = \"hunter2-very-secret\n",
+        )
+        .unwrap();
+        let err = AgentConfig::load(&leaky).unwrap_err();
+        let shown = format!("{:#}", anyhow::Error::from(err));
+        assert!(shown.contains("line 3"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let typed = dir.join("typed.toml");
+        std::fs::write(
+            &typed,
+            "server_url = \"http://a\"\nhost_id = \"hunter2-as-id\"\nsecret = \"s\"\n",
+        )
+        .unwrap();
+        let err = AgentConfig::load(&typed).unwrap_err();
+        let shown = format!("{:#}", anyhow::Error::from(err));
+        assert!(
+            shown.contains("line 2") && !shown.contains("hunter2"),
+            "{shown}"
+        );
 
         let invalid = dir.join("invalid.toml");
         std::fs::write(

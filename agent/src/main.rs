@@ -79,7 +79,52 @@ struct RunArgs {
     config: ConfigPath,
 }
 
+/// What the boot watchdog decided for this start of `run`, with the path of
+/// this executable.
+struct Boot {
+    binary: Result<PathBuf, String>,
+    report: Option<agent::wire::UpdateReport>,
+    probation: bool,
+}
+
+/// Counts this start against a new binary on probation, or rolls it back.
+/// Runs before the arguments and the config are read: a new build that
+/// fails on either must still be caught by the watchdog.
+fn boot() -> Result<Boot, String> {
+    // First, before any update can swap the binary: afterwards
+    // /proc/self/exe names a deleted file.
+    let binary = updater::resolve_own_binary().map_err(|e| e.to_string());
+    let (report, probation) = match &binary {
+        Ok(bin) => match watchdog::on_boot(bin, version::VERSION) {
+            BootDecision::Run { report, probation } => (report, probation),
+            BootDecision::RolledBack { reason } => return Err(reason),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "self-update and the boot watchdog are off");
+            (None, false)
+        }
+    };
+    Ok(Boot {
+        binary,
+        report,
+        probation,
+    })
+}
+
 fn main() -> ExitCode {
+    // Logs go to stderr: `--version` and `enroll` keep stdout to themselves.
+    init_logging();
+    let boot = if std::env::args_os().nth(1).is_some_and(|a| a == "run") {
+        match boot() {
+            Ok(b) => Some(b),
+            Err(reason) => {
+                tracing::error!("{reason}; exiting so the previous binary starts");
+                return ExitCode::from(ROLLBACK_EXIT_CODE);
+            }
+        }
+    } else {
+        None
+    };
     let cli = Cli::parse();
     if cli.version {
         println!("restic-manager-agent {}", version::VERSION);
@@ -91,7 +136,6 @@ fn main() -> ExitCode {
         eprintln!("error: a subcommand is required (try --help)");
         return ExitCode::from(2);
     };
-    init_logging();
     agent::install_crypto_provider();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -108,7 +152,17 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::Enroll(args) => enroll_cmd(args).await.map(|()| ExitCode::SUCCESS),
-            Command::Run(args) => run_cmd(args).await,
+            Command::Run(args) => match boot {
+                Some(boot) => run_cmd(args, boot).await,
+                // Only when `run` came after other arguments; count it now.
+                None => match self::boot() {
+                    Ok(boot) => run_cmd(args, boot).await,
+                    Err(reason) => {
+                        tracing::error!("{reason}; exiting so the previous binary starts");
+                        Ok(ExitCode::from(ROLLBACK_EXIT_CODE))
+                    }
+                },
+            },
         }
     });
     match result {
@@ -158,10 +212,12 @@ async fn enroll_cmd(args: EnrollArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
-    // First, before any update can swap the binary: afterwards
-    // /proc/self/exe names a deleted file.
-    let binary = updater::resolve_own_binary().map_err(|e| e.to_string());
+async fn run_cmd(args: RunArgs, boot: Boot) -> anyhow::Result<ExitCode> {
+    let Boot {
+        binary,
+        report,
+        probation,
+    } = boot;
     let path = args.config.path;
     let config = match AgentConfig::load(&path) {
         Ok(config) => config,
@@ -173,20 +229,6 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             )
         }
         Err(e) => return Err(e.into()),
-    };
-
-    let (report, probation) = match &binary {
-        Ok(bin) => match watchdog::on_boot(bin, version::VERSION) {
-            BootDecision::Run { report, probation } => (report, probation),
-            BootDecision::RolledBack { reason } => {
-                tracing::error!("{reason}; exiting so the previous binary starts");
-                return Ok(ExitCode::from(ROLLBACK_EXIT_CODE));
-            }
-        },
-        Err(e) => {
-            tracing::warn!(error = %e, "self-update and the boot watchdog are off");
-            (None, false)
-        }
     };
 
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::channel(1);
@@ -202,7 +244,14 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
     let watch = async {
         match &binary {
             Ok(bin) => {
-                watchdog::watch_connection(bin, report.as_ref(), probation, watch_state).await
+                watchdog::watch_connection(
+                    bin,
+                    report.as_ref(),
+                    probation,
+                    watch_state,
+                    watchdog::HEALTHY_AFTER_ACK,
+                )
+                .await
             }
             Err(_) => std::future::pending().await,
         }
@@ -214,7 +263,12 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut watching = true;
     let code = loop {
         tokio::select! {
-            () = &mut signal => break ExitCode::SUCCESS,
+            () = &mut signal => {
+                if let Ok(bin) = &binary {
+                    watchdog::on_clean_stop(bin, version::VERSION);
+                }
+                break ExitCode::SUCCESS;
+            }
             Some(request) = exit_rx.recv() => {
                 tracing::info!(
                     job_id = request.job_id,

@@ -283,6 +283,59 @@ async fn a_crash_looping_new_binary_is_rolled_back_at_boot() {
 }
 
 #[tokio::test]
+async fn a_new_binary_that_cannot_even_read_its_config_is_rolled_back() {
+    // A build that fails before it connects (here: it cannot use the config,
+    // as when a new version rejects an old file) must still count its
+    // starts: every one of them ends in `error: …` and exit 1.
+    let host = host("http://127.0.0.1:9");
+    let old = shell_script("restic-manager-agent v-old");
+    std::fs::write(old_path(&host.bin), &old).unwrap();
+    std::fs::write(&host.config, "server_url = [not toml").unwrap();
+    write_marker(&host, MarkerState::Swapped, 0, None);
+    for n in 1..=3 {
+        let (status, stderr) = exited(start(&host)).await;
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("error:"), "{stderr}");
+        assert_eq!(load_marker(&host.bin).unwrap().boots, n, "{stderr}");
+    }
+    let (status, stderr) = exited(start(&host)).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(std::fs::read(&host.bin).unwrap(), old, "{stderr}");
+    assert_eq!(
+        load_marker(&host.bin).unwrap().state,
+        MarkerState::RolledBack
+    );
+}
+
+#[tokio::test]
+async fn a_clean_stop_does_not_count_against_a_new_binary() {
+    // Restarted by its supervisor (SIGTERM) while the server is away: not a
+    // crash, so the new binary keeps its chances.
+    let host = host("http://127.0.0.1:9");
+    write_marker(&host, MarkerState::Swapped, 2, None);
+    let child = start(&host);
+    let pid = child.id().expect("running");
+    // Wait until it has counted this start (boots 2 → 3) and is running.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while load_marker(&host.bin).is_none_or(|m| m.boots != 3) {
+        assert!(tokio::time::Instant::now() < deadline, "start not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // What systemd sends on `systemctl restart`.
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (status, stderr) = exited(child).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let m = load_marker(&host.bin).unwrap();
+    assert_eq!((m.state, m.boots), (MarkerState::Swapped, 2), "{stderr}");
+    assert_eq!(std::fs::read(&host.bin).unwrap(), host.original);
+}
+
+#[tokio::test]
 async fn a_rejected_hello_rolls_the_new_binary_back() {
     let (url, mut seen) = fake_server(Script::Reject, Vec::new()).await;
     let host = host(&url);

@@ -1,13 +1,16 @@
 //! Boot watchdog: at every start, reads the update marker and decides
 //! whether a freshly swapped binary gets another start or `<bin>.old` goes
 //! back; while running, rolls back if the server rejects the new binary's
-//! hello and deletes the marker once a hello was acknowledged.
+//! hello, and deletes the marker once the new binary has stayed connected
+//! (acknowledged) for [`HEALTHY_AFTER_ACK`].
 //!
 //! Kept small on purpose: a bug here cannot be fixed remotely. Only process
-//! starts count against a new binary; a running agent that cannot reach
-//! the server never rolls back (the old binary could not reach it either).
+//! starts that did not end in a clean stop count against a new binary; a
+//! running agent that cannot reach the server never rolls back (the old
+//! binary could not reach it either).
 
 use std::path::Path;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -22,6 +25,12 @@ pub const MAX_BOOTS_WITHOUT_HELLO: u32 = 3;
 
 /// Exit code after a rollback: the supervisor restarts, now the old binary.
 pub const ROLLBACK_EXIT_CODE: u8 = 1;
+
+/// How long a new binary must stay connected after its hello is
+/// acknowledged before it is trusted: one that crashes a moment after the
+/// ack still counts as a failed start. Longer than the server's default
+/// healthy period (5 s), which decides the job.
+pub const HEALTHY_AFTER_ACK: Duration = Duration::from_secs(10);
 
 /// What [`on_boot`] decided.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,6 +153,31 @@ fn roll_back(bin: &Path, mut marker: UpdateMarker, reason: String) -> BootDecisi
     BootDecision::RolledBack { reason }
 }
 
+/// The agent is stopping cleanly (SIGTERM, SIGINT): a start that ends this
+/// way was not a crash, so it no longer counts against a new binary on
+/// probation (a reboot or a config-management restart while the server is
+/// down must not roll a good binary back).
+pub fn on_clean_stop(bin: &Path, running_version: &str) {
+    let path = marker_path(bin);
+    let Ok(Some(mut marker)) = UpdateMarker::load(&path) else {
+        return;
+    };
+    if marker.state != MarkerState::Swapped
+        || marker.to_version != running_version
+        || marker.boots == 0
+    {
+        return;
+    }
+    marker.boots -= 1;
+    match marker.save(&path) {
+        Ok(()) => info!(
+            job_id = marker.job_id,
+            "clean stop: this start does not count against the new agent"
+        ),
+        Err(e) => warn!(error = %e, "cannot record the clean stop in the update marker"),
+    }
+}
+
 /// How [`watch_connection`] ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEnd {
@@ -157,13 +191,17 @@ pub enum WatchEnd {
 }
 
 /// Follows the connection until the first acknowledged hello. Then deletes
-/// the marker of `report` (the server has the outcome). With `probation`, a
-/// `hello.rejected` before that rolls back. Connection failures are ignored.
+/// the marker of `report` (the server has the outcome) — on `probation` only
+/// once a connection has stayed acknowledged for `healthy`, so a new binary
+/// that crashes soon after its hello keeps counting its starts. With
+/// `probation`, a `hello.rejected` before the first ack rolls back.
+/// Connection failures are ignored.
 pub async fn watch_connection(
     bin: &Path,
     report: Option<&UpdateReport>,
     mut probation: bool,
     mut state: watch::Receiver<ConnState>,
+    healthy: Duration,
 ) -> WatchEnd {
     loop {
         let seen = state
@@ -174,6 +212,9 @@ pub async fn watch_connection(
             return WatchEnd::Stopped;
         };
         if seen.acks > 0 {
+            if probation && !stays_acknowledged(&mut state, healthy).await {
+                return WatchEnd::Stopped;
+            }
             if let Some(report) = report {
                 clear_marker(bin, report.job_id);
             }
@@ -187,6 +228,24 @@ pub async fn watch_connection(
             Some(reason) => return WatchEnd::RolledBack(reason),
             // Nothing to roll back to: keep running and keep trying.
             None => probation = false,
+        }
+    }
+}
+
+/// Waits until one connection has stayed acknowledged for `healthy`; false
+/// if the agent stopped first. Drops in between start the wait again.
+async fn stays_acknowledged(state: &mut watch::Receiver<ConnState>, healthy: Duration) -> bool {
+    loop {
+        match state.wait_for(|s| s.acked || s.stopped).await {
+            Ok(s) if s.stopped => return false,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+        let dropped = tokio::time::timeout(healthy, state.wait_for(|s| !s.acked || s.stopped));
+        match dropped.await {
+            Err(_elapsed) => return true,
+            Ok(Ok(s)) if !s.stopped => continue,
+            Ok(_) => return false,
         }
     }
 }
@@ -424,7 +483,7 @@ mod tests {
         let (tx, rx) = watch::channel(ConnState::default());
         let watching = tokio::spawn({
             let bin = bin.clone();
-            async move { watch_connection(&bin, report.as_ref(), true, rx).await }
+            async move { watch_connection(&bin, report.as_ref(), true, rx, HEALTHY_AFTER_ACK).await }
         });
         tx.send_modify(|s| {
             s.connects = 1;
@@ -450,11 +509,13 @@ mod tests {
         let (tx, rx) = watch::channel(ConnState::default());
         let watching = tokio::spawn({
             let bin = bin.clone();
-            async move { watch_connection(&bin, report.as_ref(), probation, rx).await }
+            let healthy = Duration::from_millis(50);
+            async move { watch_connection(&bin, report.as_ref(), probation, rx, healthy).await }
         });
         tx.send_modify(|s| {
             s.connects = 1;
             s.acks = 1;
+            s.acked = true;
         });
         let end = tokio::time::timeout(WAIT, watching).await.unwrap().unwrap();
         assert_eq!(end, WatchEnd::Acknowledged);
@@ -471,6 +532,84 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_new_binary_that_drops_soon_after_its_ack_stays_on_probation() {
+        let (_dir, bin) = swapped();
+        let BootDecision::Run {
+            report,
+            probation: true,
+        } = on_boot(&bin, "v2")
+        else {
+            panic!("expected probation");
+        };
+        let (tx, rx) = watch::channel(ConnState::default());
+        let watching = tokio::spawn({
+            let bin = bin.clone();
+            // Never reached: every connection drops first.
+            let healthy = Duration::from_secs(3600);
+            async move { watch_connection(&bin, report.as_ref(), true, rx, healthy).await }
+        });
+        for n in 1..=3 {
+            tx.send_modify(|s| {
+                s.connects = n;
+                s.acks = n;
+                s.acked = true;
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tx.send_modify(|s| {
+                s.connected = false;
+                s.acked = false;
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!watching.is_finished(), "still on probation");
+        // Then the process dies: the marker is still there and counts it.
+        tx.send_modify(|s| s.stopped = true);
+        let end = tokio::time::timeout(WAIT, watching).await.unwrap().unwrap();
+        assert_eq!(end, WatchEnd::Stopped);
+        let m = load(&bin).unwrap();
+        assert_eq!((m.state, m.boots), (MarkerState::Swapped, 1));
+        assert!(matches!(
+            on_boot(&bin, "v2"),
+            BootDecision::Run {
+                probation: true,
+                ..
+            }
+        ));
+        assert_eq!(load(&bin).unwrap().boots, 2);
+    }
+
+    #[test]
+    fn a_clean_stop_does_not_count_against_a_new_binary() {
+        let (_dir, bin) = swapped();
+        // Reboots and restarts while the server is away: each start ends
+        // with a clean stop, so none of them counts.
+        for _ in 0..(MAX_BOOTS_WITHOUT_HELLO + 2) {
+            assert!(matches!(
+                on_boot(&bin, "v2"),
+                BootDecision::Run {
+                    probation: true,
+                    ..
+                }
+            ));
+            on_clean_stop(&bin, "v2");
+        }
+        assert_eq!(contents(&bin), "NEW");
+        assert_eq!(load(&bin).unwrap().boots, 0);
+        // Crashes still count.
+        for _ in 0..MAX_BOOTS_WITHOUT_HELLO {
+            on_boot(&bin, "v2");
+        }
+        assert!(matches!(
+            on_boot(&bin, "v2"),
+            BootDecision::RolledBack { .. }
+        ));
+        assert_eq!(contents(&bin), "OLD");
+        // A clean stop of the old binary leaves the rollback record alone.
+        on_clean_stop(&bin, "v1");
+        assert_eq!(load(&bin).unwrap().state, MarkerState::RolledBack);
+    }
+
+    #[tokio::test]
     async fn the_ack_leaves_a_newer_updates_marker_alone() {
         let (_dir, bin) = swapped();
         let BootDecision::Run { report, .. } = on_boot(&bin, "v2") else {
@@ -480,9 +619,12 @@ mod tests {
             .save(&marker_path(&bin))
             .unwrap();
         let (tx, rx) = watch::channel(ConnState::default());
-        tx.send_modify(|s| s.acks = 1);
+        tx.send_modify(|s| {
+            s.acks = 1;
+            s.acked = true;
+        });
         assert_eq!(
-            watch_connection(&bin, report.as_ref(), true, rx).await,
+            watch_connection(&bin, report.as_ref(), true, rx, Duration::from_millis(20)).await,
             WatchEnd::Acknowledged
         );
         assert_eq!(load(&bin).unwrap().job_id, 8);
@@ -519,7 +661,7 @@ mod tests {
         let watching = tokio::spawn({
             let bin = bin.clone();
             let state = agent.state();
-            async move { watch_connection(&bin, report.as_ref(), true, state).await }
+            async move { watch_connection(&bin, report.as_ref(), true, state, HEALTHY_AFTER_ACK).await }
         });
 
         // Every failed attempt publishes a state change: wait for several.
