@@ -72,6 +72,10 @@ async fn an_update_dispatches_and_succeeds_when_the_agent_returns_at_the_target(
     assert_eq!(cmd.target_version, VERSION);
     assert_eq!(cmd.sha256, sha);
     assert_eq!(cmd.size, size);
+    // The default 90 s deadline less the restart allowance (15 s) and the
+    // healthy period (0.3 s here), in whole seconds: the agent gives up
+    // staging before the server gives up the job.
+    assert_eq!(cmd.stage_within_secs, Some(74));
     let j = job(&app, job_id).await;
     assert_eq!(j["kind"], "update");
     assert_eq!(j["target_version"], VERSION);

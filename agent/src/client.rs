@@ -1175,6 +1175,7 @@ mod tests {
                     target_version: "v2".into(),
                     sha256: "00".repeat(32),
                     size: 10,
+                    stage_within_secs: None,
                 }
                 .envelope();
                 update.id = Some("c-1".into());

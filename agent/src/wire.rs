@@ -213,7 +213,17 @@ pub struct CommandUpdate {
     pub target_version: String,
     pub sha256: String,
     pub size: u64,
+    /// Seconds the agent has to download, verify and preflight before it
+    /// gives up (the server fails the job at its deadline; a swap after that
+    /// would run a version nobody is waiting for). Absent from older
+    /// servers: the agent then allows [`DEFAULT_STAGE_WITHIN_SECS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_within_secs: Option<u64>,
 }
+
+/// Staging time allowed when `command.update` does not say (the server's
+/// default deadline is 90 s).
+pub const DEFAULT_STAGE_WITHIN_SECS: u64 = 75;
 impl Message for CommandUpdate {
     const TYPE: &'static str = COMMAND_UPDATE;
 }

@@ -121,6 +121,7 @@ async fn agent_session(
             target_version: "v-next".into(),
             sha256: hex::encode(Sha256::digest(binary)),
             size: binary.len() as u64,
+            stage_within_secs: None,
         };
         let _ = ws.send(WsMessage::text(command.envelope().to_text())).await;
     }

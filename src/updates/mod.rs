@@ -185,6 +185,10 @@ pub async fn dispatch(
         target_version: target.to_string(),
         sha256: bin.sha256.clone(),
         size: bin.size as u64,
+        stage_within_secs: Some(stage_within(
+            state.settings.update_timeout,
+            state.settings.update_min_healthy,
+        )),
     };
     if let Err(e) = state.hub.send(host_id, cmd.envelope().to_text()) {
         let reason = format!("could not send the update command: {e}");
@@ -248,6 +252,20 @@ async fn on_finished(state: &AppState, job: &Job, succeeded: bool, reason: Optio
         succeeded,
         reason,
     });
+}
+
+/// Time to allow restarting and saying hello after the swap.
+const RESTART_ALLOWANCE: Duration = Duration::from_secs(15);
+
+/// Seconds the agent gets to stage the new binary: what is left of the
+/// deadline after the restart and the healthy period, so that an agent that
+/// is still downloading gives up before the server fails the job, never
+/// swaps after. At least 5 s.
+pub fn stage_within(update_timeout: Duration, min_healthy: Duration) -> u64 {
+    update_timeout
+        .saturating_sub(min_healthy + RESTART_ALLOWANCE)
+        .as_secs()
+        .max(5)
 }
 
 /// The agent itself ended the update job, failed or cancelled (before
@@ -410,3 +428,16 @@ pub fn spawn_watcher(state: AppState) {
 }
 
 pub type Shared = Arc<Updates>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_gets_the_deadline_less_the_restart_and_healthy_period() {
+        let s = |t, h| stage_within(Duration::from_secs(t), Duration::from_secs(h));
+        assert_eq!(s(90, 5), 70);
+        assert_eq!(s(600, 0), 585);
+        assert_eq!(s(10, 5), 5, "never less than 5 s");
+    }
+}

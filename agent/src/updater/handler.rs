@@ -90,7 +90,22 @@ impl CommandHandler for UpdateHandler {
         let command: CommandUpdate = match frame.payload() {
             Ok(command) => command,
             Err(e) => {
-                warn!(error = %e, "ignoring a command.update without a usable payload");
+                // Answer the job if it can be named, so the server does not
+                // wait for its deadline.
+                #[derive(serde::Deserialize)]
+                struct JobOnly {
+                    job_id: i64,
+                }
+                let Ok(JobOnly { job_id }) = frame.payload::<JobOnly>() else {
+                    warn!(error = %e, "ignoring a command.update without a usable payload");
+                    return;
+                };
+                warn!(job_id, error = %e, "refusing a command.update without a usable payload");
+                let mut reply = failed(job_id, format!("the update command is unusable: {e}"));
+                reply.id = frame.id;
+                tokio::spawn(async move {
+                    let _ = sender.send(&reply).await;
+                });
                 return;
             }
         };

@@ -50,6 +50,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// A sanity bound on `size`: an agent is a few MB, never a gigabyte.
 const MAX_BINARY_BYTES: u64 = 1 << 30;
+/// Most of a refusal's body read.
+const ERROR_BODY_MAX: usize = 64 * 1024;
+/// Upper bound on the staging time a server may grant (one day).
+const MAX_STAGE_SECS: u64 = 24 * 60 * 60;
 /// How much of an unexpected body or output to quote in an error.
 const SNIPPET_CHARS: usize = 200;
 
@@ -114,6 +118,10 @@ pub enum UpdateError {
         expected: u64,
         detail: String,
     },
+    #[error(
+        "the new binary was not downloaded and checked within {secs}s; the server gives up at its deadline, so nothing was changed"
+    )]
+    TooSlow { secs: u64 },
     #[error("checksum mismatch: expected {expected}, got {got}")]
     Checksum { expected: String, got: String },
     #[error("new binary could not run: {0}")]
@@ -297,7 +305,22 @@ pub async fn fetch_verify_and_swap(
         command.job_id
     ));
     let staged = new_path(bin);
-    if let Err(e) = stage(server_url, secret, &staged, command, log).await {
+    let within = Duration::from_secs(
+        command
+            .stage_within_secs
+            .unwrap_or(crate::wire::DEFAULT_STAGE_WITHIN_SECS)
+            .clamp(1, MAX_STAGE_SECS),
+    );
+    // Past this the server has failed the job: give up rather than swap in
+    // a version nobody waits for. Dropping the work closes the file and
+    // kills a running preflight.
+    let staged_in_time =
+        tokio::time::timeout(within, stage(server_url, secret, &staged, command, log))
+            .await
+            .unwrap_or(Err(UpdateError::TooSlow {
+                secs: within.as_secs(),
+            }));
+    if let Err(e) = staged_in_time {
         remove_quietly(&staged);
         return Err(e);
     }
@@ -339,9 +362,14 @@ fn check_command(command: &CommandUpdate) -> Result<(), UpdateError> {
             command.size
         ));
     }
+    // What the server accepts in a hello: a version it would refuse would
+    // only be rolled back.
     let version = command.target_version.as_str();
-    if version.is_empty() || version.chars().any(char::is_whitespace) {
-        return bad(format!("target version {version:?} is not a version"));
+    if version.is_empty() || version.len() > 64 || !version.bytes().all(|b| b.is_ascii_graphic()) {
+        return bad(format!(
+            "target version {:?} is not 1–64 printable characters",
+            snippet(version.as_bytes())
+        ));
     }
     Ok(())
 }
@@ -399,8 +427,16 @@ async fn download(
 
     let status = response.status();
     if !status.is_success() {
-        // The error body is small; a failure to read it only costs detail.
-        let body = response.bytes().await.unwrap_or_default();
+        // Only its start is shown: read no more than 64 KiB of it (a proxy
+        // may answer with a large page); a failure only costs detail.
+        let mut body = Vec::new();
+        while body.len() < ERROR_BODY_MAX {
+            match response.chunk().await {
+                Ok(Some(c)) => body.extend_from_slice(&c),
+                _ => break,
+            }
+        }
+        body.truncate(ERROR_BODY_MAX);
         return Err(refusal(status, &body));
     }
     let header = |name: &str| {

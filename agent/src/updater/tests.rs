@@ -34,6 +34,7 @@ fn command(body: &[u8]) -> CommandUpdate {
         target_version: "v2".into(),
         sha256: sha(body),
         size: body.len() as u64,
+        stage_within_secs: None,
     }
 }
 
@@ -46,6 +47,9 @@ struct Reply {
     /// `Some(n)`: declare `content-length: n` (even if `body` is shorter,
     /// then hang up). `None`: no length; the body ends when the socket closes.
     content_length: Option<usize>,
+    /// `Some(n)`: send only `n` bytes of the body, then hold the connection
+    /// open without sending more (a stalled or trickling link).
+    stall_after: Option<usize>,
 }
 
 impl Reply {
@@ -60,6 +64,7 @@ impl Reply {
             ],
             body: body.to_vec(),
             content_length: Some(body.len()),
+            stall_after: None,
         }
     }
 
@@ -69,6 +74,7 @@ impl Reply {
             headers: vec![("content-type", "application/json".into())],
             body: body.as_bytes().to_vec(),
             content_length: Some(body.len()),
+            stall_after: None,
         }
     }
 }
@@ -102,6 +108,12 @@ async fn serve(reply: Reply) -> (String, mpsc::UnboundedReceiver<String>) {
                 }
                 out.push_str("\r\n");
                 let _ = sock.write_all(out.as_bytes()).await;
+                if let Some(n) = reply.stall_after {
+                    let _ = sock.write_all(&reply.body[..n]).await;
+                    // Hold the socket until the client gives up.
+                    let _ = sock.read(&mut buf).await;
+                    return;
+                }
                 let _ = sock.write_all(&reply.body).await;
                 let _ = sock.shutdown().await;
             });
@@ -345,6 +357,19 @@ async fn a_restaged_binary_is_refused_before_downloading() {
 }
 
 #[tokio::test]
+async fn a_download_that_does_not_finish_in_time_is_given_up_and_leaves_nothing() {
+    // The link stalls after a few bytes, well inside the read timeout: only
+    // the time the server granted ends it, before its deadline would.
+    let new = script("restic-manager-agent v2");
+    let mut reply = Reply::binary(&new);
+    reply.stall_after = Some(5);
+    let mut cmd = command(&new);
+    cmd.stage_within_secs = Some(1);
+    let err = failing_update(reply, &cmd).await;
+    assert!(err.contains("within 1s"), "{err}");
+}
+
+#[tokio::test]
 async fn an_unusable_command_fails_without_a_request() {
     let (url, mut requests) = serve(Reply::binary(b"x")).await;
     let (_dir, bin) = setup();
@@ -362,6 +387,21 @@ async fn an_unusable_command_fails_without_a_request() {
         matches!(result, Err(UpdateError::BadCommand(_))),
         "{result:?}"
     );
+    // Versions the server would refuse in a hello.
+    for version in [
+        "v 2".to_string(),
+        "v2\n".into(),
+        "x".repeat(65),
+        String::new(),
+    ] {
+        let mut cmd = command(b"x");
+        cmd.target_version = version.clone();
+        let (result, _) = update(&url, &bin, &cmd).await;
+        assert!(
+            matches!(result, Err(UpdateError::BadCommand(_))),
+            "{version:?}: {result:?}"
+        );
+    }
     assert!(requests.try_recv().is_err(), "no request was made");
     assert_untouched(&bin);
 }
@@ -524,6 +564,41 @@ async fn the_handler_reports_a_failed_update_as_a_job() {
         lines.last().unwrap().data,
         "binary swapped; restarting to run v2\n"
     );
+    assert_eq!(std::fs::read(&bin).unwrap(), new);
+}
+
+#[tokio::test]
+async fn the_handler_fails_an_unreadable_command_at_once_and_stays_free() {
+    let new = script("restic-manager-agent v2");
+    let (url, _) = serve(Reply::binary(&new)).await;
+    let (_dir, bin) = setup();
+    let (handler, mut exits) = handler_for(&url, &bin);
+    let (sender, mut frames) = FrameSender::detached(64);
+    // No sha256, a negative size: not a command this agent can follow.
+    let mut bad = Envelope::parse(
+        r#"{"type":"command.update","id":"c-3","payload":{"job_id":3,"target_version":"v2","size":-1}}"#,
+    )
+    .unwrap();
+    bad.id = Some("c-3".into());
+    handler.handle(bad, sender.clone());
+    let reply = next(&mut frames).await;
+    assert_eq!(reply.id.as_deref(), Some("c-3"));
+    let finished: JobFinished = reply.payload().unwrap();
+    assert_eq!(
+        (finished.job_id, finished.status),
+        (3, FinishedStatus::Failed)
+    );
+    assert!(
+        finished.error.as_deref().unwrap().contains("unusable"),
+        "{finished:?}"
+    );
+    // Nothing is left running: the next good update goes ahead.
+    handler.handle(update_frame(&command(&new)), sender.clone());
+    let exit = tokio::time::timeout(WAIT, exits.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.job_id, 5);
     assert_eq!(std::fs::read(&bin).unwrap(), new);
 }
 
