@@ -41,19 +41,36 @@ pub fn password_slots() -> usize {
     *SLOTS
 }
 
+/// A turn at password work. It must go with the work onto the blocking pool
+/// ([`in_turn`]): a request whose client hangs up is dropped, but its argon2
+/// run is not, and the turn must last as long as that run.
+pub struct Turn(#[allow(dead_code)] tokio::sync::SemaphorePermit<'static>);
+
 /// A turn at password work, or None when none came free in time.
-pub async fn password_turn() -> Option<tokio::sync::SemaphorePermit<'static>> {
+pub async fn password_turn() -> Option<Turn> {
     tokio::time::timeout(PASSWORD_WAIT, PASSWORD_SLOTS.acquire())
         .await
         .ok()?
         .ok()
+        .map(Turn)
 }
 
-/// Runs argon2 work on the blocking pool in a turn. None: no turn came free
-/// in time (the caller says "busy, retry").
+/// Runs `f` (argon2) on the blocking pool holding `turn`, and hands the turn
+/// back with the result so the caller can finish (e.g. count a failure)
+/// before the next in line goes. If the caller is dropped meanwhile, the
+/// turn ends with the work, not before. None: the work panicked.
+pub async fn in_turn<T: Send + 'static>(
+    turn: Turn,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<(T, Turn)> {
+    tokio::task::spawn_blocking(move || (f(), turn)).await.ok()
+}
+
+/// Runs argon2 work in a turn. None: no turn came free in time (the caller
+/// says "busy, retry") or the work panicked.
 pub async fn password_work<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let _turn = password_turn().await?;
-    tokio::task::spawn_blocking(f).await.ok()
+    let turn = password_turn().await?;
+    in_turn(turn, f).await.map(|(out, _)| out)
 }
 
 pub fn verify_password(password: &str, stored: &str) -> bool {
@@ -161,6 +178,47 @@ impl LoginThrottle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_turn_lasts_as_long_as_its_work_even_when_the_caller_is_gone() {
+        // Every turn taken by work that waits on a gate; then the callers
+        // are dropped (as a request is when its client hangs up).
+        let gate = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let mut callers = Vec::new();
+        for _ in 0..password_slots() {
+            let turn = password_turn().await.expect("a free turn");
+            let gate = gate.clone();
+            let started_tx = started_tx.clone();
+            callers.push(tokio::spawn(in_turn(turn, move || {
+                let _ = started_tx.send(());
+                let (open, cv) = &*gate;
+                let mut open = open.lock().unwrap();
+                while !*open {
+                    open = cv.wait(open).unwrap();
+                }
+            })));
+        }
+        for _ in 0..callers.len() {
+            started.recv().await.expect("the work started");
+        }
+        for c in &callers {
+            c.abort();
+        }
+        for c in callers {
+            let _ = c.await;
+        }
+        let free_while_working = PASSWORD_SLOTS.available_permits();
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        assert_eq!(
+            free_while_working, 0,
+            "the work still ran, so its turns were still taken"
+        );
+        // The turns come back as the work ends.
+        let turn = password_turn().await.expect("a turn after the work ended");
+        drop(turn);
+    }
 
     #[test]
     fn password_round_trip_and_wrong_password() {

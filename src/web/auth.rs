@@ -64,16 +64,12 @@ async fn authenticate(
     };
     // Verify against a fixed hash when the user does not exist, so timing
     // does not reveal which usernames exist.
-    let (user, ok) = match found {
-        Some((user, hash)) => {
-            let ok = verify(password.to_string(), hash).await;
-            (Some(user), ok)
-        }
-        None => {
-            verify(password.to_string(), dummy_hash().to_string()).await;
-            (None, false)
-        }
+    let (user, hash) = match found {
+        Some((user, hash)) => (Some(user), hash),
+        None => (None, dummy_hash().to_string()),
     };
+    let (ok, turn) = verify(password.to_string(), hash, turn).await;
+    let ok = ok && user.is_some();
     let Some(user) = user.filter(|_| ok) else {
         // Counted before the turn is given up, so the next in line sees it.
         state.throttle.record_failure(username, ip);
@@ -120,11 +116,12 @@ async fn authenticate(
     Ok((user, session.token))
 }
 
-async fn verify(password: String, hash: String) -> bool {
-    // argon2 is deliberately slow: keep it off the async worker.
-    tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
-        .await
-        .unwrap_or(false)
+/// argon2 is deliberately slow: it runs on the blocking pool, in `turn`.
+async fn verify(password: String, hash: String, turn: auth::Turn) -> (bool, Option<auth::Turn>) {
+    match auth::in_turn(turn, move || auth::verify_password(&password, &hash)).await {
+        Some((ok, turn)) => (ok, Some(turn)),
+        None => (false, None),
+    }
 }
 
 fn dummy_hash() -> &'static str {
