@@ -62,7 +62,7 @@ impl Hub {
             // The old task may be gone already; nothing to do then.
             let _ = old
                 .tx
-                .try_send(Outbound::Close("replaced by a newer connection"));
+                .try_send(Outbound::Close(agent::wire::CLOSE_REPLACED));
         }
         (conn_id, rx)
     }

@@ -48,6 +48,12 @@ pub const UPDATE_UNSUPPORTED: &str = "self-update is not supported by this agent
 /// the secret at the WebSocket handshake.
 pub const SECRET_REJECTED: &str = "agent secret rejected: re-enroll this host";
 
+/// Logged (and put into [`ConnState::last_error`]) when the server closes a
+/// live connection because another one for this host replaced it.
+pub const REPLACED_ELSEWHERE: &str = "the server replaced this connection with another one for the same host: \
+     if another machine uses this agent's config or secret (a cloned VM, a copied \
+     config file), enroll each machine as its own host";
+
 /// Frames waiting to go out. Bounded so a chatty job blocks (async `send`)
 /// instead of growing memory while the server is away.
 const OUTGOING_QUEUE: usize = 256;
@@ -552,6 +558,7 @@ async fn drive(
     let mut runner = Runner {
         backoff: Backoff::new(opts.backoff_initial, opts.backoff_cap),
         pending_report: opts.update_report.clone(),
+        replaced: false,
         config,
         opts,
         url,
@@ -602,6 +609,10 @@ struct Runner {
     sender: FrameSender,
     backoff: Backoff,
     pending_report: Option<UpdateReport>,
+    /// The last connection was closed because another took its place:
+    /// reconnect slowly, so two machines sharing a secret do not take turns
+    /// knocking each other off every second.
+    replaced: bool,
 }
 
 impl Runner {
@@ -627,7 +638,7 @@ impl Runner {
                     if healthy {
                         self.backoff.reset();
                     }
-                    if session.rejected {
+                    if session.rejected || std::mem::take(&mut self.replaced) {
                         self.backoff.cap_delay()
                     } else {
                         self.backoff.next_delay()
@@ -778,7 +789,13 @@ impl Runner {
                             let (code, reason) = frame
                                 .map(|f| (u16::from(f.code), f.reason.to_string()))
                                 .unwrap_or((1005, String::new()));
-                            info!(code, reason = %reason, "server is closing the connection");
+                            if reason == wire::CLOSE_REPLACED {
+                                error!("{REPLACED_ELSEWHERE}");
+                                self.note_error(REPLACED_ELSEWHERE.to_string());
+                                self.replaced = true;
+                            } else {
+                                info!(code, reason = %reason, "server is closing the connection");
+                            }
                         }
                         Some(Ok(WsMessage::Binary(data))) => {
                             debug!(bytes = data.len(), "ignoring a binary frame");
@@ -1357,6 +1374,51 @@ mod tests {
             .await
             .expect("401 reported");
         assert_eq!(state.connects, 0);
+        agent.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_replaced_by_another_machine_is_reported_and_retried_slowly() {
+        // The server closes the live connection with the "replaced" reason,
+        // as it does when another agent with the same secret connects.
+        let (connects_tx, mut connects) = mpsc::unbounded_channel();
+        let url = serve(move |n, mut ws| {
+            let connects_tx = connects_tx.clone();
+            async move {
+                let _ = connects_tx.send(Instant::now());
+                next_frame(&mut ws).await;
+                send(&mut ws, ack()).await;
+                if n == 1 {
+                    let _ = ws
+                        .close(Some(tungstenite::protocol::CloseFrame {
+                            code: CloseCode::Normal,
+                            reason: wire::CLOSE_REPLACED.into(),
+                        }))
+                        .await;
+                }
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        })
+        .await;
+        let opts = RunOptions {
+            backoff_cap: Duration::from_millis(800),
+            ..fast_opts()
+        };
+        let agent = spawn(test_config(&url), opts);
+        let state = agent
+            .wait_for(WAIT, |s| s.connects >= 2 && s.acks >= 2)
+            .await
+            .expect("agent came back");
+        assert_eq!(state.last_error.as_deref(), Some(REPLACED_ELSEWHERE));
+        let first = connects.recv().await.unwrap();
+        let second = connects.recv().await.unwrap();
+        // The capped delay is jittered within [cap/2, cap]; the first
+        // ordinary retry would be about 10 ms.
+        assert!(
+            second.duration_since(first) >= Duration::from_millis(400),
+            "came back after {:?}",
+            second.duration_since(first)
+        );
         agent.shutdown().await;
     }
 

@@ -22,6 +22,11 @@ pub const LOG_STREAM: &str = "log.stream";
 // Server → agent.
 pub const HELLO_ACK: &str = "hello.ack";
 pub const HELLO_REJECTED: &str = "hello.rejected";
+
+/// Close reason when the server took a newer connection for the same host
+/// in place of this one (normally the agent's own reconnect; on a live
+/// connection, another machine using the same secret).
+pub const CLOSE_REPLACED: &str = "replaced by a newer connection";
 pub const COMMAND_UPDATE: &str = "command.update";
 
 /// One frame on the wire.

@@ -282,7 +282,7 @@ async fn handle_text(
                 }
             };
             if !state.hub.is_current(host_id, conn_id) {
-                return Err(close(CloseCode::Normal, "replaced by a newer connection"));
+                return Err(close(CloseCode::Normal, wire::CLOSE_REPLACED));
             }
             if let Err(e) = state.presence.hello(host_id, facts.clone()).await {
                 tracing::error!(error = %e, "recording hello failed");
