@@ -44,6 +44,18 @@ async fn wait_run(app: &TestApp, id: i64, status: &str) -> Value {
     .await
 }
 
+async fn active_alerts(app: &TestApp) -> Vec<Value> {
+    app.admin()
+        .await
+        .get(app.at("/api/alerts?state=active"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn statuses(r: &Value) -> Vec<String> {
     r["hosts"]
         .as_array()
@@ -141,16 +153,7 @@ async fn a_failing_host_halts_the_run_raises_an_alert_and_the_next_stays_pending
         reason.starts_with("update failed on host-") && reason.contains("checksum mismatch"),
         "{reason}"
     );
-    let alerts: Vec<Value> = app
-        .admin()
-        .await
-        .get(app.at("/api/alerts?state=active"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let alerts = active_alerts(&app).await;
     assert!(
         alerts.iter().any(|a| a["kind"] == "fleet_update_halted"),
         "{alerts:?}"
@@ -191,16 +194,7 @@ async fn an_update_the_agent_reports_cancelled_halts_the_run_like_a_failure() {
     assert!(reason.contains("cancelled the update"), "{reason}");
     let host = app.host_json(cfgs[0].host_id).await;
     assert_eq!(host["agent_version"], OLD, "still on the old version");
-    let alerts: Vec<Value> = app
-        .admin()
-        .await
-        .get(app.at("/api/alerts?state=active"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let alerts = active_alerts(&app).await;
     assert!(
         alerts
             .iter()

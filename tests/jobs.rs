@@ -15,6 +15,10 @@ fn line(job_id: i64, seq: i64, data: &str) -> LogStream {
     sim::log_line(job_id, seq, data)
 }
 
+fn started(job_id: i64) -> JobStarted {
+    JobStarted { job_id, kind: None }
+}
+
 fn succeeded(job_id: i64) -> JobFinished {
     JobFinished {
         job_id,
@@ -75,12 +79,7 @@ async fn agent_messages_drive_a_job_through_its_lifecycle() {
     assert_eq!(job(&app, id).await["status"], "queued");
 
     let s = a.sender();
-    s.send_message(&JobStarted {
-        job_id: id,
-        kind: None,
-    })
-    .await
-    .unwrap();
+    s.send_message(&started(id)).await.unwrap();
     let j = wait_status(&app, id, "running").await;
     assert!(j["started_at"].is_string());
     for (seq, text) in [
@@ -167,12 +166,7 @@ async fn a_terminal_job_never_changes_and_other_hosts_cannot_touch_a_job() {
 
     // Another host's agent: start, log, finish: all refused.
     let sb = b.sender();
-    sb.send_message(&JobStarted {
-        job_id: id,
-        kind: None,
-    })
-    .await
-    .unwrap();
+    sb.send_message(&started(id)).await.unwrap();
     sb.send_message(&line(id, 1, "forged")).await.unwrap();
     sb.send_message(&JobFinished {
         job_id: id,
@@ -183,12 +177,7 @@ async fn a_terminal_job_never_changes_and_other_hosts_cannot_touch_a_job() {
     .await
     .unwrap();
     // Unknown job ids are refused too, and the connection survives.
-    sb.send_message(&JobStarted {
-        job_id: 999_999,
-        kind: None,
-    })
-    .await
-    .unwrap();
+    sb.send_message(&started(999_999)).await.unwrap();
 
     let sa = a.sender();
     sa.send_message(&JobFinished {
@@ -207,22 +196,12 @@ async fn a_terminal_job_never_changes_and_other_hosts_cannot_touch_a_job() {
     );
 
     // After the terminal state nothing changes it.
-    sa.send_message(&JobStarted {
-        job_id: id,
-        kind: None,
-    })
-    .await
-    .unwrap();
+    sa.send_message(&started(id)).await.unwrap();
     sa.send_message(&line(id, 1, "late")).await.unwrap();
     sa.send_message(&succeeded(id)).await.unwrap();
     // A later message on the same connection proves the earlier ones were handled.
     let probe = new_job(&app, owner.host_id).await;
-    sa.send_message(&JobStarted {
-        job_id: probe,
-        kind: None,
-    })
-    .await
-    .unwrap();
+    sa.send_message(&started(probe)).await.unwrap();
     wait_status(&app, probe, "running").await;
     let j = job(&app, id).await;
     assert_eq!(j["status"], "failed");
@@ -311,12 +290,7 @@ async fn a_viewer_resumes_the_live_log_with_last_event_id_and_sees_each_line_onc
     wait_acked(&a).await;
     let id = new_job(&app, cfg.host_id).await;
     let s = a.sender();
-    s.send_message(&JobStarted {
-        job_id: id,
-        kind: None,
-    })
-    .await
-    .unwrap();
+    s.send_message(&started(id)).await.unwrap();
     let viewer = app.as_role(Role::Viewer).await;
     let url = app.at(&format!("/jobs/{id}/events"));
 
@@ -369,12 +343,7 @@ async fn many_viewers_each_get_every_line_and_the_status_change() {
     wait_acked(&a).await;
     let id = new_job(&app, cfg.host_id).await;
     let s = a.sender();
-    s.send_message(&JobStarted {
-        job_id: id,
-        kind: None,
-    })
-    .await
-    .unwrap();
+    s.send_message(&started(id)).await.unwrap();
     let viewer = app.as_role(Role::Viewer).await;
     let mut tasks = vec![];
     for _ in 0..30 {
@@ -579,12 +548,7 @@ async fn carriage_returns_in_a_log_line_cannot_forge_live_events() {
     wait_acked(&a).await;
     let id = new_job(&app, cfg.host_id).await;
     let s = a.sender();
-    s.send_message(&JobStarted {
-        job_id: id,
-        kind: None,
-    })
-    .await
-    .unwrap();
+    s.send_message(&started(id)).await.unwrap();
     s.send_message(&line(
         id,
         1,

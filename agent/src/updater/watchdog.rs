@@ -470,21 +470,31 @@ mod tests {
         assert_eq!(contents(&old_path(&bin)), "OLD");
     }
 
-    #[tokio::test]
-    async fn a_rejected_hello_rolls_the_new_binary_back() {
-        let (_dir, bin) = swapped();
+    /// Boots the swapped new binary (on probation) and follows a connection
+    /// state the test drives.
+    fn watch_on_probation(
+        bin: &Path,
+        healthy: Duration,
+    ) -> (watch::Sender<ConnState>, tokio::task::JoinHandle<WatchEnd>) {
         let BootDecision::Run {
             report,
             probation: true,
-        } = on_boot(&bin, "v2")
+        } = on_boot(bin, "v2")
         else {
             panic!("expected probation");
         };
         let (tx, rx) = watch::channel(ConnState::default());
-        let watching = tokio::spawn({
-            let bin = bin.clone();
-            async move { watch_connection(&bin, report.as_ref(), true, rx, HEALTHY_AFTER_ACK).await }
+        let bin = bin.to_path_buf();
+        let watching = tokio::spawn(async move {
+            watch_connection(&bin, report.as_ref(), true, rx, healthy).await
         });
+        (tx, watching)
+    }
+
+    #[tokio::test]
+    async fn a_rejected_hello_rolls_the_new_binary_back() {
+        let (_dir, bin) = swapped();
+        let (tx, watching) = watch_on_probation(&bin, HEALTHY_AFTER_ACK);
         tx.send_modify(|s| {
             s.connects = 1;
             s.last_reject = Some("agent v2 is not allowed".into());
@@ -534,20 +544,8 @@ mod tests {
     #[tokio::test]
     async fn a_new_binary_that_drops_soon_after_its_ack_stays_on_probation() {
         let (_dir, bin) = swapped();
-        let BootDecision::Run {
-            report,
-            probation: true,
-        } = on_boot(&bin, "v2")
-        else {
-            panic!("expected probation");
-        };
-        let (tx, rx) = watch::channel(ConnState::default());
-        let watching = tokio::spawn({
-            let bin = bin.clone();
-            // Never reached: every connection drops first.
-            let healthy = Duration::from_secs(3600);
-            async move { watch_connection(&bin, report.as_ref(), true, rx, healthy).await }
-        });
+        // Never reached: every connection drops first.
+        let (tx, watching) = watch_on_probation(&bin, Duration::from_secs(3600));
         for n in 1..=3 {
             tx.send_modify(|s| {
                 s.connects = n;
