@@ -855,6 +855,9 @@ async fn a_viewer_watches_a_job_log_grow_live_and_sees_it_finish() {
         status: FinishedStatus::Failed,
         error: Some("repository locked".into()),
         exit_code: Some(1),
+        warning: false,
+        error_kind: None,
+        result: None,
     })
     .await
     .unwrap();

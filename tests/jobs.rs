@@ -25,6 +25,9 @@ fn succeeded(job_id: i64) -> JobFinished {
         status: FinishedStatus::Succeeded,
         error: None,
         exit_code: Some(0),
+        warning: false,
+        error_kind: None,
+        result: None,
     }
 }
 
@@ -173,6 +176,9 @@ async fn a_terminal_job_never_changes_and_other_hosts_cannot_touch_a_job() {
         status: FinishedStatus::Failed,
         error: Some("forged".into()),
         exit_code: None,
+        warning: false,
+        error_kind: None,
+        result: None,
     })
     .await
     .unwrap();
@@ -185,6 +191,9 @@ async fn a_terminal_job_never_changes_and_other_hosts_cannot_touch_a_job() {
         status: FinishedStatus::Failed,
         error: Some("disk full".into()),
         exit_code: Some(3),
+        warning: false,
+        error_kind: None,
+        result: None,
     })
     .await
     .unwrap();
@@ -524,6 +533,9 @@ async fn control_characters_from_an_agent_are_stored_readably_and_lose_no_neighb
         status: FinishedStatus::Failed,
         error: Some("restic said \u{0}".into()),
         exit_code: Some(1),
+        warning: false,
+        error_kind: None,
+        result: None,
     })
     .await
     .unwrap();

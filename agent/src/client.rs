@@ -89,13 +89,16 @@ impl Default for Identity {
 }
 
 impl Identity {
-    fn hello(&self, update: Option<UpdateReport>) -> Hello {
+    fn hello(&self, update: Option<UpdateReport>, status: HelloStatus) -> Hello {
         Hello {
             agent_version: self.agent_version.clone(),
             os: self.os.clone(),
             arch: self.arch.clone(),
             hostname: self.hostname.clone(),
             update,
+            restic_version: status.restic_version,
+            running_jobs: status.running_jobs,
+            recent_finished: status.recent_finished,
         }
     }
 }
@@ -268,6 +271,22 @@ fn checked_size(text: String) -> Result<String, SendError> {
 /// takes time and report through the [`FrameSender`].
 pub trait CommandHandler: Send + Sync + 'static {
     fn handle(&self, frame: Envelope, sender: FrameSender);
+
+    /// What this handler adds to every hello (restic and its jobs). The
+    /// default says nothing, as agents before the restic core did.
+    fn hello_status(&self) -> HelloStatus {
+        HelloStatus::default()
+    }
+}
+
+/// The hello fields a [`CommandHandler`] owns: read afresh for every
+/// connection, so a reconnect reports the jobs running at that moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HelloStatus {
+    pub restic_version: Option<String>,
+    /// `None`: this agent cannot run restic jobs at all.
+    pub running_jobs: Option<Vec<i64>>,
+    pub recent_finished: Vec<JobFinished>,
 }
 
 impl<F> CommandHandler for F
@@ -316,6 +335,9 @@ fn refuse_update(frame: Envelope, sender: FrameSender) {
         status: FinishedStatus::Failed,
         error: Some(UPDATE_UNSUPPORTED.to_string()),
         exit_code: None,
+        warning: false,
+        error_kind: None,
+        result: None,
     }
     .envelope();
     reply.id = frame.id;
@@ -732,7 +754,10 @@ impl Runner {
         let hello = self
             .opts
             .identity
-            .hello(self.pending_report.clone())
+            .hello(
+                self.pending_report.clone(),
+                self.opts.handler.hello_status(),
+            )
             .envelope()
             .to_text();
         if let Err(e) = self.write(&mut sink, WsMessage::text(hello)).await {
@@ -1159,6 +1184,7 @@ mod tests {
                 arch: std::env::consts::ARCH.into(),
                 hostname: "test-host".into(),
                 update: None,
+                ..Default::default()
             }
         );
         agent.shutdown().await;

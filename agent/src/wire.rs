@@ -28,6 +28,10 @@ pub const HELLO_REJECTED: &str = "hello.rejected";
 /// connection, another machine using the same secret).
 pub const CLOSE_REPLACED: &str = "replaced by a newer connection";
 pub const COMMAND_UPDATE: &str = "command.update";
+pub const COMMAND_RESTIC: &str = "command.restic";
+pub const COMMAND_CANCEL: &str = "command.cancel";
+pub const JOB_PROGRESS: &str = "job.progress";
+pub const JOB_SNAPSHOTS: &str = "job.snapshots";
 
 /// One frame on the wire.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -86,7 +90,7 @@ pub trait Message: Serialize + DeserializeOwned {
 }
 
 /// `agent.hello`: the first frame of every connection.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Hello {
     pub agent_version: String,
     pub os: String,
@@ -97,6 +101,20 @@ pub struct Hello {
     /// job even when the agent's last messages before restarting were lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<UpdateReport>,
+    /// `restic version` of the restic this agent runs (`"0.14.0"`); `None`
+    /// when restic is missing, and absent from agents older than the restic
+    /// core (tell those apart with `running_jobs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restic_version: Option<String>,
+    /// Restic jobs this agent is running right now. `None` (absent) means an
+    /// agent older than the restic core: it cannot run restic jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_jobs: Option<Vec<i64>>,
+    /// Restic jobs that ended recently (bounded), repeated in every hello:
+    /// a `job.finished` written to a socket that died with the server is
+    /// not lost. The server ignores a finish it already has.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_finished: Vec<JobFinished>,
 }
 impl Message for Hello {
     const TYPE: &'static str = AGENT_HELLO;
@@ -152,6 +170,9 @@ pub enum JobKind {
     Restore,
     Diff,
     Update,
+    Snapshots,
+    Ls,
+    Stats,
 }
 
 /// `job.started`
@@ -182,6 +203,17 @@ pub struct JobFinished {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// The run succeeded with something to look at (restic's exit code 3:
+    /// some files could not be read, the snapshot was written).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warning: bool,
+    /// Why a restic job failed, one of the `ERROR_*` constants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<String>,
+    /// What the job produced, by kind: [`BackupResult`], [`ForgetResult`],
+    /// [`CheckResult`], [`RestoreResult`], [`StatsResult`], [`LsResult`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }
 impl Message for JobFinished {
     const TYPE: &'static str = JOB_FINISHED;
@@ -233,6 +265,256 @@ impl Message for CommandUpdate {
     const TYPE: &'static str = COMMAND_UPDATE;
 }
 
+// Failure classes of a restic job (`job.finished.error_kind`).
+pub const ERROR_REPOSITORY_NOT_FOUND: &str = "repository_not_found";
+pub const ERROR_REPOSITORY_LOCKED: &str = "repository_locked";
+pub const ERROR_WRONG_PASSWORD: &str = "wrong_password";
+pub const ERROR_RESTIC_NOT_FOUND: &str = "restic_not_found";
+pub const ERROR_NO_SPACE: &str = "no_space";
+pub const ERROR_RESTIC_FAILED: &str = "restic_failed";
+/// The agent could not start the run (temporary directory, bad options).
+pub const ERROR_AGENT: &str = "agent_error";
+
+/// Where restic finds a repository and how it opens it. Secrets: `Debug`
+/// shows neither the password nor `env` values, and the agent never writes
+/// them anywhere but the 0600 password file and restic's environment.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ResticRepository {
+    pub url: String,
+    pub password: String,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ResticRepository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResticRepository")
+            .field("url", &"[redacted]")
+            .field("password", &"[redacted]")
+            .field("env_keys", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// How long to keep snapshots (`restic forget --keep-*`). Empty keeps all.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Retention {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_hourly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_daily: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_weekly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_monthly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_yearly: Option<u32>,
+    /// A restic duration such as `30d` or `1y2m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_within: Option<String>,
+}
+
+impl Retention {
+    pub fn is_empty(&self) -> bool {
+        *self == Retention::default()
+    }
+}
+
+/// Per-kind options of a `command.restic`; fields a kind does not use are
+/// left empty.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ResticOptions {
+    /// backup: what to back up (absolute).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excludes: Vec<String>,
+    /// backup: tags to add; forget, snapshots: tags to filter by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// backup: `--host`; forget, snapshots: only this host's snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// forget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+    /// forget: `--group-by` (`host,paths`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<String>,
+    /// forget: also `--prune`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prune: bool,
+    /// prune: `--max-unused`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unused: Option<String>,
+    /// check: `--read-data-subset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_data_subset: Option<String>,
+    /// unlock: `--remove-all` (also fresh locks).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove_all: bool,
+    /// restore, ls, diff, stats: the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// restore: `--include` paths (empty: the whole snapshot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// restore: `--target`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// ls: the directory to list (one level).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// `command.restic`: run one restic job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CommandRestic {
+    pub job_id: i64,
+    pub kind: JobKind,
+    pub repository: ResticRepository,
+    #[serde(default)]
+    pub options: ResticOptions,
+}
+impl Message for CommandRestic {
+    const TYPE: &'static str = COMMAND_RESTIC;
+}
+
+/// `command.cancel`: stop a running job (SIGINT, then SIGKILL after 30 s).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CommandCancel {
+    pub job_id: i64,
+}
+impl Message for CommandCancel {
+    const TYPE: &'static str = COMMAND_CANCEL;
+}
+
+/// `job.progress`: the latest state of a running job (at most one a second).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct JobProgress {
+    pub job_id: i64,
+    pub percent: f64,
+    #[serde(default)]
+    pub bytes_done: u64,
+    #[serde(default)]
+    pub total_bytes: u64,
+    #[serde(default)]
+    pub files_done: u64,
+    #[serde(default)]
+    pub total_files: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_remaining: Option<u64>,
+}
+impl Message for JobProgress {
+    const TYPE: &'static str = JOB_PROGRESS;
+}
+
+/// One snapshot as restic lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SnapshotInfo {
+    pub id: String,
+    #[serde(default)]
+    pub short_id: String,
+    /// RFC 3339, as restic prints it.
+    pub time: String,
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// `job.snapshots`: part of a `snapshots` job's listing, sent before its
+/// `job.finished` in as many parts as the frame limit needs. `last` marks
+/// the final part: only a complete listing replaces the server's index.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobSnapshots {
+    pub job_id: i64,
+    pub part: u32,
+    pub snapshots: Vec<SnapshotInfo>,
+    #[serde(default)]
+    pub last: bool,
+}
+impl Message for JobSnapshots {
+    const TYPE: &'static str = JOB_SNAPSHOTS;
+}
+
+/// `result` of a backup job (restic's summary).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct BackupResult {
+    pub snapshot_id: String,
+    #[serde(default)]
+    pub files_new: u64,
+    #[serde(default)]
+    pub files_changed: u64,
+    #[serde(default)]
+    pub files_unmodified: u64,
+    #[serde(default)]
+    pub data_added: u64,
+    #[serde(default)]
+    pub total_bytes_processed: u64,
+    #[serde(default)]
+    pub duration_secs: f64,
+    /// The snapshot as restic would list it, for the server's index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotInfo>,
+}
+
+/// `result` of a forget job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ForgetResult {
+    pub removed: Vec<String>,
+    pub kept: u64,
+}
+
+/// `result` of a check job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct CheckResult {
+    pub errors: u64,
+}
+
+/// `result` of a restore job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct RestoreResult {
+    pub files_restored: u64,
+    pub bytes_restored: u64,
+}
+
+/// `result` of a stats job (`restic stats --json`, restore-size mode).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct StatsResult {
+    pub total_size: u64,
+    pub total_file_count: u64,
+    #[serde(default)]
+    pub snapshots_count: u64,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LsEntry {
+    pub name: String,
+    /// `file`, `dir`, `symlink`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<String>,
+}
+
+/// `result` of an ls job: one directory's entries (capped; `truncated`
+/// says the directory had more).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct LsResult {
+    pub path: String,
+    pub entries: Vec<LsEntry>,
+    #[serde(default)]
+    pub truncated: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +527,9 @@ mod tests {
             arch: "x86_64".into(),
             hostname: "web-1".into(),
             update: None,
+            restic_version: Some("0.14.0".into()),
+            running_jobs: Some(vec![3]),
+            recent_finished: vec![],
         };
         let text = hello.envelope().to_text();
         assert!(text.contains(r#""type":"agent.hello""#));

@@ -89,6 +89,7 @@ pub async fn hello(
         arch: "x86_64".into(),
         hostname: hostname.into(),
         update,
+        ..Default::default()
     };
     ws.send(Message::text(h.envelope().to_text())).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

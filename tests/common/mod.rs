@@ -430,6 +430,7 @@ pub fn hello_frame(version: &str, os: &str, arch: &str, hostname: &str) -> Strin
         arch: arch.into(),
         hostname: hostname.into(),
         update: None,
+        ..Default::default()
     }
     .envelope()
     .to_text()

@@ -132,6 +132,9 @@ pub fn simulate(cfg: AgentConfig, from_version: &str, plan: Plan) -> Sim {
                                 status: FinishedStatus::Failed,
                                 error: Some("checksum mismatch: expected 3f2a…, got 9b01…".into()),
                                 exit_code: None,
+                                warning: false,
+                                error_kind: None,
+                                result: None,
                             }
                         } else {
                             JobFinished {
@@ -139,6 +142,9 @@ pub fn simulate(cfg: AgentConfig, from_version: &str, plan: Plan) -> Sim {
                                 status: FinishedStatus::Cancelled,
                                 error: None,
                                 exit_code: None,
+                                warning: false,
+                                error_kind: None,
+                                result: None,
                             }
                         };
                         sender.send_message(&failed).await.ok();

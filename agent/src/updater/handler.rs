@@ -153,6 +153,9 @@ fn failed(job_id: i64, error: String) -> Envelope {
         status: FinishedStatus::Failed,
         error: Some(error),
         exit_code: None,
+        warning: false,
+        error_kind: None,
+        result: None,
     }
     .envelope()
 }

@@ -197,6 +197,9 @@ async fn stream(ctx: &Ctx, t: Target<'_>) -> Result<Streamed> {
             status: FinishedStatus::Succeeded,
             error: None,
             exit_code: Some(0),
+            warning: false,
+            error_kind: None,
+            result: None,
         }
         .envelope()
         .to_text(),
