@@ -37,12 +37,15 @@ pub struct Settings {
     pub workers: usize,
     /// Stage the agent binary that sits beside this executable at start.
     pub stage_sibling_agent: bool,
+    /// Key for repository secrets at rest (`secrets.rs`).
+    pub secret_key_file: PathBuf,
 }
 
 impl Settings {
     /// Settings for a server rooted at `data_dir` with every default.
     pub fn with_data_dir(data_dir: PathBuf) -> Self {
         let database_url = default_database_url(&data_dir);
+        let secret_key_file = data_dir.join("secret.key");
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir,
@@ -64,6 +67,7 @@ impl Settings {
                 .map(|n| n.get())
                 .unwrap_or(2),
             stage_sibling_agent: true,
+            secret_key_file,
         }
     }
 

@@ -13,7 +13,9 @@ pub mod hub;
 pub mod jobs;
 pub mod presence;
 pub mod provisioning;
+pub mod restic;
 pub mod routes;
+pub mod secrets;
 pub mod state;
 pub mod store;
 pub mod telemetry;
@@ -61,6 +63,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
 pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Running> {
     install_crypto_provider();
     let db = db::open(&settings).await?;
+    let sealed_with = store::repositories::sealed_key_ids(&db).await?;
+    let secrets = secrets::SecretKey::load_or_create(&settings.secret_key_file, &sealed_with)?;
+    if let Some(other) = sealed_with.iter().find(|k| *k != secrets.id()) {
+        anyhow::bail!(
+            "the database holds repository secrets sealed with key {other}, but {} holds key {}: point --secret-key-file / RM_SECRET_KEY_FILE at the key this database was made with",
+            settings.secret_key_file.display(),
+            secrets.id()
+        );
+    }
     bootstrap_admin(&db, &settings, &clock).await?;
     store::hosts::mark_all_offline(&db).await?;
     if settings.stage_sibling_agent
@@ -91,8 +102,11 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
         clock,
         throttle: Arc::new(LoginThrottle::new(5, Duration::from_secs(15 * 60))),
         alerts,
+        secrets: Arc::new(secrets),
+        restic: restic::Restic::new(),
     };
     alerts::spawn_sweeper(state.clone());
+    restic::dispatch::spawn(state.clone());
     updates::spawn_watcher(state.clone());
     fleet::spawn(state.clone());
     let app_state = aweb::Data::new(state.clone());

@@ -77,6 +77,11 @@ struct ServeArgs {
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "RM_WORKERS")]
     workers: Option<usize>,
+    /// The 32-byte key that encrypts repository passwords and credentials at
+    /// rest (default: <data-dir>/secret.key, created 0600 on first start).
+    /// Back it up apart from the database: without it those secrets are lost.
+    #[arg(long, env = "RM_SECRET_KEY_FILE")]
+    secret_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -167,6 +172,9 @@ fn settings(cli: &Cli) -> Settings {
     s.session_absolute = Duration::from_secs(a.session_max_hours * 3600);
     if let Some(w) = a.workers {
         s.workers = w.max(1);
+    }
+    if let Some(p) = &a.secret_key_file {
+        s.secret_key_file = p.clone();
     }
     s
 }

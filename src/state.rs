@@ -20,4 +20,7 @@ pub struct AppState {
     pub clock: Clock,
     pub throttle: Arc<LoginThrottle>,
     pub alerts: crate::alerts::Alerts,
+    /// Seals and opens repository secrets; never logged.
+    pub secrets: Arc<crate::secrets::SecretKey>,
+    pub restic: Arc<crate::restic::Restic>,
 }

@@ -8,6 +8,7 @@ mod m0003_jobs;
 mod m0004_alerts_notifications;
 mod m0005_one_live_update_per_host;
 mod m0006_fleet_updates;
+mod m0007_restic_core;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_alerts_notifications::Migration),
             Box::new(m0005_one_live_update_per_host::Migration),
             Box::new(m0006_fleet_updates::Migration),
+            Box::new(m0007_restic_core::Migration),
         ]
     }
 }

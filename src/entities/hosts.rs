@@ -15,6 +15,9 @@ pub struct Model {
     pub last_seen_at: Option<i64>,
     pub secret_hash: Option<String>,
     pub created_at: i64,
+    pub labels: String,
+    pub restic_version: Option<String>,
+    pub restic_capable: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -22,6 +22,13 @@ pub struct Model {
     pub log_bytes: i64,
     pub log_lines: i64,
     pub log_truncated: bool,
+    pub repository_id: Option<i64>,
+    pub plan_id: Option<i64>,
+    pub warning: bool,
+    pub error_kind: Option<String>,
+    pub result: Option<String>,
+    pub options: Option<String>,
+    pub scope: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -10,5 +10,7 @@ pub mod job_logs;
 pub mod jobs;
 pub mod notification_deliveries;
 pub mod notification_targets;
+pub mod repositories;
 pub mod sessions;
+pub mod snapshots;
 pub mod users;

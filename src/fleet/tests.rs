@@ -50,6 +50,9 @@ fn host(id: i64, version: &str) -> Host {
         last_seen_at: None,
         created_at: 0,
         enrolled: true,
+        labels: vec![],
+        restic_version: None,
+        restic_capable: false,
     }
 }
 

@@ -21,6 +21,8 @@ const CAPACITY: usize = 1024;
 pub enum LiveEvent {
     Lines(Arc<LiveLines>),
     Status(Box<Job>),
+    /// The latest progress of a running restic job.
+    Progress(agent::wire::JobProgress),
 }
 
 impl LiveEvent {

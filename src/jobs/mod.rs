@@ -51,11 +51,15 @@ pub async fn agent_message(state: &AppState, host_id: i64, env: &Envelope) -> Op
         }
         wire::JOB_FINISHED => {
             let m: JobFinished = parse(env)?;
-            if m.status == FinishedStatus::Succeeded
-                && store::jobs::get(&state.db, m.job_id)
-                    .await
-                    .is_ok_and(|j| j.kind == store::jobs::JobKind::Update)
-            {
+            let kind = store::jobs::get(&state.db, m.job_id)
+                .await
+                .ok()
+                .map(|j| j.kind);
+            if kind.is_some_and(store::jobs::JobKind::is_restic) {
+                // Results, warnings and the snapshot index: the restic core's.
+                return crate::restic::events::finished(state, host_id, &m).await;
+            }
+            if m.status == FinishedStatus::Succeeded && kind == Some(store::jobs::JobKind::Update) {
                 // An update succeeds when the new agent says hello, never on
                 // the old agent's word.
                 tracing::warn!(

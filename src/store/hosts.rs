@@ -22,6 +22,12 @@ pub struct Host {
     pub last_seen_at: Option<i64>,
     pub created_at: i64,
     pub enrolled: bool,
+    pub labels: Vec<String>,
+    /// What the agent's last hello said; `None`: restic missing (or an
+    /// agent that never said).
+    pub restic_version: Option<String>,
+    /// The agent can run restic jobs (its hello lists `running_jobs`).
+    pub restic_capable: bool,
 }
 
 impl Host {
@@ -45,6 +51,9 @@ impl From<hosts::Model> for Host {
             last_seen_at: m.last_seen_at,
             created_at: m.created_at,
             enrolled: m.secret_hash.is_some(),
+            labels: serde_json::from_str(&m.labels).unwrap_or_default(),
+            restic_version: m.restic_version,
+            restic_capable: m.restic_capable,
         }
     }
 }
@@ -294,4 +303,56 @@ pub async fn list_all<C: ConnectionTrait>(db: &C, filter: &HostFilter) -> Result
         .into_iter()
         .map(Into::into)
         .collect())
+}
+
+/// What a hello says about restic: its version (`None`: missing) and
+/// whether the agent runs restic jobs at all.
+pub async fn set_restic<C: ConnectionTrait>(
+    db: &C,
+    id: i64,
+    version: Option<&str>,
+    capable: bool,
+) -> Result<()> {
+    hosts::Entity::update_many()
+        .col_expr(
+            hosts::Column::ResticVersion,
+            sea_orm::sea_query::Expr::value(version.map(str::to_string)),
+        )
+        .col_expr(
+            hosts::Column::ResticCapable,
+            sea_orm::sea_query::Expr::value(capable),
+        )
+        .filter(hosts::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Replaces a host's labels.
+pub async fn set_labels<C: ConnectionTrait>(db: &C, id: i64, labels: &[String]) -> Result<Host> {
+    let res = hosts::Entity::update_many()
+        .col_expr(
+            hosts::Column::Labels,
+            sea_orm::sea_query::Expr::value(
+                serde_json::to_string(labels).unwrap_or_else(|_| "[]".into()),
+            ),
+        )
+        .filter(hosts::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    if res.rows_affected == 0 {
+        return Err(StoreError::NotFound("host"));
+    }
+    get(db, id).await
+}
+
+/// The id of the host with this restic-manager name, if any.
+pub async fn id_by_name<C: ConnectionTrait>(db: &C, name: &str) -> Result<Option<i64>> {
+    Ok(hosts::Entity::find()
+        .select_only()
+        .column(hosts::Column::Id)
+        .filter(hosts::Column::Name.eq(name))
+        .into_tuple()
+        .one(db)
+        .await?)
 }

@@ -35,18 +35,54 @@ macro_rules! string_enum {
 string_enum!(JobKind {
     Backup => "backup", Init => "init", Forget => "forget", Prune => "prune", Check => "check",
     Unlock => "unlock", Restore => "restore", Diff => "diff", Update => "update",
+    Snapshots => "snapshots", Ls => "ls", Stats => "stats",
 });
 string_enum!(JobStatus {
     Queued => "queued", Running => "running", Succeeded => "succeeded", Failed => "failed",
-    Cancelled => "cancelled",
+    Cancelled => "cancelled", Skipped => "skipped",
 });
+
+impl JobKind {
+    /// Runs restic on an agent (every kind but the agent's own update).
+    pub fn is_restic(self) -> bool {
+        self != JobKind::Update
+    }
+
+    /// Runs alone in its repository (per host for a local one): never
+    /// beside another job there.
+    pub fn is_exclusive(self) -> bool {
+        matches!(
+            self,
+            JobKind::Forget | JobKind::Prune | JobKind::Check | JobKind::Unlock
+        )
+    }
+
+    /// The wire protocol's name for this kind.
+    pub fn wire(self) -> agent::wire::JobKind {
+        use agent::wire::JobKind as W;
+        match self {
+            JobKind::Backup => W::Backup,
+            JobKind::Init => W::Init,
+            JobKind::Forget => W::Forget,
+            JobKind::Prune => W::Prune,
+            JobKind::Check => W::Check,
+            JobKind::Unlock => W::Unlock,
+            JobKind::Restore => W::Restore,
+            JobKind::Diff => W::Diff,
+            JobKind::Update => W::Update,
+            JobKind::Snapshots => W::Snapshots,
+            JobKind::Ls => W::Ls,
+            JobKind::Stats => W::Stats,
+        }
+    }
+}
 string_enum!(ActorKind { User => "user", Schedule => "schedule", System => "system" });
 
 impl JobStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled | JobStatus::Skipped
         )
     }
     const LIVE: [&'static str; 2] = ["queued", "running"];
@@ -70,6 +106,19 @@ pub struct Job {
     pub deadline_at: Option<i64>,
     pub log_lines: i64,
     pub log_truncated: bool,
+    pub repository_id: Option<i64>,
+    pub plan_id: Option<i64>,
+    pub warning: bool,
+    pub error_kind: Option<String>,
+    /// What the job produced (JSON), by kind; see `wire::JobFinished`.
+    pub result: Option<serde_json::Value>,
+    /// The restic options it was (or will be) dispatched with. Holds no
+    /// secret: the repository's are added when the command is sent.
+    #[serde(skip)]
+    pub options: Option<String>,
+    /// Concurrency scope: `r<repository id>` for a shared repository,
+    /// `r<id>h<host id>` for a local one.
+    pub scope: Option<String>,
 }
 
 impl From<jobs::Model> for Job {
@@ -91,6 +140,13 @@ impl From<jobs::Model> for Job {
             deadline_at: m.deadline_at,
             log_lines: m.log_lines,
             log_truncated: m.log_truncated,
+            repository_id: m.repository_id,
+            plan_id: m.plan_id,
+            warning: m.warning,
+            error_kind: m.error_kind,
+            result: m.result.and_then(|r| serde_json::from_str(&r).ok()),
+            options: m.options,
+            scope: m.scope,
         }
     }
 }
@@ -132,6 +188,118 @@ pub async fn create<C: ConnectionTrait>(db: &C, j: &NewJob, now: i64) -> Result<
     Ok(m.into())
 }
 
+/// A restic job to queue: what the dispatcher needs to send it later,
+/// after a restart too.
+#[derive(Clone, Debug)]
+pub struct NewResticJob {
+    pub host_id: i64,
+    pub kind: JobKind,
+    pub actor_kind: ActorKind,
+    pub actor_id: Option<i64>,
+    pub actor_name: String,
+    pub repository_id: i64,
+    pub plan_id: Option<i64>,
+    /// `wire::ResticOptions` as JSON (no secrets).
+    pub options: String,
+    pub scope: String,
+}
+
+pub async fn create_restic<C: ConnectionTrait>(db: &C, j: &NewResticJob, now: i64) -> Result<Job> {
+    let m = jobs::ActiveModel {
+        host_id: Set(j.host_id),
+        kind: Set(j.kind.as_str().into()),
+        status: Set(JobStatus::Queued.as_str().into()),
+        actor_kind: Set(j.actor_kind.as_str().into()),
+        actor_id: Set(j.actor_id),
+        actor_name: Set(j.actor_name.clone()),
+        created_at: Set(now),
+        log_bytes: Set(0),
+        log_lines: Set(0),
+        log_truncated: Set(false),
+        repository_id: Set(Some(j.repository_id)),
+        plan_id: Set(j.plan_id),
+        warning: Set(false),
+        options: Set(Some(j.options.clone())),
+        scope: Set(Some(j.scope.clone())),
+        ..Default::default()
+    }
+    .insert(db)
+    .await?;
+    Ok(m.into())
+}
+
+/// Queued restic jobs, oldest first (the dispatcher's work list).
+pub async fn queued_restic<C: ConnectionTrait>(db: &C, limit: u64) -> Result<Vec<Job>> {
+    Ok(jobs::Entity::find()
+        .filter(jobs::Column::Status.eq(JobStatus::Queued.as_str()))
+        .filter(jobs::Column::Kind.ne(JobKind::Update.as_str()))
+        .order_by_asc(jobs::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect())
+}
+
+/// Running restic jobs (all hosts): what the dispatcher weighs a queued
+/// job against.
+pub async fn running_restic<C: ConnectionTrait>(db: &C) -> Result<Vec<Job>> {
+    Ok(jobs::Entity::find()
+        .filter(jobs::Column::Status.eq(JobStatus::Running.as_str()))
+        .filter(jobs::Column::Kind.ne(JobKind::Update.as_str()))
+        .order_by_asc(jobs::Column::Id)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect())
+}
+
+/// Running restic jobs of one host.
+pub async fn running_restic_on_host<C: ConnectionTrait>(db: &C, host_id: i64) -> Result<Vec<Job>> {
+    Ok(jobs::Entity::find()
+        .filter(jobs::Column::HostId.eq(host_id))
+        .filter(jobs::Column::Status.eq(JobStatus::Running.as_str()))
+        .filter(jobs::Column::Kind.ne(JobKind::Update.as_str()))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect())
+}
+
+/// queued → running as the command goes out, only if still queued.
+/// `started_at` stays empty until the agent says `job.started`: a job
+/// whose command was lost on the way can then be told from one that ran.
+pub async fn mark_dispatched<C: ConnectionTrait>(db: &C, job_id: i64, _now: i64) -> Result<bool> {
+    let res = jobs::Entity::update_many()
+        .col_expr(
+            jobs::Column::Status,
+            Expr::value(JobStatus::Running.as_str()),
+        )
+        .filter(jobs::Column::Id.eq(job_id))
+        .filter(jobs::Column::Status.eq(JobStatus::Queued.as_str()))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// running → queued when the command could not be handed to the agent.
+pub async fn requeue<C: ConnectionTrait>(db: &C, job_id: i64) -> Result<bool> {
+    let res = jobs::Entity::update_many()
+        .col_expr(
+            jobs::Column::Status,
+            Expr::value(JobStatus::Queued.as_str()),
+        )
+        .col_expr(jobs::Column::StartedAt, Expr::value(Option::<i64>::None))
+        .filter(jobs::Column::Id.eq(job_id))
+        .filter(jobs::Column::Status.eq(JobStatus::Running.as_str()))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
 pub async fn get<C: ConnectionTrait>(db: &C, id: i64) -> Result<Job> {
     jobs::Entity::find_by_id(id)
         .one(db)
@@ -145,6 +313,8 @@ pub struct JobFilter {
     pub host_id: Option<i64>,
     pub kind: Option<JobKind>,
     pub status: Option<JobStatus>,
+    pub plan_id: Option<i64>,
+    pub repository_id: Option<i64>,
 }
 
 impl JobFilter {
@@ -158,6 +328,12 @@ impl JobFilter {
         }
         if let Some(s) = self.status {
             c = c.add(jobs::Column::Status.eq(s.as_str()));
+        }
+        if let Some(p) = self.plan_id {
+            c = c.add(jobs::Column::PlanId.eq(p));
+        }
+        if let Some(r) = self.repository_id {
+            c = c.add(jobs::Column::RepositoryId.eq(r));
         }
         c
     }
@@ -260,10 +436,30 @@ pub async fn start<C: ConnectionTrait>(
         .filter(jobs::Column::Status.eq(JobStatus::Queued.as_str()))
         .exec(db)
         .await?;
+    // A dispatched restic job is already running: this is its real start.
+    let started = jobs::Entity::update_many()
+        .col_expr(jobs::Column::StartedAt, Expr::value(now))
+        .filter(jobs::Column::Id.eq(job_id))
+        .filter(jobs::Column::Status.eq(JobStatus::Running.as_str()))
+        .filter(jobs::Column::StartedAt.is_null())
+        .exec(db)
+        .await?;
+    let res_rows = res.rows_affected + started.rows_affected;
     Ok(Ok(Transition {
         job: get(db, job_id).await?,
-        changed: res.rows_affected == 1,
+        changed: res_rows >= 1,
     }))
+}
+
+/// How a job ended.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome<'a> {
+    pub error: Option<&'a str>,
+    pub exit_code: Option<i32>,
+    pub warning: bool,
+    pub error_kind: Option<&'a str>,
+    /// JSON, stored as given.
+    pub result: Option<&'a str>,
 }
 
 /// → a terminal state, exactly once: a job already terminal stays as it is.
@@ -276,11 +472,28 @@ pub async fn finish<C: ConnectionTrait>(
     exit_code: Option<i32>,
     now: i64,
 ) -> Result<std::result::Result<Transition, Refusal>> {
+    let outcome = Outcome {
+        error,
+        exit_code,
+        ..Outcome::default()
+    };
+    finish_with(db, job_id, host_id, status, &outcome, now).await
+}
+
+/// [`finish`] with everything a restic job reports.
+pub async fn finish_with<C: ConnectionTrait>(
+    db: &C,
+    job_id: i64,
+    host_id: Option<i64>,
+    status: JobStatus,
+    outcome: &Outcome<'_>,
+    now: i64,
+) -> Result<std::result::Result<Transition, Refusal>> {
     debug_assert!(status.is_terminal());
     if let Err(r) = owned(db, job_id, host_id).await? {
         return Ok(Err(r));
     }
-    let error: Option<String> = error.map(|e| e.chars().take(4000).collect());
+    let error: Option<String> = outcome.error.map(|e| e.chars().take(4000).collect());
     // A job that never reported its start gets one now (portable SQL: no
     // COALESCE with a bound parameter, which Postgres would need typed).
     jobs::Entity::update_many()
@@ -294,7 +507,16 @@ pub async fn finish<C: ConnectionTrait>(
         .col_expr(jobs::Column::Status, Expr::value(status.as_str()))
         .col_expr(jobs::Column::FinishedAt, Expr::value(now))
         .col_expr(jobs::Column::Error, Expr::value(error))
-        .col_expr(jobs::Column::ExitCode, Expr::value(exit_code))
+        .col_expr(jobs::Column::ExitCode, Expr::value(outcome.exit_code))
+        .col_expr(jobs::Column::Warning, Expr::value(outcome.warning))
+        .col_expr(
+            jobs::Column::ErrorKind,
+            Expr::value(outcome.error_kind.map(str::to_string)),
+        )
+        .col_expr(
+            jobs::Column::Result,
+            Expr::value(outcome.result.map(str::to_string)),
+        )
         .filter(jobs::Column::Id.eq(job_id))
         .filter(jobs::Column::Status.is_in(JobStatus::LIVE))
         .exec(db)

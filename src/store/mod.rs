@@ -9,7 +9,9 @@ pub mod fleet_updates;
 pub mod hosts;
 pub mod jobs;
 pub mod notifications;
+pub mod repositories;
 pub mod sessions;
+pub mod snapshots;
 pub mod users;
 
 #[derive(Debug, thiserror::Error)]

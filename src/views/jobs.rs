@@ -19,6 +19,7 @@ pub fn status_pill(s: JobStatus) -> Markup {
         JobStatus::Succeeded => "pill-succeeded",
         JobStatus::Failed => "pill-failed",
         JobStatus::Cancelled => "pill-cancelled",
+        JobStatus::Skipped => "pill-skipped",
     };
     html! { span class=(cls) data-testid="job-status" { (s.as_str()) } }
 }
@@ -54,11 +55,104 @@ fn actor(job: &Job) -> String {
     }
 }
 
+/// Bytes as people read them (binary units).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// A running restic job's progress bar (bytes, files, time left); swapped
+/// in live by the job page's stream.
+pub fn progress_bar(p: Option<&agent::wire::JobProgress>) -> Markup {
+    html! {
+        div data-testid="job-progress" {
+            @match p {
+                None => p class="text-sm text-gray-500" { "Waiting for the first progress report…" },
+                Some(p) => {
+                    @let pct = (p.percent * 100.0).clamp(0.0, 100.0);
+                    div class="w-full bg-gray-200 rounded h-3 overflow-hidden" role="progressbar"
+                        aria-valuemin="0" aria-valuemax="100" aria-valuenow=(format!("{pct:.0}")) {
+                        div class="bg-blue-600 h-3" style=(format!("width: {pct:.1}%")) data-testid="job-progress-fill" {}
+                    }
+                    p class="text-sm text-gray-600 mt-2" data-testid="job-progress-text" {
+                        (format!("{pct:.1}%")) " · " (bytes(p.bytes_done)) " of " (bytes(p.total_bytes))
+                        " · " (p.files_done) " of " (p.total_files) " files"
+                        @if let Some(s) = p.seconds_remaining { " · about " (eta(s)) " left" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn eta(secs: u64) -> String {
+    if secs < 60 {
+        format!("{secs} s")
+    } else if secs < 3600 {
+        format!("{} min", secs.div_ceil(60))
+    } else {
+        format!("{} h {} min", secs / 3600, (secs % 3600) / 60)
+    }
+}
+
+/// What a finished restic job produced, in words.
+fn result_summary(job: &Job) -> Option<Markup> {
+    let r = job.result.as_ref()?;
+    let n = |k: &str| r.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let text = match job.kind {
+        JobKind::Backup => format!(
+            "snapshot {} · {} new, {} changed, {} unchanged files · {} added of {} processed",
+            r.get("snapshot_id")
+                .and_then(|v| v.as_str())
+                .map(|s| &s[..s.len().min(8)])
+                .unwrap_or("?"),
+            n("files_new"),
+            n("files_changed"),
+            n("files_unmodified"),
+            bytes(n("data_added")),
+            bytes(n("total_bytes_processed")),
+        ),
+        JobKind::Forget => format!(
+            "{} snapshots removed, {} kept",
+            r.get("removed")
+                .and_then(|v| v.as_array())
+                .map_or(0, |a| a.len()),
+            n("kept")
+        ),
+        JobKind::Check => format!("{} errors", n("errors")),
+        JobKind::Restore => format!(
+            "{} files, {} restored",
+            n("files_restored"),
+            bytes(n("bytes_restored"))
+        ),
+        JobKind::Stats => format!(
+            "{} in {} files",
+            bytes(n("total_size")),
+            n("total_file_count")
+        ),
+        _ => return None,
+    };
+    Some(html! { p class="mt-4 text-sm" data-testid="job-result" { (text) } })
+}
+
 /// Status, timings and error: rendered in the page and re-sent live.
 pub fn job_summary(job: &Job, now_ms: i64) -> Markup {
     html! {
         dl class="grid grid-cols-2 md:grid-cols-4 gap-4" {
-            div { dt class="label" { "Status" } dd { (status_pill(job.status)) } }
+            div { dt class="label" { "Status" } dd {
+                (status_pill(job.status))
+                @if job.warning { " " span class="pill-pending" data-testid="job-warning" title="restic could not read some files; the snapshot was written. See the log." { "warning" } }
+            } }
             div { dt class="label" { "Started" } dd { (when(job.started_at)) } }
             div { dt class="label" { "Finished" } dd { (when(job.finished_at)) } }
             div { dt class="label" { "Duration" } dd { (duration(job, now_ms)) } }
@@ -66,6 +160,7 @@ pub fn job_summary(job: &Job, now_ms: i64) -> Markup {
         @if let Some(e) = &job.error {
             div class="banner-error mt-4" role="alert" data-testid="job-error" { (e) }
         }
+        @if let Some(r) = result_summary(job) { (r) }
     }
 }
 
@@ -88,6 +183,7 @@ pub fn job_page(
     job: &Job,
     host: Option<&Host>,
     lines: &[LogLine],
+    progress: Option<&agent::wire::JobProgress>,
     now_ms: i64,
 ) -> Markup {
     let last = lines.last().map(|l| l.pos).unwrap_or(0);
@@ -104,6 +200,9 @@ pub fn job_page(
             }
             div hx-ext="sse" sse-connect=[live.then(|| routes::job_events(job.id, last))] sse-close="end" {
                 section class="card mb-4" id="job-summary" sse-swap="status" { (job_summary(job, now_ms)) }
+                @if live && job.kind.is_restic() {
+                    section class="card mb-4" id="job-progress" sse-swap="progress" { (progress_bar(progress)) }
+                }
                 section class="card p-0" {
                     div class="flex items-center justify-between px-4 py-2 border-b text-sm text-gray-600" {
                         span { "Log" }

@@ -267,6 +267,7 @@ async fn handle_text(
         wire::AGENT_HELLO => {
             let parsed = env.payload::<Hello>();
             let report = parsed.as_ref().ok().and_then(|h| h.update.clone());
+            let restic_hello = parsed.as_ref().ok().cloned();
             let hello = parsed
                 // serde quotes the bad value: keep the reason short.
                 .map_err(|e| crate::text::one_line(&e.to_string(), 256))
@@ -306,6 +307,9 @@ async fn handle_text(
                 report.as_ref(),
             )
             .await;
+            if let Some(h) = &restic_hello {
+                crate::restic::events::on_hello(state, host_id, h).await;
+            }
         }
         _ if !*said_hello => {
             tracing::warn!(kind = %crate::text::one_line(&env.kind, 64), "message before hello ignored");
@@ -320,6 +324,9 @@ async fn handle_text(
             {
                 crate::updates::agent_failed(state, &job).await;
             }
+        }
+        wire::JOB_PROGRESS | wire::JOB_SNAPSHOTS => {
+            crate::restic::events::agent_message(state, host_id, &env).await;
         }
         other => {
             tracing::debug!(kind = %crate::text::one_line(other, 64), "unknown message type ignored");

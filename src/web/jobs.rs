@@ -24,6 +24,11 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 const BACKLOG_CHUNK: u64 = 500;
 
 pub fn job_json(j: &Job) -> serde_json::Value {
+    job_json_with(j, None)
+}
+
+/// A job object; `progress` is a running restic job's latest report.
+pub fn job_json_with(j: &Job, progress: Option<&agent::wire::JobProgress>) -> serde_json::Value {
     json!({
         "id": j.id,
         "host_id": j.host_id,
@@ -38,12 +43,27 @@ pub fn job_json(j: &Job) -> serde_json::Value {
         "started_at": j.started_at.map(clock::rfc3339),
         "finished_at": j.finished_at.map(clock::rfc3339),
         "log_truncated": j.log_truncated,
+        "plan_id": j.plan_id,
+        "repository_id": j.repository_id,
+        "warning": j.warning,
+        "error_kind": j.error_kind,
+        "result": j.result,
+        "progress": progress.map(|p| json!({
+            "percent": p.percent,
+            "bytes_done": p.bytes_done,
+            "total_bytes": p.total_bytes,
+            "files_done": p.files_done,
+            "total_files": p.total_files,
+            "seconds_remaining": p.seconds_remaining,
+        })),
     })
 }
 
 #[derive(Deserialize)]
 pub struct JobsQuery {
     host_id: Option<i64>,
+    plan_id: Option<i64>,
+    repository_id: Option<i64>,
     kind: Option<String>,
     status: Option<String>,
     limit: Option<u64>,
@@ -68,6 +88,8 @@ impl JobsQuery {
             host_id: self.host_id,
             kind,
             status,
+            plan_id: self.plan_id,
+            repository_id: self.repository_id,
         })
     }
 }
@@ -78,7 +100,11 @@ async fn api_jobs_list(
     q: web::Query<JobsQuery>,
 ) -> Result<HttpResponse, AppError> {
     let jobs = store::jobs::list(&state.db, &q.filter()?, Page::new(q.limit, q.offset)).await?;
-    Ok(HttpResponse::Ok().json(jobs.iter().map(job_json).collect::<Vec<_>>()))
+    Ok(HttpResponse::Ok().json(
+        jobs.iter()
+            .map(|j| job_json_with(j, state.restic.progress(j.id).as_ref()))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 async fn api_job_get(
@@ -86,7 +112,8 @@ async fn api_job_get(
     _user: CurrentUser,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, AppError> {
-    Ok(HttpResponse::Ok().json(job_json(&store::jobs::get(&state.db, *id).await?)))
+    let job = store::jobs::get(&state.db, *id).await?;
+    Ok(HttpResponse::Ok().json(job_json_with(&job, state.restic.progress(job.id).as_ref())))
 }
 
 #[derive(Deserialize)]
@@ -183,8 +210,15 @@ async fn job_page(
     Ok(HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(
-            views::jobs::job_page(&user, &job, host.as_ref(), &lines, state.clock.now_ms())
-                .into_string(),
+            views::jobs::job_page(
+                &user,
+                &job,
+                host.as_ref(),
+                &lines,
+                state.restic.progress(job.id).as_ref(),
+                state.clock.now_ms(),
+            )
+            .into_string(),
         ))
 }
 
@@ -297,6 +331,10 @@ async fn pump(
                         tx.send(b.frames_after(last, line_event)).await.map_err(|_| ())?;
                         last = end;
                     }
+                }
+                Ok(LiveEvent::Progress(p)) => {
+                    let bar = views::jobs::progress_bar(Some(&p)).into_string();
+                    tx.send(sse("progress", None, &bar)).await.map_err(|_| ())?;
                 }
                 Ok(LiveEvent::Status(j)) if j.status.is_terminal() => return finish(state, tx, last).await,
                 Ok(LiveEvent::Status(j)) => tx.send(status_event(&state, &j)).await.map_err(|_| ())?,

@@ -1,0 +1,235 @@
+//! The restic dispatcher: one task that starts queued restic jobs when the
+//! rules allow, reading the rules' state from the database every round, so
+//! a restart neither loses the queue nor breaks the rules:
+//!
+//! - one restic job per host at a time, in the order they were queued
+//!   (`ls`, a short read-only listing a person is waiting on, is the one
+//!   exception: it may run beside another job);
+//! - in a repository scope (the repository; per host for a local one),
+//!   `forget`, `prune`, `check` and `unlock` run alone, and a queued one
+//!   holds back later jobs of that scope so it is not starved;
+//! - other kinds share a scope up to the repository's
+//!   `max_concurrent_backups` (0: no limit).
+//!
+//! It wakes when a job is queued or ends and when a host connects (no
+//! polling; a slow safety tick covers a lost wake-up).
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use agent::wire::{CommandRestic, Message as _, ResticOptions};
+
+use crate::{
+    state::AppState,
+    store::{
+        self,
+        jobs::{Job, JobKind, JobStatus, Outcome},
+    },
+};
+
+/// Longest queue looked at per round.
+const ROUND: u64 = 10_000;
+const SAFETY_TICK: Duration = Duration::from_secs(30);
+
+/// Agents older than the restic core get this instead of a command.
+pub const AGENT_TOO_OLD: &str = "this host's agent is too old to run restic jobs: update the agent (Update agent on the host page), then run the job again";
+pub const RESTIC_MISSING: &str = "restic is not installed on this host (or not at the agent's restic_path): install restic 0.14 or newer; the agent reports it on its next connection";
+
+pub fn spawn(state: AppState) {
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = round(&state).await {
+                tracing::error!(error = %e, "restic dispatch round failed");
+            }
+            tokio::select! {
+                () = state.restic.wake.notified() => {}
+                () = tokio::time::sleep(SAFETY_TICK) => {}
+            }
+        }
+    });
+}
+
+#[derive(Default)]
+struct ScopeUse {
+    exclusive: bool,
+    shared: usize,
+    /// A queued exclusive job is waiting for this scope.
+    reserved: bool,
+}
+
+/// One pass over the queue. Public for tests.
+pub async fn round(state: &AppState) -> store::Result<()> {
+    let queued = store::jobs::queued_restic(&state.db, ROUND).await?;
+    if queued.is_empty() {
+        return Ok(());
+    }
+    let running = store::jobs::running_restic(&state.db).await?;
+    let mut busy_hosts: HashSet<i64> = HashSet::new();
+    let mut scopes: HashMap<String, ScopeUse> = HashMap::new();
+    for j in &running {
+        if j.kind != JobKind::Ls {
+            busy_hosts.insert(j.host_id);
+        }
+        let s = scopes
+            .entry(j.scope.clone().unwrap_or_default())
+            .or_default();
+        if j.kind.is_exclusive() {
+            s.exclusive = true;
+        } else {
+            s.shared += 1;
+        }
+    }
+    // Hosts whose queue head could not start: later jobs there wait too.
+    let mut held_hosts: HashSet<i64> = HashSet::new();
+    let mut limits: HashMap<i64, i32> = HashMap::new();
+    let mut hosts: HashMap<i64, Option<store::hosts::Host>> = HashMap::new();
+    for job in queued {
+        let is_ls = job.kind == JobKind::Ls;
+        if !is_ls && (busy_hosts.contains(&job.host_id) || held_hosts.contains(&job.host_id)) {
+            continue;
+        }
+        if !state.hub.is_online(job.host_id) {
+            continue;
+        }
+        let host = match hosts.get(&job.host_id) {
+            Some(h) => h.clone(),
+            None => {
+                let h = store::hosts::get(&state.db, job.host_id).await.ok();
+                hosts.insert(job.host_id, h.clone());
+                h
+            }
+        };
+        let Some(host) = host else { continue };
+        if !host.restic_capable {
+            fail(state, &job, AGENT_TOO_OLD, Some("agent_outdated")).await;
+            continue;
+        }
+        if host.restic_version.is_none() {
+            fail(
+                state,
+                &job,
+                RESTIC_MISSING,
+                Some(agent::wire::ERROR_RESTIC_NOT_FOUND),
+            )
+            .await;
+            continue;
+        }
+        let scope_key = job.scope.clone().unwrap_or_default();
+        let limit = match job.repository_id {
+            Some(r) => match limits.get(&r) {
+                Some(l) => *l,
+                None => {
+                    let l = store::repositories::get(&state.db, r)
+                        .await
+                        .map(|r| r.max_concurrent_backups)
+                        .unwrap_or(0);
+                    limits.insert(r, l);
+                    l
+                }
+            },
+            None => 0,
+        };
+        let s = scopes.entry(scope_key).or_default();
+        let fits = if job.kind.is_exclusive() {
+            !s.exclusive && s.shared == 0 && !s.reserved
+        } else {
+            !s.exclusive && !s.reserved && (limit <= 0 || s.shared < limit as usize)
+        };
+        if !fits {
+            if job.kind.is_exclusive() {
+                s.reserved = true;
+            }
+            if !is_ls {
+                held_hosts.insert(job.host_id);
+            }
+            continue;
+        }
+        match send(state, &job).await {
+            Ok(true) => {
+                if job.kind.is_exclusive() {
+                    s.exclusive = true;
+                } else {
+                    s.shared += 1;
+                }
+                if !is_ls {
+                    busy_hosts.insert(job.host_id);
+                }
+            }
+            Ok(false) => {
+                if !is_ls {
+                    held_hosts.insert(job.host_id);
+                }
+            }
+            Err(e) => {
+                tracing::error!(job_id = job.id, error = %e, "dispatching a restic job failed");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn fail(state: &AppState, job: &Job, error: &str, kind: Option<&str>) {
+    let outcome = Outcome {
+        error: Some(error),
+        error_kind: kind,
+        ..Outcome::default()
+    };
+    if let Err(e) =
+        super::events::finish_from_server(state, job.id, JobStatus::Failed, &outcome).await
+    {
+        tracing::error!(job_id = job.id, error = %e, "failing a restic job failed");
+    }
+}
+
+/// Marks the job running and hands its command to the agent. `Ok(false)`:
+/// the agent could not take it now; the job is queued again.
+async fn send(state: &AppState, job: &Job) -> store::Result<bool> {
+    let Some(repository_id) = job.repository_id else {
+        fail(state, job, "the job names no repository", None).await;
+        return Ok(false);
+    };
+    let repository =
+        match super::repositories::open_for_agent(&state.db, &state.secrets, repository_id).await {
+            Ok(r) => r,
+            Err(e) => {
+                // No secret in the message: it says which key, never a value.
+                fail(
+                    state,
+                    job,
+                    &format!("cannot hand the repository to the agent: {e}"),
+                    None,
+                )
+                .await;
+                return Ok(false);
+            }
+        };
+    let options: ResticOptions = job
+        .options
+        .as_deref()
+        .and_then(|o| serde_json::from_str(o).ok())
+        .unwrap_or_default();
+    let command = CommandRestic {
+        job_id: job.id,
+        kind: job.kind.wire(),
+        repository,
+        options,
+    };
+    if !store::jobs::mark_dispatched(&state.db, job.id, state.clock.now_ms()).await? {
+        return Ok(false);
+    }
+    match state.hub.send(job.host_id, command.envelope().to_text()) {
+        Ok(()) => {
+            tracing::info!(job_id = job.id, host_id = job.host_id, kind = %job.kind, "restic job dispatched");
+            if let Ok(j) = store::jobs::get(&state.db, job.id).await {
+                state
+                    .live
+                    .publish(j.id, crate::jobs::LiveEvent::Status(Box::new(j)));
+            }
+            Ok(true)
+        }
+        Err(e) => {
+            tracing::info!(job_id = job.id, host_id = job.host_id, reason = %e, "agent could not take the job now; it stays queued");
+            store::jobs::requeue(&state.db, job.id).await?;
+            Ok(false)
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! What agents report about restic: the restic facts of a hello and the
+//! jobs it no longer runs, `job.progress` (kept in memory only, never
+//! written per message), `job.snapshots` parts, and `job.finished` with its
+//! result and the index changes it implies. Every job end wakes the
+//! dispatcher.
+use agent::wire::{
+    self, BackupResult, Envelope, FinishedStatus, ForgetResult, Hello, JobFinished, JobProgress,
+    JobSnapshots, SnapshotInfo,
+};
+
+use super::{Restic, lock, scope_host};
+use crate::{
+    jobs::LiveEvent,
+    state::AppState,
+    store::{
+        self,
+        jobs::{Job, JobKind, JobStatus, Outcome},
+        snapshots::{NewSnapshot, Snapshot},
+    },
+    text,
+};
+
+/// The reason for a running job the agent no longer knows after it
+/// reconnected.
+pub const AGENT_RESTARTED: &str =
+    "the agent restarted during the job: run it again (its restic process ended with the agent)";
+
+/// Most snapshots one listing may collect before it is refused.
+const MAX_LISTING: usize = 1_000_000;
+
+/// A hello's restic facts, recent finishes and running jobs.
+pub async fn on_hello(state: &AppState, host_id: i64, hello: &Hello) {
+    let capable = hello.running_jobs.is_some();
+    if let Err(e) = store::hosts::set_restic(
+        &state.db,
+        host_id,
+        hello
+            .restic_version
+            .as_deref()
+            .map(|v| text::one_line(v, 64))
+            .as_deref(),
+        capable,
+    )
+    .await
+    {
+        tracing::error!(error = %e, host_id, "recording restic facts failed");
+    }
+    for f in hello.recent_finished.iter().take(64) {
+        finished(state, host_id, f).await;
+    }
+    let running = hello.running_jobs.clone().unwrap_or_default();
+    match store::jobs::running_restic_on_host(&state.db, host_id).await {
+        Ok(jobs) => {
+            for job in jobs.into_iter().filter(|j| !running.contains(&j.id)) {
+                if job.started_at.is_none() {
+                    // Sent but never started: the command was lost with the
+                    // old connection. Queue it again.
+                    if let Ok(true) = store::jobs::requeue(&state.db, job.id).await {
+                        tracing::info!(
+                            job_id = job.id,
+                            host_id,
+                            "restic job never started; queued again"
+                        );
+                    }
+                    continue;
+                }
+                let outcome = Outcome {
+                    error: Some(AGENT_RESTARTED),
+                    error_kind: Some("agent_restarted"),
+                    ..Outcome::default()
+                };
+                if let Err(e) = finish_from_server(state, job.id, JobStatus::Failed, &outcome).await
+                {
+                    tracing::error!(error = %e, job_id = job.id, "failing an orphaned job failed");
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, host_id, "reading running restic jobs failed"),
+    }
+    state.restic.wake();
+}
+
+/// `job.progress` and `job.snapshots`.
+pub async fn agent_message(state: &AppState, host_id: i64, env: &Envelope) {
+    match env.kind.as_str() {
+        wire::JOB_PROGRESS => {
+            let Ok(p) = env.payload::<JobProgress>() else {
+                return;
+            };
+            // Ownership from the database would cost a read per message;
+            // the progress is only kept for a job this host runs.
+            if !owns_running(state, host_id, p.job_id).await {
+                return;
+            }
+            state.restic.set_progress(p.clone());
+            state.live.publish(p.job_id, LiveEvent::Progress(p));
+        }
+        wire::JOB_SNAPSHOTS => {
+            let Ok(part) = env.payload::<JobSnapshots>() else {
+                return;
+            };
+            if !owns_running(state, host_id, part.job_id).await {
+                return;
+            }
+            let mut parts = lock(&state.restic.parts);
+            let list = parts.entry(part.job_id).or_default();
+            if list.len() + part.snapshots.len() <= MAX_LISTING {
+                list.extend(part.snapshots);
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn owns_running(state: &AppState, host_id: i64, job_id: i64) -> bool {
+    matches!(store::jobs::get(&state.db, job_id).await,
+        Ok(j) if j.host_id == host_id && j.status == JobStatus::Running && j.kind.is_restic())
+}
+
+/// A restic job's `job.finished`: records the outcome (once), then applies
+/// what it means for the snapshot index and the repository.
+pub async fn finished(state: &AppState, host_id: i64, m: &JobFinished) -> Option<Job> {
+    let status = match m.status {
+        FinishedStatus::Succeeded => JobStatus::Succeeded,
+        FinishedStatus::Failed => JobStatus::Failed,
+        FinishedStatus::Cancelled => JobStatus::Cancelled,
+    };
+    let error = m
+        .error
+        .as_deref()
+        .map(|e| text::agent_text(e, text::AGENT_TEXT_MAX_BYTES));
+    let error_kind = m.error_kind.as_deref().map(|k| text::one_line(k, 64));
+    let result = m
+        .result
+        .as_ref()
+        .map(|r| r.to_string())
+        .filter(|r| r.len() <= 64 * 1024);
+    let outcome = Outcome {
+        error: error.as_deref(),
+        exit_code: m.exit_code,
+        warning: m.warning,
+        error_kind: error_kind.as_deref(),
+        result: result.as_deref(),
+    };
+    let t = match store::jobs::finish_with(
+        &state.db,
+        m.job_id,
+        Some(host_id),
+        status,
+        &outcome,
+        state.clock.now_ms(),
+    )
+    .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(r)) => {
+            tracing::warn!(job_id = m.job_id, host_id, reason = %r, "restic job.finished refused");
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, job_id = m.job_id, "recording a restic job's end failed");
+            return None;
+        }
+    };
+    if !t.changed {
+        return None;
+    }
+    let job = t.job;
+    if job.status == JobStatus::Succeeded
+        && let Err(e) = apply(state, &job, m).await
+    {
+        tracing::error!(error = %e, job_id = job.id, "updating the snapshot index failed");
+    }
+    ended(state, &job);
+    Some(job)
+}
+
+/// Ends a restic job from the server side (dispatch refusals, orphans,
+/// cancel of a queued job).
+pub async fn finish_from_server(
+    state: &AppState,
+    job_id: i64,
+    status: JobStatus,
+    outcome: &Outcome<'_>,
+) -> store::Result<Option<Job>> {
+    match store::jobs::finish_with(
+        &state.db,
+        job_id,
+        None,
+        status,
+        outcome,
+        state.clock.now_ms(),
+    )
+    .await?
+    {
+        Ok(t) if t.changed => {
+            ended(state, &t.job);
+            Ok(Some(t.job))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn ended(state: &AppState, job: &Job) {
+    state.restic.clear(job.id);
+    state
+        .live
+        .publish(job.id, LiveEvent::Status(Box::new(job.clone())));
+    state.restic.wake();
+}
+
+async fn apply(state: &AppState, job: &Job, m: &JobFinished) -> store::Result<()> {
+    let Some(repository_id) = job.repository_id else {
+        return Ok(());
+    };
+    let repo = store::repositories::get(&state.db, repository_id).await?;
+    let scope_host_id = scope_host(repo.local, job.host_id);
+    match job.kind {
+        JobKind::Backup => {
+            let Some(r) = m
+                .result
+                .clone()
+                .and_then(|v| serde_json::from_value::<BackupResult>(v).ok())
+            else {
+                return Ok(());
+            };
+            if r.snapshot_id.is_empty() {
+                return Ok(());
+            }
+            let info = r.snapshot.clone().unwrap_or_else(|| SnapshotInfo {
+                id: r.snapshot_id.clone(),
+                short_id: r.snapshot_id.chars().take(8).collect(),
+                time: crate::clock::rfc3339(state.clock.now_ms()),
+                hostname: String::new(),
+                paths: vec![],
+                tags: vec![],
+            });
+            let mut snap = snapshot(state, &info, job.host_id, Some(job.host_id)).await;
+            snap.job_id = Some(job.id);
+            snap.plan_id = job.plan_id.or(snap.plan_id);
+            snap.files_new = Some(r.files_new as i64);
+            snap.files_changed = Some(r.files_changed as i64);
+            snap.data_added = Some(r.data_added as i64);
+            snap.total_bytes_processed = Some(r.total_bytes_processed as i64);
+            snap.duration_ms = Some((r.duration_secs * 1000.0) as i64);
+            store::snapshots::upsert(
+                &state.db,
+                &NewSnapshot {
+                    repository_id,
+                    scope_host_id,
+                    snap,
+                },
+            )
+            .await
+        }
+        JobKind::Forget => {
+            let Some(r) = m
+                .result
+                .clone()
+                .and_then(|v| serde_json::from_value::<ForgetResult>(v).ok())
+            else {
+                return Ok(());
+            };
+            store::snapshots::remove(&state.db, repository_id, scope_host_id, &r.removed)
+                .await
+                .map(|_| ())
+        }
+        JobKind::Snapshots => {
+            let listing = lock(&state.restic.parts)
+                .remove(&job.id)
+                .unwrap_or_default();
+            let mut rows = Vec::with_capacity(listing.len());
+            for info in &listing {
+                let host = if repo.local { Some(job.host_id) } else { None };
+                rows.push(NewSnapshot {
+                    repository_id,
+                    scope_host_id,
+                    snap: snapshot(state, info, job.host_id, host).await,
+                });
+            }
+            store::snapshots::replace(&state.db, repository_id, scope_host_id, None, &rows).await
+        }
+        JobKind::Check => {
+            store::repositories::set_last_check(&state.db, repository_id, state.clock.now_ms())
+                .await
+        }
+        _ => Ok(()),
+    }
+}
+
+/// An index row from restic's listing. The host is the given one, else the
+/// host whose restic-manager name is the snapshot's hostname (backups run
+/// with `--host <name>`).
+async fn snapshot(
+    state: &AppState,
+    info: &SnapshotInfo,
+    _runner: i64,
+    host: Option<i64>,
+) -> Snapshot {
+    let host_id = match host {
+        Some(h) => Some(h),
+        None => store::hosts::id_by_name(&state.db, &info.hostname)
+            .await
+            .ok()
+            .flatten(),
+    };
+    let plan_id = info
+        .tags
+        .iter()
+        .find_map(|t| t.strip_prefix("rm-plan:").and_then(|p| p.parse().ok()));
+    let time = chrono::DateTime::parse_from_rfc3339(&info.time)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or(0);
+    Snapshot {
+        repository_id: 0,
+        host_id,
+        plan_id,
+        snapshot_id: text::one_line(&info.id, 128),
+        short_id: text::one_line(
+            if info.short_id.is_empty() {
+                &info.id[..info.id.len().min(8)]
+            } else {
+                &info.short_id
+            },
+            32,
+        ),
+        time,
+        hostname: text::one_line(&info.hostname, 253),
+        paths: info
+            .paths
+            .iter()
+            .take(1000)
+            .map(|p| text::agent_text(p, 4096))
+            .collect(),
+        tags: info
+            .tags
+            .iter()
+            .take(100)
+            .map(|t| text::one_line(t, 256))
+            .collect(),
+        job_id: None,
+        files_new: None,
+        files_changed: None,
+        data_added: None,
+        total_bytes_processed: None,
+        duration_ms: None,
+    }
+}
+
+impl Restic {
+    /// The progress of every job in `ids` that has one (for job lists).
+    pub fn progress_of(&self, ids: &[i64]) -> Vec<(i64, JobProgress)> {
+        let map = lock(&self.progress);
+        ids.iter()
+            .filter_map(|id| map.get(id).map(|p| (*id, p.clone())))
+            .collect()
+    }
+}
