@@ -387,7 +387,9 @@ main() {
     die "cannot create $config_dir" "Run as root, or choose a writable --prefix DIR."
   fi
   say "Enrolling with $SERVER_URL (config: $config_path)"
-  if ! "$bin_path" enroll --server "$SERVER_URL" --token "$token" --config "$config_path" </dev/null; then
+  # --token=VALUE: a token that begins with "-" (issued before the rme_
+  # prefix) is then never read as an option.
+  if ! "$bin_path" enroll --server="$SERVER_URL" --token="$token" --config="$config_path" </dev/null; then
     die "enrollment failed (the agent's message is above)" \
       "The agent is installed at $bin_path but not enrolled. Enrollment tokens are single-use" \
       "and expire: if this one was used or is too old, create a new one on the server, then run this again."

@@ -82,7 +82,27 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
     }
 }
 
+/// Enrollment tokens begin with this, so a token can never be read as a
+/// command-line option (a bare base64url token starts with `-` one time in
+/// 64) and secret scanners can recognise one. Tokens issued before carry no
+/// prefix; they are stored hashed whole, so both forms look up the same way.
+pub const ENROLLMENT_TOKEN_PREFIX: &str = "rme_";
+/// Agent secrets begin with this; see [`ENROLLMENT_TOKEN_PREFIX`].
+pub const AGENT_SECRET_PREFIX: &str = "rms_";
+
+/// A fresh enrollment token: `rme_` and a [`random_token`].
+pub fn new_enrollment_token() -> String {
+    format!("{ENROLLMENT_TOKEN_PREFIX}{}", random_token())
+}
+
+/// A fresh agent secret: `rms_` and a [`random_token`].
+pub fn new_agent_secret() -> String {
+    format!("{AGENT_SECRET_PREFIX}{}", random_token())
+}
+
 /// A fresh random token: 32 bytes from the OS, base64url without padding.
+/// It may begin with `-`: anything handed to a person or a command line
+/// goes through [`new_enrollment_token`] or [`new_agent_secret`] instead.
 pub fn random_token() -> String {
     let mut buf = [0u8; 32];
     // The OS RNG failing leaves nothing safe to do: this is a true invariant.

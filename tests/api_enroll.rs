@@ -9,6 +9,7 @@ use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
 use agent::enroll::{EnrollError, enroll};
 use common::*;
 use restic_manager::{agent_binaries, routes};
+use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -545,24 +546,14 @@ fn mode(path: &Path) -> u32 {
         & 0o777
 }
 
-/// The real thing: install.sh from the server, run by `sh`, downloads the
-/// staged agent with curl, verifies and installs it, enrolls; then the
-/// installed binary runs, comes online, and goes offline on SIGTERM.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn install_script_installs_enrolls_and_the_agent_comes_online() {
-    let bin = agent_binary();
-    let app = TestApp::spawn().await;
-    let staged = agent_binaries::stage_with_version(
-        app.db(),
-        &app.settings.data_dir,
-        &bin,
-        std::env::consts::OS,
-        std::env::consts::ARCH,
-        None,
-    )
-    .await
-    .expect("staging the real agent binary (it must answer --version)");
-    let (id, token) = app.add_host("installed-1").await;
+/// Fetches install.sh from the server and runs it with `sh -s -- --token
+/// TOKEN --prefix DIR --no-systemd`, as the Add-host page shows it (minus
+/// sudo). Returns the output and both streams as one log.
+async fn run_install_sh(
+    app: &TestApp,
+    token: &str,
+    prefix: &Path,
+) -> (std::process::Output, String) {
     let script = app
         .with_session(None)
         .get(app.at(routes::AGENT_INSTALL_SH))
@@ -572,10 +563,8 @@ async fn install_script_installs_enrolls_and_the_agent_comes_online() {
         .text()
         .await
         .unwrap();
-
-    let prefix = tempfile::tempdir().unwrap();
-    let prefix_path = prefix.path().to_path_buf();
-    let token_arg = token.clone();
+    let prefix_path = prefix.to_path_buf();
+    let token_arg = token.to_string();
     let out = tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let mut child = std::process::Command::new("sh")
@@ -602,6 +591,30 @@ async fn install_script_installs_enrolls_and_the_agent_comes_online() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    (out, log)
+}
+
+/// The real thing: install.sh from the server, run by `sh`, downloads the
+/// staged agent with curl, verifies and installs it, enrolls; then the
+/// installed binary runs, comes online, and goes offline on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_script_installs_enrolls_and_the_agent_comes_online() {
+    let bin = agent_binary();
+    let app = TestApp::spawn().await;
+    let staged = agent_binaries::stage_with_version(
+        app.db(),
+        &app.settings.data_dir,
+        &bin,
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        None,
+    )
+    .await
+    .expect("staging the real agent binary (it must answer --version)");
+    let (id, token) = app.add_host("installed-1").await;
+
+    let prefix = tempfile::tempdir().unwrap();
+    let (out, log) = run_install_sh(&app, &token, prefix.path()).await;
     assert!(out.status.success(), "install.sh failed\n{log}");
 
     let installed = prefix.path().join("bin/restic-manager-agent");
@@ -665,4 +678,211 @@ async fn install_script_installs_enrolls_and_the_agent_comes_online() {
         (app.host_json(id).await["online"] == false).then_some(())
     })
     .await;
+}
+
+// ---- Token and secret forms ------------------------------------------------
+
+/// A bare base64url credential, the form issued before the `rme_`/`rms_`
+/// prefixes, made to begin with `-` as one in 64 of them did.
+fn old_style_credential() -> String {
+    format!("-{}", &restic_manager::auth::random_token()[1..])
+}
+
+/// The SHA-256 hex the server stored for a credential before the prefixes.
+fn old_style_hash(credential: &str) -> String {
+    hex::encode(Sha256::digest(credential.as_bytes()))
+}
+
+/// Stores an unused old-style enrollment token for `host_id`, the way the
+/// server stored tokens before the prefix, and returns it.
+async fn old_style_token(app: &TestApp, host_id: i64) -> String {
+    let token = old_style_credential();
+    let now = app.clock.now_ms();
+    app.db()
+        .execute_unprepared(&format!(
+            "INSERT INTO enrollment_tokens (host_id, token_hash, created_at, expires_at) \
+             VALUES ({host_id}, '{}', {now}, {})",
+            old_style_hash(&token),
+            now + 3_600_000
+        ))
+        .await
+        .expect("storing an old-style token");
+    token
+}
+
+/// `rme_`/`rms_` followed by 32 random bytes in base64url.
+fn assert_prefixed(credential: &str, prefix: &str) {
+    let rest = credential
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("{credential:?} does not begin with {prefix:?}"));
+    assert_eq!(rest.len(), 43, "{credential:?}");
+    assert!(
+        rest.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "{credential:?}"
+    );
+}
+
+#[tokio::test]
+async fn new_tokens_and_secrets_carry_their_prefix() {
+    let app = TestApp::spawn().await;
+    let (id, token) = app.add_host("web-1").await;
+    assert_prefixed(&token, "rme_");
+    let (_, cli_token) = app.add_host_direct("web-2").await;
+    assert_prefixed(&cli_token, "rme_");
+    let r = app
+        .admin()
+        .await
+        .post(app.at(&format!("/api/hosts/{id}/token")))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let again = r.json::<Value>().await.unwrap()["enrollment_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_prefixed(&again, "rme_");
+
+    let cfg = enroll(&app.url, &again, "web-1").await.expect("enroll");
+    assert_eq!(cfg.host_id, id);
+    assert_prefixed(&cfg.secret, "rms_");
+    let agent = app.agent(&cfg, "v1");
+    wait_acked(&agent).await;
+    agent.shutdown().await;
+}
+
+/// Runs the real agent binary's `enroll` with `args` after `--server URL
+/// --config PATH`; `env_token` goes in `RM_AGENT_TOKEN`.
+async fn agent_enroll(
+    app: &TestApp,
+    config: &Path,
+    args: &[&str],
+    env_token: Option<&str>,
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(agent_binary());
+    cmd.args(["enroll", "--server", &app.url, "--config"])
+        .arg(config)
+        .args(args)
+        .env_remove("RM_AGENT_TOKEN")
+        .env_remove("RM_AGENT_SERVER")
+        .env_remove("RM_AGENT_CONFIG")
+        .stdin(std::process::Stdio::null());
+    if let Some(t) = env_token {
+        cmd.env("RM_AGENT_TOKEN", t);
+    }
+    tokio::task::spawn_blocking(move || cmd.output().expect("running the agent"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_token_that_begins_with_a_hyphen_enrolls_through_the_agent_binary() {
+    let app = TestApp::spawn().await;
+    let (id, _) = app.add_host_direct("old-1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+
+    let spaced = old_style_token(&app, id).await;
+    let equals = old_style_token(&app, id).await;
+    let from_env = old_style_token(&app, id).await;
+    let runs: [(&str, Vec<String>, Option<&str>); 3] = [
+        ("--token -…", vec!["--token".into(), spaced.clone()], None),
+        ("--token=-…", vec![format!("--token={equals}")], None),
+        ("RM_AGENT_TOKEN=-…", vec![], Some(&from_env)),
+    ];
+    let mut secrets = Vec::new();
+    for (form, args, env_token) in runs {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = agent_enroll(&app, &config, &args, env_token).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{form}: enroll failed ({:?})\nstdout: {}\nstderr: {stderr}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cfg = agent::config::AgentConfig::load(&config).expect("the config enroll wrote");
+        assert_eq!(cfg.host_id, id, "{form}");
+        assert_prefixed(&cfg.secret, "rms_");
+        secrets.push(cfg.secret);
+    }
+    // Each run was a real, separate enrollment that used its token up.
+    assert_eq!(
+        app.query_one(&format!(
+            "SELECT CAST(COUNT(*) AS TEXT) FROM enrollment_tokens \
+             WHERE host_id = {id} AND used_at IS NOT NULL"
+        ))
+        .await
+        .as_deref(),
+        Some("3")
+    );
+    assert_ne!(secrets[0], secrets[1]);
+    assert_ne!(secrets[1], secrets[2]);
+    let e = enroll(&app.url, &spaced, "old-1").await.unwrap_err();
+    assert_eq!(refused(e), (401, "token_used".into()));
+    assert_eq!(app.host_json(id).await["enrolled"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_token_that_begins_with_a_hyphen_enrolls_through_install_sh() {
+    let app = TestApp::spawn().await;
+    agent_binaries::stage_with_version(
+        app.db(),
+        &app.settings.data_dir,
+        &agent_binary(),
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        None,
+    )
+    .await
+    .expect("staging the real agent binary");
+    let (id, _) = app.add_host_direct("old-2").await;
+    let token = old_style_token(&app, id).await;
+
+    let prefix = tempfile::tempdir().unwrap();
+    let (out, log) = run_install_sh(&app, &token, prefix.path()).await;
+    assert!(out.status.success(), "install.sh failed\n{log}");
+    assert!(
+        !log.contains(&token),
+        "install.sh printed the token:\n{log}"
+    );
+    let cfg = agent::config::AgentConfig::load(
+        &prefix.path().join("etc/restic-manager-agent/config.toml"),
+    )
+    .expect("the config install.sh wrote");
+    assert_eq!(cfg.host_id, id);
+    assert_prefixed(&cfg.secret, "rms_");
+    assert_eq!(app.host_json(id).await["enrolled"], true);
+}
+
+#[tokio::test]
+async fn an_old_token_without_a_prefix_still_enrolls_and_an_old_secret_still_connects() {
+    let app = TestApp::spawn().await;
+    let (id, _) = app.add_host_direct("old-3").await;
+    let token = old_style_token(&app, id).await;
+    let cfg = enroll(&app.url, &token, "old-3")
+        .await
+        .expect("an old-style token enrolls");
+    assert_eq!(cfg.host_id, id);
+
+    // A secret issued before the prefix, stored as it was then.
+    let old_secret = old_style_credential();
+    app.db()
+        .execute_unprepared(&format!(
+            "UPDATE hosts SET secret_hash = '{}' WHERE id = {id}",
+            old_style_hash(&old_secret)
+        ))
+        .await
+        .unwrap();
+    let old = agent::config::AgentConfig {
+        secret: old_secret,
+        ..cfg.clone()
+    };
+    let agent = app.agent(&old, "v1");
+    wait_acked(&agent).await;
+    agent.shutdown().await;
+    // And the new one it replaced is refused.
+    let refused = app.ws(Some(&cfg.secret)).await;
+    assert!(refused.is_err(), "the replaced secret still connects");
 }

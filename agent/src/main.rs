@@ -64,7 +64,14 @@ struct EnrollArgs {
     server: String,
     /// One-time enrollment token from `restic-manager host add` or the dashboard.
     /// Prefer the env twin: a flag shows up in the process list.
-    #[arg(long, env = "RM_AGENT_TOKEN", hide_env_values = true)]
+    // Tokens issued before the `rme_` prefix begin with `-` one time in 64:
+    // `--token -xQ…` must take that as the value, not as an option.
+    #[arg(
+        long,
+        env = "RM_AGENT_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     token: String,
     /// Name this host reports (default: the system hostname).
     #[arg(long, env = "RM_AGENT_HOSTNAME")]
@@ -316,5 +323,58 @@ async fn shutdown_signal() {
         // running rather than exiting at once.
         tracing::warn!(error = %e, "cannot listen for SIGINT either");
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    fn token_of(args: &[&str]) -> String {
+        let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match cli.command {
+            Some(Command::Enroll(a)) => a.token,
+            other => panic!("{args:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn enroll_token_may_begin_with_a_hyphen() {
+        // Bare base64url tokens (before the `rme_` prefix) begin with `-`
+        // one time in 64, and with `--` one time in 4096.
+        for (args, want) in [
+            (
+                &["a", "enroll", "--server", "http://s", "--token", "-xQ_9-a"][..],
+                "-xQ_9-a",
+            ),
+            (
+                &["a", "enroll", "--token", "-xQ_9-a", "--server", "http://s"],
+                "-xQ_9-a",
+            ),
+            (
+                &["a", "enroll", "--server", "http://s", "--token=-xQ_9-a"],
+                "-xQ_9-a",
+            ),
+            (
+                &["a", "enroll", "--token", "--xQ_9-a", "--server", "http://s"],
+                "--xQ_9-a",
+            ),
+        ] {
+            assert_eq!(token_of(args), want, "{args:?}");
+        }
+        // The options after the token are still read as options.
+        let cli = Cli::try_parse_from([
+            "a", "enroll", "--token", "-x", "--server", "http://s", "--config", "/c",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Enroll(a)) => {
+                assert_eq!(a.server, "http://s");
+                assert_eq!(a.config.path, std::path::PathBuf::from("/c"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -16,7 +16,7 @@ pub struct NewToken {
 }
 
 pub async fn create<C: ConnectionTrait>(db: &C, host_id: i64, now: i64) -> Result<NewToken> {
-    let token = auth::random_token();
+    let token = auth::new_enrollment_token();
     let expires_at = now + TOKEN_TTL_MS;
     enrollment_tokens::ActiveModel {
         host_id: Set(host_id),

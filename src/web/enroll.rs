@@ -34,7 +34,7 @@ async fn agent_enroll(
     body: web::Json<EnrollBody>,
 ) -> Result<HttpResponse, AppError> {
     let now = state.clock.now_ms();
-    let secret = auth::random_token();
+    let secret = auth::new_agent_secret();
     let txn = state.db.begin().await?;
     let host_id = match store::enrollment::redeem(&txn, body.token.trim(), now).await {
         Ok(id) => id,
