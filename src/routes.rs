@@ -92,3 +92,40 @@ pub fn fleet_cancel(id: i64) -> String {
 pub fn api_fleet_update(id: i64) -> String {
     format!("/api/fleet-updates/{id}")
 }
+
+pub const REPOSITORIES_PAGE: &str = "/repositories";
+pub const REPOSITORY_PAGE: &str = "/repositories/{id}";
+pub const REPOSITORY_DELETE: &str = "/repositories/{id}/delete";
+pub const REPOSITORY_JOBS: &str = "/repositories/{id}/jobs";
+pub const API_REPOSITORIES: &str = "/api/repositories";
+pub const API_REPOSITORY: &str = "/api/repositories/{id}";
+pub const API_REPOSITORY_JOBS: &str = "/api/repositories/{id}/jobs";
+pub const API_JOB_CANCEL: &str = "/api/jobs/{id}/cancel";
+pub const JOB_CANCEL: &str = "/jobs/{id}/cancel";
+pub const API_SNAPSHOTS: &str = "/api/snapshots";
+
+/// `pattern` with its `{id}` filled in.
+pub fn with_id(pattern: &str, id: i64) -> String {
+    pattern.replace("{id}", &id.to_string())
+}
+pub fn repository(id: i64) -> String {
+    with_id(REPOSITORY_PAGE, id)
+}
+pub fn repository_delete(id: i64) -> String {
+    with_id(REPOSITORY_DELETE, id)
+}
+pub fn repository_jobs(id: i64) -> String {
+    with_id(REPOSITORY_JOBS, id)
+}
+pub fn api_repository(id: i64) -> String {
+    with_id(API_REPOSITORY, id)
+}
+pub fn api_repository_jobs(id: i64) -> String {
+    with_id(API_REPOSITORY_JOBS, id)
+}
+pub fn api_job_cancel(id: i64) -> String {
+    with_id(API_JOB_CANCEL, id)
+}
+pub fn job_cancel(id: i64) -> String {
+    with_id(JOB_CANCEL, id)
+}

@@ -210,6 +210,13 @@ mod tests {
             deadline_at: None,
             log_lines: 1,
             log_truncated: false,
+            repository_id: None,
+            plan_id: None,
+            warning: false,
+            error_kind: None,
+            result: None,
+            options: None,
+            scope: None,
         };
         live.publish(1, LiveEvent::Status(Box::new(job)));
         assert!(matches!(w.recv().await, Ok(LiveEvent::Status(_))));

@@ -49,6 +49,19 @@ pub async fn on_hello(state: &AppState, host_id: i64, hello: &Hello) {
         finished(state, host_id, f).await;
     }
     let running = hello.running_jobs.clone().unwrap_or_default();
+    // Runs the server already ended (cancelled while the agent was away):
+    // the agent stops them now.
+    for id in running.iter().take(64) {
+        if let Ok(j) = store::jobs::get(&state.db, *id).await
+            && j.host_id == host_id
+            && j.status.is_terminal()
+        {
+            let cancel = wire::CommandCancel { job_id: *id };
+            let _ = state
+                .hub
+                .send(host_id, wire::Message::envelope(&cancel).to_text());
+        }
+    }
     match store::jobs::running_restic_on_host(&state.db, host_id).await {
         Ok(jobs) => {
             for job in jobs.into_iter().filter(|j| !running.contains(&j.id)) {

@@ -197,6 +197,11 @@ pub fn job_page(
                 h1 class="text-2xl font-semibold" { "Job " (job.id) " · " (job.kind.as_str()) }
                 @if let Some(h) = host { a class="link" href=(routes::host(h.id)) { (h.name) } }
                 span class="text-sm text-gray-500" { "by " (actor(job)) " · created " (clock::rfc3339(job.created_at)) }
+                @if live && job.kind.is_restic() && user.role >= crate::store::users::Role::Operator {
+                    form method="post" action=(routes::job_cancel(job.id)) class="ml-auto" {
+                        button class="btn btn-danger" type="submit" data-testid="job-cancel" { "Cancel" }
+                    }
+                }
             }
             div hx-ext="sse" sse-connect=[live.then(|| routes::job_events(job.id, last))] sse-close="end" {
                 section class="card mb-4" id="job-summary" sse-swap="status" { (job_summary(job, now_ms)) }

@@ -12,6 +12,7 @@ use crate::{
 pub enum Nav {
     Dashboard,
     Jobs,
+    Repositories,
     AddHost,
     Users,
     Audit,
@@ -58,6 +59,7 @@ pub fn page(title: &str, user: &User, active: Nav, body: Markup) -> Markup {
                         a href=(routes::DASHBOARD) class="text-white font-semibold mr-4" { "restic-manager" }
                         (item(Nav::Dashboard, routes::DASHBOARD, "Hosts"))
                         (item(Nav::Jobs, routes::JOBS_PAGE, "Jobs"))
+                        (item(Nav::Repositories, routes::REPOSITORIES_PAGE, "Repositories"))
                         (item(Nav::Alerts, routes::ALERTS_PAGE, "Alerts"))
                         @if user.role == Role::Admin {
                             (item(Nav::AddHost, routes::HOST_NEW, "Add host"))

@@ -70,6 +70,8 @@ impl AppError {
             "job" => "job_not_found",
             "alert" => "alert_not_found",
             "fleet update" => "fleet_update_not_found",
+            "repository" => "repository_not_found",
+            "snapshot" => "snapshot_not_found",
             _ => "not_found",
         };
         AppError::NotFound(code, format!("no such {what}: it may have been removed"))
@@ -83,6 +85,27 @@ impl From<StoreError> for AppError {
             StoreError::Conflict(code, msg) => AppError::Conflict(code, msg),
             StoreError::Invalid(code, msg) => AppError::BadRequest(code, msg),
             StoreError::Db(e) => AppError::Internal(anyhow::Error::new(e)),
+        }
+    }
+}
+
+impl From<crate::restic::repositories::RepoError> for AppError {
+    fn from(e: crate::restic::repositories::RepoError) -> Self {
+        use crate::restic::repositories::RepoError;
+        match e {
+            RepoError::Invalid(msg) => AppError::BadRequest("invalid_input", msg),
+            RepoError::Store(s) => s.into(),
+            RepoError::Secret(s) => AppError::Internal(anyhow::Error::new(s)),
+        }
+    }
+}
+
+impl From<crate::restic::jobs::QueueError> for AppError {
+    fn from(e: crate::restic::jobs::QueueError) -> Self {
+        use crate::restic::jobs::QueueError;
+        match e {
+            QueueError::Invalid(msg) => AppError::BadRequest("invalid_input", msg),
+            QueueError::Store(s) => s.into(),
         }
     }
 }

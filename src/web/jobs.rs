@@ -7,8 +7,11 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 
+use agent::wire::{CommandCancel, Message as _};
+
 use super::{AppError, CurrentUser, PageError};
 use crate::{
+    audit::{self, Actor},
     clock,
     jobs::LiveEvent,
     routes,
@@ -16,6 +19,7 @@ use crate::{
     store::{
         self, Page,
         jobs::{Job, JobFilter, JobKind, JobStatus, LogLine},
+        users::Role,
     },
     views,
 };
@@ -385,8 +389,97 @@ async fn job_events(
         .streaming(body))
 }
 
+/// Cancels a restic job: a queued one ends at once; a running one is
+/// stopped by its agent (SIGINT, then SIGKILL after 30 s) and ends
+/// `cancelled` when the agent reports it.
+async fn cancel(
+    state: &AppState,
+    req: &HttpRequest,
+    user: &CurrentUser,
+    id: i64,
+) -> Result<Job, AppError> {
+    let job = store::jobs::get(&state.db, id).await?;
+    if !job.kind.is_restic() {
+        return Err(AppError::Conflict(
+            "not_cancellable",
+            "an agent update cannot be cancelled: it ends by itself, at the latest at its deadline".into(),
+        ));
+    }
+    user.require(Role::Operator)?;
+    let finished = || {
+        AppError::Conflict(
+            "already_finished",
+            format!("job {id} has already finished"),
+        )
+    };
+    if job.status.is_terminal() {
+        return Err(finished());
+    }
+    let by = format!("cancelled by {}", user.username);
+    let ended = |why: String| async move {
+        let outcome = store::jobs::Outcome {
+            error: Some(&why),
+            ..Default::default()
+        };
+        crate::restic::events::finish_from_server(state, id, JobStatus::Cancelled, &outcome).await
+    };
+    if job.status == JobStatus::Queued {
+        if ended(format!("{by} before it started")).await?.is_none() {
+            // It started (or ended) meanwhile: ask the agent instead.
+            let now = store::jobs::get(&state.db, id).await?;
+            if now.status.is_terminal() {
+                return Err(finished());
+            }
+            let _ = state.hub.send(now.host_id, CommandCancel { job_id: id }.envelope().to_text());
+        }
+    } else if state
+        .hub
+        .send(job.host_id, CommandCancel { job_id: id }.envelope().to_text())
+        .is_err()
+    {
+        // The agent is away: the job ends here, and the agent stops the
+        // run when it reconnects (its hello lists it).
+        ended(format!("{by} while the agent was offline")).await?;
+    }
+    tracing::info!(job_id = id, by = %user.username, "job cancel requested");
+    audit::record(
+        state,
+        Some(req),
+        Actor::User(user),
+        "job.cancel",
+        "job",
+        id,
+        json!({"kind": job.kind, "host_id": job.host_id}),
+    )
+    .await;
+    Ok(store::jobs::get(&state.db, id).await?)
+}
+
+async fn api_job_cancel(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    user: CurrentUser,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
+    let job = cancel(&state, &req, &user, *id).await?;
+    Ok(HttpResponse::Ok().json(job_json(&job)))
+}
+
+async fn job_cancel_submit(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    user: CurrentUser,
+    htmx: super::Htmx,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, PageError> {
+    cancel(&state, &req, &user, *id).await.map_err(PageError)?;
+    Ok(super::redirect(htmx.0, &routes::job(*id)))
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(routes::API_JOBS, web::get().to(api_jobs_list))
+    cfg.route(routes::API_JOB_CANCEL, web::post().to(api_job_cancel))
+        .route(routes::JOB_CANCEL, web::post().to(job_cancel_submit))
+        .route(routes::API_JOBS, web::get().to(api_jobs_list))
         .route("/api/jobs/{id}", web::get().to(api_job_get))
         .route("/api/jobs/{id}/logs", web::get().to(api_job_logs))
         .route(routes::JOBS_PAGE, web::get().to(jobs_page))

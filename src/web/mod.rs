@@ -13,6 +13,7 @@ pub mod host_update;
 pub mod hosts;
 pub mod jobs;
 pub mod notifications;
+pub mod repositories;
 pub mod users;
 pub mod version;
 
@@ -89,6 +90,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     host_update::configure(cfg);
     fleet::configure(cfg);
     jobs::configure(cfg);
+    repositories::configure(cfg);
     users::configure(cfg);
     audit::configure(cfg);
     alerts::configure(cfg);
