@@ -155,7 +155,7 @@ mod tests {
         let tz = parse_tz("Europe/Berlin").unwrap();
         let s = parse("30 2 * * *").unwrap();
         // Spring forward: 2026-03-29 02:00 CET jumps to 03:00 CEST, so 02:30
-        // does not exist that day.
+        // does not exist that day: the run happens right after the gap.
         let runs = s.upcoming(ms("2026-03-27T12:00:00Z"), tz, 3);
         let shown: Vec<String> = runs
             .iter()
