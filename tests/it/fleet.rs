@@ -1,14 +1,12 @@
 //! Rolling fleet updates through the real server with real agent
 //! connections that "restart" at the target version when told to update.
-mod common;
-
 use std::time::Duration;
 
-use agent::config::AgentConfig;
-use common::{
+use crate::common::{
     sim::{self, OLD, Plan, Sim, simulate},
     *,
 };
+use agent::config::AgentConfig;
 use restic_manager::{store::users::Role, version::VERSION};
 use serde_json::{Value, json};
 
@@ -25,15 +23,7 @@ async fn online(app: &TestApp, id: i64, version: &str) {
 }
 
 async fn run(app: &TestApp, id: i64) -> Value {
-    app.admin()
-        .await
-        .get(app.at(&format!("/api/fleet-updates/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    app.get_json(&format!("/api/fleet-updates/{id}")).await
 }
 
 async fn wait_run(app: &TestApp, id: i64, status: &str) -> Value {
@@ -45,15 +35,7 @@ async fn wait_run(app: &TestApp, id: i64, status: &str) -> Value {
 }
 
 async fn active_alerts(app: &TestApp) -> Vec<Value> {
-    app.admin()
-        .await
-        .get(app.at("/api/alerts?state=active"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    app.get_json("/api/alerts?state=active").await
 }
 
 fn statuses(r: &Value) -> Vec<String> {
@@ -465,13 +447,7 @@ async fn a_restarted_server_resumes_the_run_without_dispatching_twice() {
     })
     .await;
     // Restart on the same address, so the agents find it again by themselves.
-    let addr = app.running.as_ref().unwrap().addr;
-    app.stop().await;
-    app.settings.listen = addr;
-    let running = restic_manager::start_with_clock(app.settings.clone(), app.clock.clone())
-        .await
-        .unwrap();
-    app.running = Some(running);
+    app.restart().await;
     online(&app, cfgs[0].host_id, OLD).await;
     assert_eq!(
         run(&app, id).await["fleet_update"]["status"],

@@ -3,12 +3,10 @@
 //! frames, oversized frames, missing credentials. Every refusal is a clear
 //! status and code, and changes nothing. Plus the rustls provider check
 //! (wss:// must fail with an error, never a panic).
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use agent::wire::{self, Message as _};
-use common::*;
 use futures_util::SinkExt;
 use restic_manager::{routes, store::users::Role};
 use sea_orm::ConnectionTrait;

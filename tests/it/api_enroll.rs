@@ -2,12 +2,10 @@
 //! the one-time token's rules, secrets stored only as hashes, the agent
 //! binary download (credentials, integrity headers, platform allow-list),
 //! and the install script run for real against the real agent binary.
-mod common;
-
 use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
+use crate::common::*;
 use agent::enroll::{EnrollError, enroll};
-use common::*;
 use restic_manager::{agent_binaries, routes};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};

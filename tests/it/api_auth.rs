@@ -1,11 +1,9 @@
 //! Logging in and out (API and form), session cookies and their expiry,
 //! login throttling, the post-login redirect, the cross-site guard, and
 //! user administration with its last-admin guard.
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use restic_manager::{routes, store::users::Role};
 use serde_json::{Value, json};
 

@@ -1,12 +1,10 @@
 //! Jobs driven by a real agent's messages over a real WebSocket, and the
 //! live log stream (SSE) that viewers watch.
-mod common;
-
-use agent::wire::{FinishedStatus, JobFinished, JobStarted, LogStream};
-use common::{
+use crate::common::{
     sim::{self, new_job},
     *,
 };
+use agent::wire::{FinishedStatus, JobFinished, JobStarted, LogStream};
 use futures_util::StreamExt;
 use restic_manager::store::{self, users::Role};
 use serde_json::Value;
@@ -29,36 +27,13 @@ fn succeeded(job_id: i64) -> JobFinished {
 }
 
 async fn job(app: &TestApp, id: i64) -> Value {
-    app.admin()
-        .await
-        .get(app.at(&format!("/api/jobs/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    app.get_json(&format!("/api/jobs/{id}")).await
 }
 
 /// A job's whole log (up to the API's 10,000-line page).
 async fn logs(app: &TestApp, id: i64) -> Vec<Value> {
-    app.admin()
+    app.get_json(&format!("/api/jobs/{id}/logs?limit=10000"))
         .await
-        .get(app.at(&format!("/api/jobs/{id}/logs?limit=10000")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn wait_status(app: &TestApp, id: i64, status: &str) -> Value {
-    eventually(&format!("job {id} {status}"), || async {
-        let j = job(app, id).await;
-        (j["status"] == status).then_some(j)
-    })
-    .await
 }
 
 async fn wait_lines(app: &TestApp, id: i64, n: usize) -> Vec<Value> {
@@ -72,15 +47,13 @@ async fn wait_lines(app: &TestApp, id: i64, n: usize) -> Vec<Value> {
 #[tokio::test]
 async fn agent_messages_drive_a_job_through_its_lifecycle() {
     let app = TestApp::spawn().await;
-    let cfg = app.enrolled_host("web-1").await;
-    let a = app.agent(&cfg, "v1");
-    wait_acked(&a).await;
+    let (cfg, a) = app.host("web-1").online().await;
     let id = new_job(&app, cfg.host_id).await;
     assert_eq!(job(&app, id).await["status"], "queued");
 
     let s = a.sender();
     s.send_message(&started(id)).await.unwrap();
-    let j = wait_status(&app, id, "running").await;
+    let j = app.wait_job(id, "running").await;
     assert!(j["started_at"].is_string());
     for (seq, text) in [
         (1, "one"),
@@ -92,7 +65,7 @@ async fn agent_messages_drive_a_job_through_its_lifecycle() {
         s.send_message(&line(id, seq, text)).await.unwrap();
     }
     s.send_message(&succeeded(id)).await.unwrap();
-    let j = wait_status(&app, id, "succeeded").await;
+    let j = app.wait_job(id, "succeeded").await;
     assert!(j["finished_at"].is_string());
     assert_eq!(j["exit_code"], 0);
 
@@ -156,12 +129,8 @@ async fn agent_messages_drive_a_job_through_its_lifecycle() {
 #[tokio::test]
 async fn a_terminal_job_never_changes_and_other_hosts_cannot_touch_a_job() {
     let app = TestApp::spawn().await;
-    let owner = app.enrolled_host("web-1").await;
-    let other = app.enrolled_host("web-2").await;
-    let a = app.agent(&owner, "v1");
-    let b = app.agent(&other, "v1");
-    wait_acked(&a).await;
-    wait_acked(&b).await;
+    let (owner, a) = app.host("web-1").online().await;
+    let (_other, b) = app.host("web-2").online().await;
     let id = new_job(&app, owner.host_id).await;
 
     // Another host's agent: start, log, finish: all refused.
@@ -188,7 +157,7 @@ async fn a_terminal_job_never_changes_and_other_hosts_cannot_touch_a_job() {
     })
     .await
     .unwrap();
-    let j = wait_status(&app, id, "failed").await;
+    let j = app.wait_job(id, "failed").await;
     assert_eq!(j["error"], "disk full");
     assert!(
         logs(&app, id).await.is_empty(),
@@ -202,7 +171,7 @@ async fn a_terminal_job_never_changes_and_other_hosts_cannot_touch_a_job() {
     // A later message on the same connection proves the earlier ones were handled.
     let probe = new_job(&app, owner.host_id).await;
     sa.send_message(&started(probe)).await.unwrap();
-    wait_status(&app, probe, "running").await;
+    app.wait_job(probe, "running").await;
     let j = job(&app, id).await;
     assert_eq!(j["status"], "failed");
     assert_eq!(j["error"], "disk full");
@@ -285,9 +254,7 @@ impl Sse {
 #[tokio::test]
 async fn a_viewer_resumes_the_live_log_with_last_event_id_and_sees_each_line_once() {
     let app = TestApp::spawn().await;
-    let cfg = app.enrolled_host("web-1").await;
-    let a = app.agent(&cfg, "v1");
-    wait_acked(&a).await;
+    let (cfg, a) = app.host("web-1").online().await;
     let id = new_job(&app, cfg.host_id).await;
     let s = a.sender();
     s.send_message(&started(id)).await.unwrap();
@@ -338,9 +305,7 @@ async fn a_viewer_resumes_the_live_log_with_last_event_id_and_sees_each_line_onc
 #[tokio::test]
 async fn many_viewers_each_get_every_line_and_the_status_change() {
     let app = TestApp::spawn().await;
-    let cfg = app.enrolled_host("web-1").await;
-    let a = app.agent(&cfg, "v1");
-    wait_acked(&a).await;
+    let (cfg, a) = app.host("web-1").online().await;
     let id = new_job(&app, cfg.host_id).await;
     let s = a.sender();
     s.send_message(&started(id)).await.unwrap();
@@ -435,9 +400,7 @@ async fn a_log_past_the_cap_is_truncated_with_a_visible_line() {
     // A small cap keeps the test light; the default is 10 MiB.
     const CAP: i64 = 256 * 1024;
     let app = TestApp::spawn_with(|s| s.job_log_cap_bytes = CAP).await;
-    let cfg = app.enrolled_host("web-1").await;
-    let a = app.agent(&cfg, "v1");
-    wait_acked(&a).await;
+    let (cfg, a) = app.host("web-1").online().await;
     let id = new_job(&app, cfg.host_id).await;
     let s = a.sender();
     let chunk = "x".repeat(60 * 1024);
@@ -446,7 +409,7 @@ async fn a_log_past_the_cap_is_truncated_with_a_visible_line() {
         s.send_message(&line(id, seq, &chunk)).await.unwrap();
     }
     s.send_message(&succeeded(id)).await.unwrap();
-    wait_status(&app, id, "succeeded").await;
+    app.wait_job(id, "succeeded").await;
     let all = logs(&app, id).await;
     let stored = n as usize - 2; // the cap is hit part-way through line n-2
     assert_eq!(
@@ -465,9 +428,7 @@ async fn a_burst_of_lines_is_stored_once_each_in_order_before_the_finish() {
     // burst): a burst larger than a batch, duplicates inside it, two jobs
     // interleaved and the finish right behind must all come out as sent.
     let app = TestApp::spawn().await;
-    let cfg = app.enrolled_host("web-1").await;
-    let a = app.agent(&cfg, "v1");
-    wait_acked(&a).await;
+    let (cfg, a) = app.host("web-1").online().await;
     let (id, other) = (
         new_job(&app, cfg.host_id).await,
         new_job(&app, cfg.host_id).await,
@@ -491,7 +452,7 @@ async fn a_burst_of_lines_is_stored_once_each_in_order_before_the_finish() {
     s.send_message(&succeeded(id)).await.unwrap();
     // Ignored: the job is over.
     s.send_message(&line(id, N + 1, "too late")).await.unwrap();
-    wait_status(&app, id, "succeeded").await;
+    app.wait_job(id, "succeeded").await;
     let all = logs(&app, id).await;
     let pos: Vec<i64> = all.iter().map(|v| v["pos"].as_i64().unwrap()).collect();
     let seqs: Vec<i64> = all.iter().map(|v| v["seq"].as_i64().unwrap()).collect();
@@ -509,9 +470,7 @@ async fn control_characters_from_an_agent_are_stored_readably_and_lose_no_neighb
     // A NUL byte is legal JSON ("\u0000") but Postgres refuses it in text:
     // one such line must not cost the lines sent with it, nor the finish.
     let app = TestApp::spawn().await;
-    let cfg = app.enrolled_host("web-1").await;
-    let a = app.agent(&cfg, "v1");
-    wait_acked(&a).await;
+    let (cfg, a) = app.host("web-1").online().await;
     let id = new_job(&app, cfg.host_id).await;
     let s = a.sender();
     s.send_message(&line(id, 1, "before")).await.unwrap();
@@ -527,7 +486,7 @@ async fn control_characters_from_an_agent_are_stored_readably_and_lose_no_neighb
     })
     .await
     .unwrap();
-    let j = wait_status(&app, id, "failed").await;
+    let j = app.wait_job(id, "failed").await;
     assert_eq!(j["error"], "restic said \u{fffd}");
     let data: Vec<String> = logs(&app, id)
         .await
@@ -543,9 +502,7 @@ async fn carriage_returns_in_a_log_line_cannot_forge_live_events() {
     // In SSE a bare CR ends a line as LF does: restic's progress output (or a
     // hostile agent) must not start an `event:` or `id:` field of its own.
     let app = TestApp::spawn().await;
-    let cfg = app.enrolled_host("web-1").await;
-    let a = app.agent(&cfg, "v1");
-    wait_acked(&a).await;
+    let (cfg, a) = app.host("web-1").online().await;
     let id = new_job(&app, cfg.host_id).await;
     let s = a.sender();
     s.send_message(&started(id)).await.unwrap();
@@ -583,16 +540,14 @@ async fn watching_finished_jobs_leaves_nothing_behind() {
     // A viewer paging through old jobs' live views must not make the server
     // keep a channel per job it looked at.
     let app = TestApp::spawn().await;
-    let cfg = app.enrolled_host("web-1").await;
-    let a = app.agent(&cfg, "v1");
-    wait_acked(&a).await;
+    let (cfg, a) = app.host("web-1").online().await;
     let s = a.sender();
     let mut ids = vec![];
     for _ in 0..3 {
         let id = new_job(&app, cfg.host_id).await;
         s.send_message(&line(id, 1, "done soon")).await.unwrap();
         s.send_message(&succeeded(id)).await.unwrap();
-        wait_status(&app, id, "succeeded").await;
+        app.wait_job(id, "succeeded").await;
         ids.push(id);
     }
     let viewer = app.admin().await;

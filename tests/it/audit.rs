@@ -1,8 +1,6 @@
 //! Every admin action leaves an audit row (actor, action, target, client
 //! address); only admins can read the log.
-mod common;
-
-use common::*;
+use crate::common::*;
 use restic_manager::store::users::Role;
 use serde_json::{Value, json};
 

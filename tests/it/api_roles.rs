@@ -5,11 +5,9 @@
 //! (`{"error":"forbidden"}` or a readable HTML page) and changes nothing;
 //! an allowed role gets the route's success status. A separate test reads
 //! the `configure` functions in src/web/ so a new route cannot skip the table.
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
+use crate::common::*;
 use restic_manager::{
     routes,
     store::{alerts, fleet_updates, jobs, notifications, users::Role},
@@ -604,7 +602,7 @@ fn role_table_covers_every_registered_route() {
     let stale: Vec<_> = tabled.difference(&registered).collect();
     assert!(
         missing.is_empty(),
-        "routes registered in src/web/ but missing from the role table in tests/api_roles.rs: {missing:?}"
+        "routes registered in src/web/ but missing from the role table in tests/it/api_roles.rs: {missing:?}"
     );
     assert!(
         stale.is_empty(),
