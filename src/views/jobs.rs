@@ -102,7 +102,7 @@ pub fn job_page(
                 @if let Some(h) = host { a class="link" href=(routes::host(h.id)) { (h.name) } }
                 span class="text-sm text-gray-500" { "by " (actor(job)) " · created " (clock::rfc3339(job.created_at)) }
             }
-            div hx-ext="sse" sse-connect=[live.then(|| routes::job_events(job.id, last))] sse-close="end" {
+            div hx-ext="sse" sse-connect=[live.then(|| routes::job_events_after(job.id, last))] sse-close="end" {
                 section class="card mb-4" id="job-summary" sse-swap="status" { (job_summary(job, now_ms)) }
                 section class="card p-0" {
                     div class="flex items-center justify-between px-4 py-2 border-b text-sm text-gray-600" {

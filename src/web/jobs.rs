@@ -348,12 +348,13 @@ async fn job_events(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(routes::API_JOBS, web::get().to(api_jobs_list))
-        .route("/api/jobs/{id}", web::get().to(api_job_get))
-        .route("/api/jobs/{id}/logs", web::get().to(api_job_logs))
-        .route(routes::JOBS_PAGE, web::get().to(jobs_page))
-        .route("/jobs/{id}", web::get().to(job_page))
-        .route("/jobs/{id}/events", web::get().to(job_events));
+    use crate::routes::Method::*;
+    super::route(cfg, Get, routes::API_JOBS, api_jobs_list);
+    super::route(cfg, Get, routes::API_JOB, api_job_get);
+    super::route(cfg, Get, routes::API_JOB_LOGS, api_job_logs);
+    super::route(cfg, Get, routes::JOBS_PAGE, jobs_page);
+    super::route(cfg, Get, routes::JOB, job_page);
+    super::route(cfg, Get, routes::JOB_EVENTS, job_events);
 }
 
 #[cfg(test)]

@@ -631,7 +631,7 @@ async fn a_role_change_applies_to_the_users_open_session() {
     assert_error(vera.get(&users_api).send().await.unwrap(), 403, "forbidden").await;
 
     let r = admin
-        .post(app.at(&format!("/api/users/{id}/role")))
+        .post(app.at(&routes::api_user_role(id)))
         .json(&json!({"role": "admin"}))
         .send()
         .await
@@ -660,7 +660,7 @@ async fn a_role_change_applies_to_the_users_open_session() {
     assert_error(vera.get(&users_api).send().await.unwrap(), 403, "forbidden").await;
     // A made-up role is refused.
     let r = admin
-        .post(app.at(&format!("/api/users/{id}/role")))
+        .post(app.at(&routes::api_user_role(id)))
         .json(&json!({"role": "root"}))
         .send()
         .await
@@ -677,7 +677,7 @@ async fn a_password_reset_stops_the_old_password_and_ends_their_sessions() {
     let session = app.session_token("vera", &old).await;
 
     let r = admin
-        .post(app.at(&format!("/api/users/{id}/password")))
+        .post(app.at(&routes::api_user_password(id)))
         .json(&json!({"password": "brand-new-password"}))
         .send()
         .await
@@ -782,7 +782,7 @@ async fn the_last_admin_cannot_be_removed_or_demoted() {
     assert_error(r, 409, "last_admin").await;
     for role in ["operator", "viewer"] {
         let r = admin
-            .post(app.at(&format!("/api/users/{admin_id}/role")))
+            .post(app.at(&routes::api_user_role(admin_id)))
             .json(&json!({"role": role}))
             .send()
             .await
@@ -818,7 +818,7 @@ async fn the_last_admin_cannot_be_removed_or_demoted() {
     // With a second admin, the first may step down; the second is then last.
     let second = app.user("root2", Role::Admin).await;
     let r = admin
-        .post(app.at(&format!("/api/users/{admin_id}/role")))
+        .post(app.at(&routes::api_user_role(admin_id)))
         .json(&json!({"role": "viewer"}))
         .send()
         .await
@@ -893,7 +893,7 @@ async fn bad_user_input_is_refused_with_codes_and_changes_nothing() {
         assert_error(r, status, code).await;
     }
     let r = admin
-        .post(app.at(&format!("/api/users/{vera}/password")))
+        .post(app.at(&routes::api_user_password(vera)))
         .json(&json!({"password": "1234567"}))
         .send()
         .await

@@ -301,7 +301,7 @@ async fn a_new_token_re_enrolls_the_host_and_revokes_the_old_secret() {
     let r = app
         .admin()
         .await
-        .post(app.at(&format!("/api/hosts/{id}/token")))
+        .post(app.at(&routes::api_host_token(id)))
         .send()
         .await
         .unwrap();

@@ -6,7 +6,10 @@ use crate::common::{
 };
 use agent::wire::{FinishedStatus, JobFinished, JobStarted, LogStream};
 use futures_util::StreamExt;
-use restic_manager::store::{self, users::Role};
+use restic_manager::{
+    routes,
+    store::{self, users::Role},
+};
 use serde_json::Value;
 
 fn line(job_id: i64, seq: i64, data: &str) -> LogStream {
@@ -27,12 +30,12 @@ fn succeeded(job_id: i64) -> JobFinished {
 }
 
 async fn job(app: &TestApp, id: i64) -> Value {
-    app.get_json(&format!("/api/jobs/{id}")).await
+    app.get_json(&routes::api_job(id)).await
 }
 
 /// A job's whole log (up to the API's 10,000-line page).
 async fn logs(app: &TestApp, id: i64) -> Vec<Value> {
-    app.get_json(&format!("/api/jobs/{id}/logs?limit=10000"))
+    app.get_json(&format!("{}?limit=10000", routes::api_job_logs(id)))
         .await
 }
 
@@ -80,7 +83,7 @@ async fn agent_messages_drive_a_job_through_its_lifecycle() {
     let page = app
         .admin()
         .await
-        .get(app.at(&format!("/hosts/{}", cfg.host_id)))
+        .get(app.at(&routes::host(cfg.host_id)))
         .send()
         .await
         .unwrap();
@@ -259,7 +262,7 @@ async fn a_viewer_resumes_the_live_log_with_last_event_id_and_sees_each_line_onc
     let s = a.sender();
     s.send_message(&started(id)).await.unwrap();
     let viewer = app.as_role(Role::Viewer).await;
-    let url = app.at(&format!("/jobs/{id}/events"));
+    let url = app.at(&routes::job_events(id));
 
     let mut seen = vec![];
     let mut sse = Sse::open(&viewer, url.clone(), None).await;
@@ -312,7 +315,7 @@ async fn many_viewers_each_get_every_line_and_the_status_change() {
     let viewer = app.as_role(Role::Viewer).await;
     let mut tasks = vec![];
     for _ in 0..30 {
-        let sse = Sse::open(&viewer, app.at(&format!("/jobs/{id}/events")), None).await;
+        let sse = Sse::open(&viewer, app.at(&routes::job_events(id)), None).await;
         tasks.push(tokio::spawn(async move {
             let mut sse = sse;
             let mut n = 0;
@@ -354,14 +357,14 @@ async fn the_log_stream_needs_a_session() {
     let id = new_job(&app, cfg.host_id).await;
     let r = app
         .anon()
-        .get(app.at(&format!("/jobs/{id}/events")))
+        .get(app.at(&routes::job_events(id)))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 303);
     assert_error(
         app.anon()
-            .get(app.at(&format!("/api/jobs/{id}")))
+            .get(app.at(&routes::api_job(id)))
             .send()
             .await
             .unwrap(),
@@ -383,14 +386,14 @@ async fn the_log_stream_needs_a_session() {
     let page = app
         .as_role(Role::Viewer)
         .await
-        .get(app.at(&format!("/jobs/{id}")))
+        .get(app.at(&routes::job(id)))
         .send()
         .await
         .unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(
-        html.contains(&format!("/jobs/{id}/events?after=0")),
+        html.contains(&format!("{}?after=0", routes::job_events(id))),
         "live page connects to its stream"
     );
 }
@@ -515,7 +518,7 @@ async fn carriage_returns_in_a_log_line_cannot_forge_live_events() {
     .unwrap();
     s.send_message(&line(id, 2, "next")).await.unwrap();
     let viewer = app.admin().await;
-    let mut sse = Sse::open(&viewer, app.at(&format!("/jobs/{id}/events")), None).await;
+    let mut sse = Sse::open(&viewer, app.at(&routes::job_events(id)), None).await;
     let mut seen = vec![];
     while seen.len() < 3 {
         let (ev, eid, data) = sse.next().await.expect("an event");
@@ -552,7 +555,7 @@ async fn watching_finished_jobs_leaves_nothing_behind() {
     }
     let viewer = app.admin().await;
     for &id in &ids {
-        let mut sse = Sse::open(&viewer, app.at(&format!("/jobs/{id}/events")), None).await;
+        let mut sse = Sse::open(&viewer, app.at(&routes::job_events(id)), None).await;
         let (pos, data) = sse.next_line().await.expect("the stored line");
         assert!(pos == 1 && data.contains("done soon"), "{data}");
         assert_eq!(sse.next_line().await, None, "then the end");

@@ -9,13 +9,13 @@ use crate::common::{
     *,
 };
 use agent::wire::{self, UpdateOutcome, UpdateReport};
-use restic_manager::{store::users::Role, version::VERSION};
+use restic_manager::{routes, store::users::Role, version::VERSION};
 use serde_json::Value;
 
 async fn dispatch(app: &TestApp, host_id: i64) -> reqwest::Response {
     app.admin()
         .await
-        .post(app.at(&format!("/api/hosts/{host_id}/update")))
+        .post(app.at(&routes::api_host_update(host_id)))
         .send()
         .await
         .unwrap()
@@ -45,7 +45,7 @@ async fn an_update_dispatches_and_succeeds_when_the_agent_returns_at_the_target(
     // healthy period (0.3 s here), in whole seconds: the agent gives up
     // staging before the server gives up the job.
     assert_eq!(cmd.stage_within_secs, Some(74));
-    let j = app.get_json::<Value>(&format!("/api/jobs/{job_id}")).await;
+    let j = app.get_json::<Value>(&routes::api_job(job_id)).await;
     assert_eq!(j["kind"], "update");
     assert_eq!(j["target_version"], VERSION);
     // The audit row went out with it.
@@ -87,7 +87,7 @@ async fn an_update_dispatches_and_succeeds_when_the_agent_returns_at_the_target(
     assert_eq!(h["agent_version"], VERSION);
     assert_eq!(h["update_available"], false);
     // The job log tells the story, server lines included.
-    let logs: Vec<Value> = app.get_json(&format!("/api/jobs/{job_id}/logs")).await;
+    let logs: Vec<Value> = app.get_json(&routes::api_job_logs(job_id)).await;
     let text: Vec<&str> = logs.iter().map(|l| l["data"].as_str().unwrap()).collect();
     assert!(
         text.iter().any(|l| l.contains("requested by admin")),
@@ -109,7 +109,7 @@ async fn every_refusal_has_its_code_and_changes_nothing() {
     for role in [Role::Viewer, Role::Operator] {
         let c = app.as_role(role).await;
         assert_error(
-            c.post(app.at(&format!("/api/hosts/{}/update", cfg.host_id)))
+            c.post(app.at(&routes::api_host_update(cfg.host_id)))
                 .send()
                 .await
                 .unwrap(),
@@ -120,7 +120,7 @@ async fn every_refusal_has_its_code_and_changes_nothing() {
     }
     assert_error(
         app.anon()
-            .post(app.at(&format!("/api/hosts/{}/update", cfg.host_id)))
+            .post(app.at(&routes::api_host_update(cfg.host_id)))
             .send()
             .await
             .unwrap(),
@@ -337,14 +337,14 @@ async fn a_server_restart_with_a_pending_deadline_still_ends_the_job_exactly_onc
     // Restart again: nothing ends twice.
     app.stop().await;
     app.restart().await;
-    let logs: Vec<Value> = app.get_json(&format!("/api/jobs/{job_id}/logs")).await;
+    let logs: Vec<Value> = app.get_json(&routes::api_job_logs(job_id)).await;
     let fails = logs
         .iter()
         .filter(|l| l["data"].as_str().unwrap().starts_with("update failed"))
         .count();
     assert_eq!(fails, 1, "{logs:?}");
     assert_eq!(
-        app.get_json::<Value>(&format!("/api/jobs/{job_id}")).await["status"],
+        app.get_json::<Value>(&routes::api_job(job_id)).await["status"],
         "failed"
     );
 }
@@ -412,7 +412,7 @@ async fn out_of_date_hosts_show_a_chip_a_tile_and_their_own_filter() {
 
     // Host pages: the chip in the header; the button for admins only.
     let hp = admin
-        .get(app.at(&format!("/hosts/{}", behind.host_id)))
+        .get(app.at(&routes::host(behind.host_id)))
         .send()
         .await
         .unwrap()
@@ -428,7 +428,7 @@ async fn out_of_date_hosts_show_a_chip_a_tile_and_their_own_filter() {
     assert!(button.value().attr("disabled").is_none());
     let viewer = app.as_role(Role::Viewer).await;
     let vp = viewer
-        .get(app.at(&format!("/hosts/{}", behind.host_id)))
+        .get(app.at(&routes::host(behind.host_id)))
         .send()
         .await
         .unwrap()
@@ -449,7 +449,7 @@ async fn out_of_date_hosts_show_a_chip_a_tile_and_their_own_filter() {
     })
     .await;
     let hp = admin
-        .get(app.at(&format!("/hosts/{}", behind.host_id)))
+        .get(app.at(&routes::host(behind.host_id)))
         .send()
         .await
         .unwrap()
@@ -494,7 +494,7 @@ async fn the_form_redirects_htmx_to_the_job_or_shows_an_inline_banner() {
     let admin = app.admin().await;
     // Offline: an inline banner, no job.
     let r = admin
-        .post(app.at(&format!("/hosts/{}/update", cfg.host_id)))
+        .post(app.at(&routes::host_update(cfg.host_id)))
         .header("HX-Request", "true")
         .send()
         .await
@@ -508,7 +508,7 @@ async fn the_form_redirects_htmx_to_the_job_or_shows_an_inline_banner() {
     let (a, _cmds) = sim::catching_updates(&cfg, OLD, None);
     wait_acked(&a).await;
     let r = admin
-        .post(app.at(&format!("/hosts/{}/update", cfg.host_id)))
+        .post(app.at(&routes::host_update(cfg.host_id)))
         .header("HX-Request", "true")
         .send()
         .await
