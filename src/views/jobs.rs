@@ -203,7 +203,7 @@ pub fn job_page(
                     }
                 }
             }
-            div hx-ext="sse" sse-connect=[live.then(|| routes::job_events(job.id, last))] sse-close="end" {
+            div hx-ext="sse" sse-connect=[live.then(|| routes::job_events_after(job.id, last))] sse-close="end" {
                 section class="card mb-4" id="job-summary" sse-swap="status" { (job_summary(job, now_ms)) }
                 @if live && job.kind.is_restic() {
                     section class="card mb-4" id="job-progress" sse-swap="progress" { (progress_bar(progress)) }

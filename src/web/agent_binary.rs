@@ -104,5 +104,6 @@ async fn agent_binary(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(routes::AGENT_BINARY, web::get().to(agent_binary));
+    use crate::routes::Method::*;
+    super::route(cfg, Get, routes::AGENT_BINARY, agent_binary);
 }

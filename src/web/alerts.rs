@@ -184,11 +184,9 @@ async fn alert_resolve_submit(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(routes::API_ALERTS, web::get().to(api_alerts_list))
-        .route(
-            "/api/alerts/{id}/resolve",
-            web::post().to(api_alert_resolve),
-        )
-        .route(routes::ALERTS_PAGE, web::get().to(alerts_page))
-        .route("/alerts/{id}/resolve", web::post().to(alert_resolve_submit));
+    use crate::routes::Method::*;
+    super::route(cfg, Get, routes::API_ALERTS, api_alerts_list);
+    super::route(cfg, Post, routes::API_ALERT_RESOLVE, api_alert_resolve);
+    super::route(cfg, Get, routes::ALERTS_PAGE, alerts_page);
+    super::route(cfg, Post, routes::ALERT_RESOLVE, alert_resolve_submit);
 }

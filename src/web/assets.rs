@@ -86,5 +86,6 @@ async fn asset(path: web::Path<(String, String)>) -> HttpResponse {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/assets/{hash}/{name}", web::get().to(asset));
+    use crate::routes::{self, Method::*};
+    super::route(cfg, Get, routes::ASSET, asset);
 }

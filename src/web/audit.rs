@@ -90,6 +90,7 @@ async fn audit_page(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(routes::API_AUDIT, web::get().to(api_audit))
-        .route(routes::AUDIT_PAGE, web::get().to(audit_page));
+    use crate::routes::Method::*;
+    super::route(cfg, Get, routes::API_AUDIT, api_audit);
+    super::route(cfg, Get, routes::AUDIT_PAGE, audit_page);
 }

@@ -265,12 +265,13 @@ async fn logout_submit(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(routes::API_LOGIN, web::post().to(api_login))
-        .route(routes::API_LOGOUT, web::post().to(api_logout))
-        .route(routes::API_ME, web::get().to(api_me))
-        .route(routes::LOGIN, web::get().to(login_page))
-        .route(routes::LOGIN, web::post().to(login_submit))
-        .route(routes::LOGOUT, web::post().to(logout_submit));
+    use crate::routes::Method::*;
+    super::route(cfg, Post, routes::API_LOGIN, api_login);
+    super::route(cfg, Post, routes::API_LOGOUT, api_logout);
+    super::route(cfg, Get, routes::API_ME, api_me);
+    super::route(cfg, Get, routes::LOGIN, login_page);
+    super::route(cfg, Post, routes::LOGIN, login_submit);
+    super::route(cfg, Post, routes::LOGOUT, logout_submit);
 }
 
 #[cfg(test)]

@@ -91,8 +91,9 @@ async fn install_sh(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(routes::AGENT_ENROLL, web::post().to(agent_enroll))
-        .route(routes::AGENT_INSTALL_SH, web::get().to(install_sh));
+    use crate::routes::Method::*;
+    super::route(cfg, Post, routes::AGENT_ENROLL, agent_enroll);
+    super::route(cfg, Get, routes::AGENT_INSTALL_SH, install_sh);
 }
 
 #[cfg(test)]

@@ -347,21 +347,13 @@ async fn fleet_banner(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(routes::API_FLEET_UPDATE, web::post().to(api_fleet_start))
-        .route("/api/fleet-updates", web::get().to(api_fleet_list))
-        .route("/api/fleet-updates/{id}", web::get().to(api_fleet_get))
-        .route(
-            "/api/fleet-updates/{id}/cancel",
-            web::post().to(api_fleet_cancel),
-        )
-        .route(routes::FLEET_BANNER, web::get().to(fleet_banner))
-        .route(routes::FLEET_UPDATE_PAGE, web::get().to(fleet_page))
-        .route(
-            routes::FLEET_UPDATE_PAGE,
-            web::post().to(fleet_start_submit),
-        )
-        .route(
-            "/settings/fleet-update/{id}/cancel",
-            web::post().to(fleet_cancel_submit),
-        );
+    use crate::routes::Method::*;
+    super::route(cfg, Post, routes::API_FLEET_UPDATE, api_fleet_start);
+    super::route(cfg, Get, routes::API_FLEET_RUNS, api_fleet_list);
+    super::route(cfg, Get, routes::API_FLEET_RUN, api_fleet_get);
+    super::route(cfg, Post, routes::API_FLEET_RUN_CANCEL, api_fleet_cancel);
+    super::route(cfg, Get, routes::FLEET_BANNER, fleet_banner);
+    super::route(cfg, Get, routes::FLEET_UPDATE_PAGE, fleet_page);
+    super::route(cfg, Post, routes::FLEET_UPDATE_PAGE, fleet_start_submit);
+    super::route(cfg, Post, routes::FLEET_CANCEL, fleet_cancel_submit);
 }

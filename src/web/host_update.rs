@@ -62,6 +62,7 @@ async fn host_update_submit(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/hosts/{id}/update", web::post().to(api_host_update))
-        .route("/hosts/{id}/update", web::post().to(host_update_submit));
+    use crate::routes::Method::*;
+    super::route(cfg, Post, routes::API_HOST_UPDATE, api_host_update);
+    super::route(cfg, Post, routes::HOST_UPDATE, host_update_submit);
 }

@@ -365,15 +365,16 @@ async fn host_delete_submit(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(routes::API_HOSTS, web::get().to(api_hosts_list))
-        .route(routes::API_HOSTS, web::post().to(api_host_create))
-        .route("/api/hosts/{id}", web::get().to(api_host_get))
-        .route("/api/hosts/{id}", web::delete().to(api_host_delete))
-        .route("/api/hosts/{id}/token", web::post().to(api_host_token))
-        .route(routes::DASHBOARD, web::get().to(dashboard))
-        .route(routes::HOST_NEW, web::get().to(host_new_page))
-        .route(routes::HOST_NEW, web::post().to(host_new_submit))
-        .route("/hosts/{id}", web::get().to(host_page))
-        .route("/hosts/{id}/token", web::post().to(host_token_submit))
-        .route("/hosts/{id}/delete", web::post().to(host_delete_submit));
+    use crate::routes::Method::*;
+    super::route(cfg, Get, routes::API_HOSTS, api_hosts_list);
+    super::route(cfg, Post, routes::API_HOSTS, api_host_create);
+    super::route(cfg, Get, routes::API_HOST, api_host_get);
+    super::route(cfg, Delete, routes::API_HOST, api_host_delete);
+    super::route(cfg, Post, routes::API_HOST_TOKEN, api_host_token);
+    super::route(cfg, Get, routes::DASHBOARD, dashboard);
+    super::route(cfg, Get, routes::HOST_NEW, host_new_page);
+    super::route(cfg, Post, routes::HOST_NEW, host_new_submit);
+    super::route(cfg, Get, routes::HOST, host_page);
+    super::route(cfg, Post, routes::HOST_TOKEN, host_token_submit);
+    super::route(cfg, Post, routes::HOST_DELETE, host_delete_submit);
 }

@@ -477,14 +477,15 @@ async fn job_cancel_submit(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(routes::API_JOB_CANCEL, web::post().to(api_job_cancel))
-        .route(routes::JOB_CANCEL, web::post().to(job_cancel_submit))
-        .route(routes::API_JOBS, web::get().to(api_jobs_list))
-        .route("/api/jobs/{id}", web::get().to(api_job_get))
-        .route("/api/jobs/{id}/logs", web::get().to(api_job_logs))
-        .route(routes::JOBS_PAGE, web::get().to(jobs_page))
-        .route("/jobs/{id}", web::get().to(job_page))
-        .route("/jobs/{id}/events", web::get().to(job_events));
+use crate::routes::Method::*;
+    super::route(cfg, Post, routes::API_JOB_CANCEL, api_job_cancel);
+    super::route(cfg, Post, routes::JOB_CANCEL, job_cancel_submit);
+    super::route(cfg, Get, routes::API_JOBS, api_jobs_list);
+    super::route(cfg, Get, routes::API_JOB, api_job_get);
+    super::route(cfg, Get, routes::API_JOB_LOGS, api_job_logs);
+    super::route(cfg, Get, routes::JOBS_PAGE, jobs_page);
+    super::route(cfg, Get, routes::JOB, job_page);
+    super::route(cfg, Get, routes::JOB_EVENTS, job_events);
 }
 
 #[cfg(test)]

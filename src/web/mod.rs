@@ -100,6 +100,33 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     agent_ws::configure(cfg);
 }
 
+/// Registers `handler` for `method path`. Every route goes through here:
+/// `path` must be a pattern constant of `routes` listed in `routes::ALL`
+/// with this method, so the role table there stays complete.
+pub(crate) fn route<F, Args>(
+    cfg: &mut web::ServiceConfig,
+    method: routes::Method,
+    path: &'static str,
+    handler: F,
+) where
+    F: actix_web::Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    assert!(
+        routes::find(method, path).is_some(),
+        "{} {path} is not in routes::ALL: add it there with its least role",
+        method.as_str()
+    );
+    let m = match method {
+        routes::Method::Get => Method::GET,
+        routes::Method::Post => Method::POST,
+        routes::Method::Patch => Method::PATCH,
+        routes::Method::Delete => Method::DELETE,
+    };
+    cfg.route(path, web::method(m).to(handler));
+}
+
 pub fn is_api(req: &HttpRequest) -> bool {
     req.path().starts_with("/api/")
 }

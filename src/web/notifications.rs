@@ -210,20 +210,19 @@ fn target_error(e: store::StoreError) -> AppError {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(
-        routes::NOTIFICATIONS_PAGE,
-        web::get().to(notifications_page),
-    )
-    .route(
-        routes::NOTIFICATIONS_PAGE,
-        web::post().to(target_add_submit),
-    )
-    .route(
-        "/settings/notifications/{id}/delete",
-        web::post().to(target_remove_submit),
-    )
-    .route(
-        "/settings/notifications/{id}/test",
-        web::post().to(target_test_submit),
+    use crate::routes::Method::*;
+    super::route(cfg, Get, routes::NOTIFICATIONS_PAGE, notifications_page);
+    super::route(cfg, Post, routes::NOTIFICATIONS_PAGE, target_add_submit);
+    super::route(
+        cfg,
+        Post,
+        routes::NOTIFICATION_TARGET_DELETE,
+        target_remove_submit,
+    );
+    super::route(
+        cfg,
+        Post,
+        routes::NOTIFICATION_TARGET_TEST,
+        target_test_submit,
     );
 }

@@ -574,16 +574,17 @@ async fn jobs_submit(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(routes::API_REPOSITORIES, web::get().to(api_list))
-        .route(routes::API_REPOSITORIES, web::post().to(api_create))
-        .route(routes::API_REPOSITORY, web::get().to(api_get))
-        .route(routes::API_REPOSITORY, web::patch().to(api_update))
-        .route(routes::API_REPOSITORY, web::delete().to(api_delete))
-        .route(routes::API_REPOSITORY_JOBS, web::post().to(api_jobs))
-        .route(routes::REPOSITORIES_PAGE, web::get().to(list_page))
-        .route(routes::REPOSITORIES_PAGE, web::post().to(create_submit))
-        .route(routes::REPOSITORY_PAGE, web::get().to(detail_page))
-        .route(routes::REPOSITORY_PAGE, web::post().to(update_submit))
-        .route(routes::REPOSITORY_DELETE, web::post().to(delete_submit))
-        .route(routes::REPOSITORY_JOBS, web::post().to(jobs_submit));
+    use crate::routes::Method::*;
+    super::route(cfg, Get, routes::API_REPOSITORIES, api_list);
+    super::route(cfg, Post, routes::API_REPOSITORIES, api_create);
+    super::route(cfg, Get, routes::API_REPOSITORY, api_get);
+    super::route(cfg, Patch, routes::API_REPOSITORY, api_update);
+    super::route(cfg, Delete, routes::API_REPOSITORY, api_delete);
+    super::route(cfg, Post, routes::API_REPOSITORY_JOBS, api_jobs);
+    super::route(cfg, Get, routes::REPOSITORIES_PAGE, list_page);
+    super::route(cfg, Post, routes::REPOSITORIES_PAGE, create_submit);
+    super::route(cfg, Get, routes::REPOSITORY_PAGE, detail_page);
+    super::route(cfg, Post, routes::REPOSITORY_PAGE, update_submit);
+    super::route(cfg, Post, routes::REPOSITORY_DELETE, delete_submit);
+    super::route(cfg, Post, routes::REPOSITORY_JOBS, jobs_submit);
 }

@@ -318,26 +318,15 @@ async fn users_delete_submit(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(routes::API_USERS, web::get().to(api_users_list))
-        .route(routes::API_USERS, web::post().to(api_user_create))
-        .route("/api/users/{id}", web::delete().to(api_user_delete))
-        .route("/api/users/{id}/role", web::post().to(api_user_role))
-        .route(
-            "/api/users/{id}/password",
-            web::post().to(api_user_password),
-        )
-        .route(routes::USERS_PAGE, web::get().to(users_page))
-        .route(routes::USERS_PAGE, web::post().to(users_add_submit))
-        .route(
-            "/settings/users/{id}/role",
-            web::post().to(users_role_submit),
-        )
-        .route(
-            "/settings/users/{id}/password",
-            web::post().to(users_password_submit),
-        )
-        .route(
-            "/settings/users/{id}/delete",
-            web::post().to(users_delete_submit),
-        );
+    use crate::routes::Method::*;
+    super::route(cfg, Get, routes::API_USERS, api_users_list);
+    super::route(cfg, Post, routes::API_USERS, api_user_create);
+    super::route(cfg, Delete, routes::API_USER, api_user_delete);
+    super::route(cfg, Post, routes::API_USER_ROLE, api_user_role);
+    super::route(cfg, Post, routes::API_USER_PASSWORD, api_user_password);
+    super::route(cfg, Get, routes::USERS_PAGE, users_page);
+    super::route(cfg, Post, routes::USERS_PAGE, users_add_submit);
+    super::route(cfg, Post, routes::USER_ROLE, users_role_submit);
+    super::route(cfg, Post, routes::USER_PASSWORD, users_password_submit);
+    super::route(cfg, Post, routes::USER_DELETE, users_delete_submit);
 }

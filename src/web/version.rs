@@ -9,5 +9,6 @@ async fn version_get() -> HttpResponse {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(routes::API_VERSION, web::get().to(version_get));
+    use crate::routes::Method::*;
+    super::route(cfg, Get, routes::API_VERSION, version_get);
 }

@@ -154,8 +154,56 @@ impl TestApp {
         }
     }
 
+    /// Stops the server if it runs and starts it again on the same database
+    /// and address (so agents find it again by themselves).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.settings.listen = self
+            .url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the test server's address");
+        let running = restic_manager::start_with_clock(self.settings.clone(), self.clock.clone())
+            .await
+            .expect("server restarts on the same database");
+        self.url = format!("http://{}", running.addr);
+        self.running = Some(running);
+    }
+
     pub fn at(&self, path: &str) -> String {
         format!("{}{}", self.url, path)
+    }
+
+    /// `GET path` as a fresh admin, the body read as JSON.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.admin()
+            .await
+            .get(self.at(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until job `id` has `status`; returns the job's JSON.
+    pub async fn wait_job(&self, id: i64, status: &str) -> serde_json::Value {
+        eventually(&format!("job {id} {status}"), || async {
+            let j: serde_json::Value = self.get_json(&routes::api_job(id)).await;
+            (j["status"] == status).then_some(j)
+        })
+        .await
+    }
+
+    /// A host to set up: `app.host("web-1").online().await` enrolls it and
+    /// connects a real agent (at "v1" unless `.version(…)` says otherwise).
+    pub fn host(&self, name: &str) -> HostBuilder<'_> {
+        HostBuilder {
+            app: self,
+            name: name.to_string(),
+            version: "v1".to_string(),
+        }
     }
 
     /// A client with no session.
@@ -393,13 +441,19 @@ impl TestApp {
         let targets = self
             .query("SELECT CAST(id AS TEXT), name FROM notification_targets ORDER BY id")
             .await;
+        let repositories = self
+            .query(
+                "SELECT CAST(id AS TEXT), name, url_masked, CAST(prune AS TEXT), \
+                 CAST(updated_at AS TEXT) FROM repositories ORDER BY id",
+            )
+            .await;
         let deliveries = self.count("notification_deliveries").await;
         // Only how many: the fleet worker moves runs along by itself.
         let fleet_updates = self.count("fleet_updates").await;
         format!(
             "hosts={hosts:?}\ntokens={tokens:?}\nusers={users:?}\njobs={jobs:?}\n\
              alerts={alerts:?}\ntargets={targets:?}\ndeliveries={deliveries}\n\
-             fleet_updates={fleet_updates}"
+             fleet_updates={fleet_updates}\nrepositories={repositories:?}"
         )
     }
 
@@ -423,6 +477,29 @@ impl TestApp {
 }
 
 /// An `agent.hello` frame.
+pub struct HostBuilder<'a> {
+    app: &'a TestApp,
+    name: String,
+    version: String,
+}
+
+impl HostBuilder<'_> {
+    /// The version the agent reports in its hello.
+    pub fn version(mut self, version: &str) -> Self {
+        self.version = version.to_string();
+        self
+    }
+
+    /// Enrolls the host, starts its agent and waits until the server acked
+    /// its hello.
+    pub async fn online(self) -> (AgentConfig, AgentHandle) {
+        let cfg = self.app.enrolled_host(&self.name).await;
+        let agent = self.app.agent(&cfg, &self.version);
+        wait_acked(&agent).await;
+        (cfg, agent)
+    }
+}
+
 pub fn hello_frame(version: &str, os: &str, arch: &str, hostname: &str) -> String {
     Hello {
         agent_version: version.into(),

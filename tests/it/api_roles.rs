@@ -3,29 +3,16 @@
 //! (anonymous, viewer, operator, admin). Anonymous gets 401 JSON on the API
 //! and a 303 to the login page elsewhere; a role that is too small gets 403
 //! (`{"error":"forbidden"}` or a readable HTML page) and changes nothing;
-//! an allowed role gets the route's success status. A separate test reads
-//! the `configure` functions in src/web/ so a new route cannot skip the table.
-mod common;
-
+//! an allowed role gets the route's success status. A separate test checks
+//! the table against `routes::ALL` (every registered route, with its least
+//! role), so a new route cannot skip the table.
 use std::collections::BTreeSet;
 
-use common::*;
+use crate::common::*;
 use restic_manager::{
-    routes,
+    routes::{self, Access},
     store::{alerts, fleet_updates, jobs, notifications, users::Role},
 };
-
-/// Who may call a route.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Access {
-    /// Anyone, logged in or not.
-    Public,
-    /// Logged in with at least this role.
-    Min(Role),
-    /// Only with an agent credential (secret or enrollment token): a user
-    /// session, even an admin's, is no credential here.
-    Agent,
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Body {
@@ -96,6 +83,7 @@ impl Route {
 }
 
 const VIEWER: Access = Access::Min(Role::Viewer);
+const OPERATOR: Access = Access::Min(Role::Operator);
 const ADMIN: Access = Access::Min(Role::Admin);
 const PROBE_LOGIN_JSON: &str = r#"{"username":"probe","password":"probe-password-1"}"#;
 const PROBE_LOGIN_FORM: &str = "username=probe&password=probe-password-1";
@@ -128,7 +116,24 @@ fn table() -> Vec<Route> {
         r("GET", "/jobs/{job}/events", VIEWER, false, 200),
         r("GET", routes::API_ALERTS, VIEWER, true, 200),
         r("GET", routes::ALERTS_PAGE, VIEWER, false, 200),
+        r("GET", routes::REPOSITORIES_PAGE, VIEWER, false, 200),
+        r("GET", "/repositories/{repo}", VIEWER, false, 200),
+        r("GET", routes::API_REPOSITORIES, VIEWER, true, 200),
+        r("GET", "/api/repositories/{repo}", VIEWER, true, 200),
+        // Operator (restic jobs; the fixture host is offline, so they queue).
+        r("POST", "/api/repositories/{repo}/jobs", OPERATOR, true, 202).json(r#"{"kind":"check"}"#),
+        r("POST", "/repositories/{repo}/jobs", OPERATOR, false, 303).form("kind=snapshots"),
+        r("POST", "/api/jobs/{rjob}/cancel", OPERATOR, true, 200),
+        r("POST", "/jobs/{rjob}/cancel", OPERATOR, false, 303),
         // Admin.
+        r("POST", routes::API_REPOSITORIES, ADMIN, true, 201)
+            .json(r#"{"name":"api-repo-{n}","url":"/tmp/rm-api-repo-{n}","password":"pw-{n}"}"#),
+        r("PATCH", "/api/repositories/{repo}", ADMIN, true, 200).json(r#"{"prune":false}"#),
+        r("DELETE", "/api/repositories/{repo}", ADMIN, true, 204),
+        r("POST", routes::REPOSITORIES_PAGE, ADMIN, false, 303)
+            .form("name=form-repo-{n}&url=%2Ftmp%2Frm-form-{n}&password=pw"),
+        r("POST", "/repositories/{repo}", ADMIN, false, 303).form("name=renamed-{n}&check_every_days=3"),
+        r("POST", "/repositories/{repo}/delete", ADMIN, false, 303),
         r("POST", routes::API_HOSTS, ADMIN, true, 201).json(r#"{"name":"new-{n}"}"#),
         r("DELETE", "/api/hosts/{host}", ADMIN, true, 204),
         r("POST", "/api/hosts/{host}/token", ADMIN, true, 201),
@@ -260,6 +265,44 @@ impl Runner {
             .unwrap();
             path = path.replace("{job}", &job.id.to_string());
         }
+        if path.contains("{repo}") || path.contains("{rjob}") {
+            let (host_id, _) = self.app.add_host_direct(&format!("repo-host-{n}")).await;
+            let state = self.app.state();
+            let repo = restic_manager::restic::repositories::create(
+                self.app.db(),
+                &state.secrets,
+                restic_manager::restic::repositories::RepositoryInput {
+                    name: Some(format!("repo-{n}")),
+                    url: Some(format!("/tmp/rm-role-repo-{n}")),
+                    password: Some(format!("pw-{n}")),
+                    maintenance_host_id: Some(Some(host_id)),
+                    ..Default::default()
+                },
+                self.app.clock.now_ms(),
+            )
+            .await
+            .unwrap();
+            path = path.replace("{repo}", &repo.id.to_string());
+            if path.contains("{rjob}") {
+                let who = restic_manager::restic::jobs::Requester {
+                    kind: jobs::ActorKind::System,
+                    id: None,
+                    name: "test".into(),
+                };
+                let job = restic_manager::restic::jobs::enqueue(
+                    state,
+                    &who,
+                    &repo,
+                    host_id,
+                    jobs::JobKind::Check,
+                    None,
+                    &Default::default(),
+                )
+                .await
+                .unwrap();
+                path = path.replace("{rjob}", &job.id.to_string());
+            }
+        }
         if path.contains("{alert}") {
             let key = format!("test:{n}");
             let raised = alerts::raise(
@@ -327,6 +370,7 @@ impl Runner {
             "GET" => client.get(&url),
             "POST" => client.post(&url),
             "DELETE" => client.delete(&url),
+            "PATCH" => client.patch(&url),
             other => panic!("method {other} not in the runner"),
         };
         req = match route.body {
@@ -516,61 +560,8 @@ async fn admin_may_do_everything_but_use_agent_endpoints_with_a_session() {
     Runner::new(Some(Role::Admin)).await.run_table().await;
 }
 
-/// `(METHOD, path)` of every `.route(PATH, web::METHOD()…)` in src/web/*.rs,
-/// with path parameters written `{}`.
-fn registered_routes() -> BTreeSet<(String, String)> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let consts: Vec<(String, String)> = std::fs::read_to_string(root.join("src/routes.rs"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let rest = l.trim().strip_prefix("pub const ")?;
-            let (name, rest) = rest.split_once(':')?;
-            let value = rest.split('"').nth(1)?;
-            Some((name.trim().to_string(), value.to_string()))
-        })
-        .collect();
-    let mut found = BTreeSet::new();
-    let mut files: Vec<_> = std::fs::read_dir(root.join("src/web"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
-        .collect();
-    files.sort();
-    for file in files {
-        let text = std::fs::read_to_string(&file).unwrap();
-        for (i, _) in text.match_indices(".route(") {
-            let args = text[i + ".route(".len()..].trim_start();
-            let (path, rest) = if let Some(lit) = args.strip_prefix('"') {
-                let end = lit.find('"').unwrap();
-                (lit[..end].to_string(), &lit[end..])
-            } else if let Some(name) = args.strip_prefix("routes::") {
-                let end = name
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap();
-                let value = consts
-                    .iter()
-                    .find(|(n, _)| n == &name[..end])
-                    .unwrap_or_else(|| panic!("routes::{} unknown", &name[..end]));
-                (value.1.clone(), &name[end..])
-            } else {
-                panic!(
-                    "{}: cannot read the route at {:?}",
-                    file.display(),
-                    &args[..40.min(args.len())]
-                );
-            };
-            let m = rest
-                .find("web::")
-                .map(|j| &rest[j + "web::".len()..])
-                .and_then(|s| s.split('(').next())
-                .unwrap_or_else(|| panic!("{}: no method for {path}", file.display()));
-            found.insert((m.to_uppercase(), normalize(&path)));
-        }
-    }
-    found
-}
-
+/// A path with its parameter names dropped (`/hosts/{host}` → `/hosts/{}`),
+/// so the table's fixture placeholders compare with the route patterns.
 fn normalize(path: &str) -> String {
     let mut out = String::new();
     let mut in_param = false;
@@ -590,10 +581,15 @@ fn normalize(path: &str) -> String {
 
 #[test]
 fn role_table_covers_every_registered_route() {
-    let registered = registered_routes();
+    // routes::ALL is what the server registers (registering a route that is
+    // not in it panics at startup); this table must say the same.
+    let registered: BTreeSet<(String, String)> = routes::ALL
+        .iter()
+        .map(|r| (r.method.as_str().to_string(), normalize(r.path)))
+        .collect();
     assert!(
         registered.len() >= 30,
-        "the route scanner found only {} routes: is it still reading src/web/*.rs right? {registered:?}",
+        "routes::ALL lists only {} routes: {registered:?}",
         registered.len()
     );
     let tabled: BTreeSet<(String, String)> = table()
@@ -604,10 +600,21 @@ fn role_table_covers_every_registered_route() {
     let stale: Vec<_> = tabled.difference(&registered).collect();
     assert!(
         missing.is_empty(),
-        "routes registered in src/web/ but missing from the role table in tests/api_roles.rs: {missing:?}"
+        "routes in routes::ALL but missing from the role table in tests/it/api_roles.rs: {missing:?}"
     );
     assert!(
         stale.is_empty(),
         "role-table rows for routes the server no longer registers: {stale:?}"
     );
+    for row in table() {
+        let declared = routes::ALL
+            .iter()
+            .find(|r| r.method.as_str() == row.method && normalize(r.path) == normalize(row.path))
+            .expect("checked above");
+        assert_eq!(
+            declared.access, row.access,
+            "{} {}: routes::ALL and the role table disagree on who may call it",
+            row.method, row.path
+        );
+    }
 }

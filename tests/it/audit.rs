@@ -1,9 +1,7 @@
 //! Every admin action leaves an audit row (actor, action, target, client
 //! address); only admins can read the log.
-mod common;
-
-use common::*;
-use restic_manager::store::users::Role;
+use crate::common::*;
+use restic_manager::{routes, store::users::Role};
 use serde_json::{Value, json};
 
 async fn audit(app: &TestApp, query: &str) -> Vec<Value> {
@@ -31,14 +29,14 @@ async fn admin_actions_write_audit_rows() {
     // Failed login, user lifecycle.
     let r = app
         .anon()
-        .post(app.at("/api/login"))
+        .post(app.at(routes::API_LOGIN))
         .json(&json!({"username": "admin", "password": "wrong-password"}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
     let r = admin
-        .post(app.at("/api/users"))
+        .post(app.at(routes::API_USERS))
         .json(&json!({"username": "olga", "password": "olga-password-1", "role": "viewer"}))
         .send()
         .await
@@ -47,9 +45,9 @@ async fn admin_actions_write_audit_rows() {
     let olga: Value = r.json().await.unwrap();
     let id = olga["id"].as_i64().unwrap();
     for (path, body) in [
-        (format!("/api/users/{id}/role"), json!({"role": "operator"})),
+        (routes::api_user_role(id), json!({"role": "operator"})),
         (
-            format!("/api/users/{id}/password"),
+            routes::api_user_password(id),
             json!({"password": "another-password"}),
         ),
     ] {
@@ -57,7 +55,7 @@ async fn admin_actions_write_audit_rows() {
         assert!(r.status().is_success(), "{path}: {}", r.status());
     }
     let r = admin
-        .delete(app.at(&format!("/api/users/{id}")))
+        .delete(app.at(&routes::api_user(id)))
         .send()
         .await
         .unwrap();
@@ -69,18 +67,18 @@ async fn admin_actions_write_audit_rows() {
         .await
         .unwrap();
     let r = admin
-        .post(app.at(&format!("/api/hosts/{}/token", cfg.host_id)))
+        .post(app.at(&routes::api_host_token(cfg.host_id)))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
     let r = admin
-        .delete(app.at(&format!("/api/hosts/{}", cfg.host_id)))
+        .delete(app.at(&routes::api_host(cfg.host_id)))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let r = admin.post(app.at("/api/logout")).send().await.unwrap();
+    let r = admin.post(app.at(routes::API_LOGOUT)).send().await.unwrap();
     assert_eq!(r.status(), 204);
 
     let rows = audit(&app, "?limit=1000").await;
@@ -123,18 +121,18 @@ async fn only_admins_read_the_audit_log() {
     for role in [Role::Viewer, Role::Operator] {
         let c = app.as_role(role).await;
         assert_error(
-            c.get(app.at("/api/audit")).send().await.unwrap(),
+            c.get(app.at(routes::API_AUDIT)).send().await.unwrap(),
             403,
             "forbidden",
         )
         .await;
-        let page = c.get(app.at("/audit")).send().await.unwrap();
+        let page = c.get(app.at(routes::AUDIT_PAGE)).send().await.unwrap();
         assert_eq!(page.status(), 403);
     }
     let page = app
         .admin()
         .await
-        .get(app.at("/audit"))
+        .get(app.at(routes::AUDIT_PAGE))
         .send()
         .await
         .unwrap();

@@ -2,12 +2,10 @@
 //! the one-time token's rules, secrets stored only as hashes, the agent
 //! binary download (credentials, integrity headers, platform allow-list),
 //! and the install script run for real against the real agent binary.
-mod common;
-
 use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
+use crate::common::*;
 use agent::enroll::{EnrollError, enroll};
-use common::*;
 use restic_manager::{agent_binaries, routes};
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
@@ -304,7 +302,7 @@ async fn a_new_token_re_enrolls_the_host_and_revokes_the_old_secret() {
     let r = app
         .admin()
         .await
-        .post(app.at(&format!("/api/hosts/{id}/token")))
+        .post(app.at(&routes::api_host_token(id)))
         .send()
         .await
         .unwrap();

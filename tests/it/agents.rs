@@ -1,15 +1,11 @@
 //! Real agents over real WebSockets: enroll, hello, online → offline,
 //! replacement on reconnect.
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn enrolled_agent_says_hello_and_goes_offline_when_it_stops() {
     let app = TestApp::spawn().await;
-    let cfg = app.enrolled_host("web-1").await;
-    let agent = app.agent(&cfg, "v1.0.0");
-    wait_acked(&agent).await;
+    let (cfg, agent) = app.host("web-1").version("v1.0.0").online().await;
 
     let h = app.host_json(cfg.host_id).await;
     assert_eq!(h["online"], true, "{h}");
@@ -29,9 +25,7 @@ async fn enrolled_agent_says_hello_and_goes_offline_when_it_stops() {
 #[tokio::test]
 async fn a_second_connection_of_the_same_host_replaces_the_first() {
     let app = TestApp::spawn().await;
-    let cfg = app.enrolled_host("web-1").await;
-    let first = app.agent(&cfg, "v1");
-    wait_acked(&first).await;
+    let (cfg, first) = app.host("web-1").online().await;
     let second = app.agent(&cfg, "v2");
     wait_acked(&second).await;
     // The first is closed by the server; it keeps reconnecting and in turn

@@ -1,15 +1,13 @@
 //! Rolling fleet updates through the real server with real agent
 //! connections that "restart" at the target version when told to update.
-mod common;
-
 use std::time::Duration;
 
-use agent::config::AgentConfig;
-use common::{
+use crate::common::{
     sim::{self, OLD, Plan, Sim, simulate},
     *,
 };
-use restic_manager::{store::users::Role, version::VERSION};
+use agent::config::AgentConfig;
+use restic_manager::{routes, store::users::Role, version::VERSION};
 use serde_json::{Value, json};
 
 async fn stage(app: &TestApp) {
@@ -25,15 +23,7 @@ async fn online(app: &TestApp, id: i64, version: &str) {
 }
 
 async fn run(app: &TestApp, id: i64) -> Value {
-    app.admin()
-        .await
-        .get(app.at(&format!("/api/fleet-updates/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    app.get_json(&routes::api_fleet_run(id)).await
 }
 
 async fn wait_run(app: &TestApp, id: i64, status: &str) -> Value {
@@ -45,15 +35,7 @@ async fn wait_run(app: &TestApp, id: i64, status: &str) -> Value {
 }
 
 async fn active_alerts(app: &TestApp) -> Vec<Value> {
-    app.admin()
-        .await
-        .get(app.at("/api/alerts?state=active"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    app.get_json("/api/alerts?state=active").await
 }
 
 fn statuses(r: &Value) -> Vec<String> {
@@ -68,7 +50,7 @@ fn statuses(r: &Value) -> Vec<String> {
 async fn start(app: &TestApp, body: Value) -> reqwest::Response {
     app.admin()
         .await
-        .post(app.at("/api/fleet/update"))
+        .post(app.at(routes::API_FLEET_UPDATE))
         .json(&body)
         .send()
         .await
@@ -166,7 +148,7 @@ async fn a_failing_host_halts_the_run_raises_an_alert_and_the_next_stays_pending
     let page = app
         .admin()
         .await
-        .get(app.at("/settings/fleet-update"))
+        .get(app.at(routes::FLEET_UPDATE_PAGE))
         .send()
         .await
         .unwrap()
@@ -213,7 +195,7 @@ async fn one_run_at_a_time_cancel_stops_further_dispatches_and_roles_are_enforce
     for role in [Role::Viewer, Role::Operator] {
         let c = app.as_role(role).await;
         assert_error(
-            c.post(app.at("/api/fleet/update"))
+            c.post(app.at(routes::API_FLEET_UPDATE))
                 .json(&json!({}))
                 .send()
                 .await
@@ -223,7 +205,7 @@ async fn one_run_at_a_time_cancel_stops_further_dispatches_and_roles_are_enforce
         )
         .await;
         assert_eq!(
-            c.get(app.at("/settings/fleet-update"))
+            c.get(app.at(routes::FLEET_UPDATE_PAGE))
                 .send()
                 .await
                 .unwrap()
@@ -246,7 +228,7 @@ async fn one_run_at_a_time_cancel_stops_further_dispatches_and_roles_are_enforce
     let r = app
         .admin()
         .await
-        .post(app.at("/api/fleet/update"))
+        .post(app.at(routes::API_FLEET_UPDATE))
         .header("content-type", "application/json")
         .body("{oops")
         .send()
@@ -270,7 +252,7 @@ async fn one_run_at_a_time_cancel_stops_further_dispatches_and_roles_are_enforce
     let banner = app
         .as_role(Role::Viewer)
         .await
-        .get(app.at("/settings/fleet-update/banner"))
+        .get(app.at(routes::FLEET_BANNER))
         .send()
         .await
         .unwrap()
@@ -285,7 +267,7 @@ async fn one_run_at_a_time_cancel_stops_further_dispatches_and_roles_are_enforce
     let c = app
         .admin()
         .await
-        .post(app.at(&format!("/api/fleet-updates/{id}/cancel")))
+        .post(app.at(&routes::api_fleet_run_cancel(id)))
         .send()
         .await
         .unwrap();
@@ -293,7 +275,7 @@ async fn one_run_at_a_time_cancel_stops_further_dispatches_and_roles_are_enforce
     assert_error(
         app.admin()
             .await
-            .post(app.at(&format!("/api/fleet-updates/{id}/cancel")))
+            .post(app.at(&routes::api_fleet_run_cancel(id)))
             .send()
             .await
             .unwrap(),
@@ -335,7 +317,7 @@ async fn one_run_at_a_time_cancel_stops_further_dispatches_and_roles_are_enforce
     let banner = app
         .admin()
         .await
-        .get(app.at("/settings/fleet-update/banner"))
+        .get(app.at(routes::FLEET_BANNER))
         .send()
         .await
         .unwrap()
@@ -354,7 +336,7 @@ async fn the_page_asks_for_the_typed_count_and_refuses_a_wrong_one() {
     let (_cfgs, sims) = setup(&app, &[Plan::Hold, Plan::Update]).await;
     let admin = app.admin().await;
     let page = admin
-        .get(app.at("/settings/fleet-update"))
+        .get(app.at(routes::FLEET_UPDATE_PAGE))
         .send()
         .await
         .unwrap()
@@ -377,7 +359,7 @@ async fn the_page_asks_for_the_typed_count_and_refuses_a_wrong_one() {
     assert!(page.contains("one host at a time") && page.contains("halts on the first failure"));
 
     let wrong = admin
-        .post(app.at("/settings/fleet-update"))
+        .post(app.at(routes::FLEET_UPDATE_PAGE))
         .form(&[("confirm_count", "3")])
         .send()
         .await
@@ -389,7 +371,7 @@ async fn the_page_asks_for_the_typed_count_and_refuses_a_wrong_one() {
         "{body}"
     );
     let runs: Vec<Value> = admin
-        .get(app.at("/api/fleet-updates"))
+        .get(app.at(routes::API_FLEET_RUNS))
         .send()
         .await
         .unwrap()
@@ -399,7 +381,7 @@ async fn the_page_asks_for_the_typed_count_and_refuses_a_wrong_one() {
     assert!(runs.is_empty(), "a wrong count starts nothing");
 
     let ok = admin
-        .post(app.at("/settings/fleet-update"))
+        .post(app.at(routes::FLEET_UPDATE_PAGE))
         .form(&[("confirm_count", "2")])
         .send()
         .await
@@ -407,7 +389,7 @@ async fn the_page_asks_for_the_typed_count_and_refuses_a_wrong_one() {
     assert_eq!(ok.status(), 303);
     // Running: per-host progress that refreshes itself, with Cancel.
     let page = admin
-        .get(app.at("/settings/fleet-update"))
+        .get(app.at(routes::FLEET_UPDATE_PAGE))
         .send()
         .await
         .unwrap()
@@ -426,7 +408,7 @@ async fn the_page_asks_for_the_typed_count_and_refuses_a_wrong_one() {
     );
     sims[0].plan.send(Plan::Update).unwrap();
     let runs: Vec<Value> = admin
-        .get(app.at("/api/fleet-updates"))
+        .get(app.at(routes::API_FLEET_RUNS))
         .send()
         .await
         .unwrap()
@@ -436,7 +418,7 @@ async fn the_page_asks_for_the_typed_count_and_refuses_a_wrong_one() {
     wait_run(&app, runs[0]["id"].as_i64().unwrap(), "completed").await;
     // Ended: the partial no longer polls.
     let partial = admin
-        .get(app.at("/settings/fleet-update"))
+        .get(app.at(routes::FLEET_UPDATE_PAGE))
         .header("HX-Request", "true")
         .send()
         .await
@@ -465,13 +447,7 @@ async fn a_restarted_server_resumes_the_run_without_dispatching_twice() {
     })
     .await;
     // Restart on the same address, so the agents find it again by themselves.
-    let addr = app.running.as_ref().unwrap().addr;
-    app.stop().await;
-    app.settings.listen = addr;
-    let running = restic_manager::start_with_clock(app.settings.clone(), app.clock.clone())
-        .await
-        .unwrap();
-    app.running = Some(running);
+    app.restart().await;
     online(&app, cfgs[0].host_id, OLD).await;
     assert_eq!(
         run(&app, id).await["fleet_update"]["status"],

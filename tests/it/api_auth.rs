@@ -1,11 +1,9 @@
 //! Logging in and out (API and form), session cookies and their expiry,
 //! login throttling, the post-login redirect, the cross-site guard, and
 //! user administration with its last-admin guard.
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use restic_manager::{routes, store::users::Role};
 use serde_json::{Value, json};
 
@@ -633,7 +631,7 @@ async fn a_role_change_applies_to_the_users_open_session() {
     assert_error(vera.get(&users_api).send().await.unwrap(), 403, "forbidden").await;
 
     let r = admin
-        .post(app.at(&format!("/api/users/{id}/role")))
+        .post(app.at(&routes::api_user_role(id)))
         .json(&json!({"role": "admin"}))
         .send()
         .await
@@ -662,7 +660,7 @@ async fn a_role_change_applies_to_the_users_open_session() {
     assert_error(vera.get(&users_api).send().await.unwrap(), 403, "forbidden").await;
     // A made-up role is refused.
     let r = admin
-        .post(app.at(&format!("/api/users/{id}/role")))
+        .post(app.at(&routes::api_user_role(id)))
         .json(&json!({"role": "root"}))
         .send()
         .await
@@ -679,7 +677,7 @@ async fn a_password_reset_stops_the_old_password_and_ends_their_sessions() {
     let session = app.session_token("vera", &old).await;
 
     let r = admin
-        .post(app.at(&format!("/api/users/{id}/password")))
+        .post(app.at(&routes::api_user_password(id)))
         .json(&json!({"password": "brand-new-password"}))
         .send()
         .await
@@ -784,7 +782,7 @@ async fn the_last_admin_cannot_be_removed_or_demoted() {
     assert_error(r, 409, "last_admin").await;
     for role in ["operator", "viewer"] {
         let r = admin
-            .post(app.at(&format!("/api/users/{admin_id}/role")))
+            .post(app.at(&routes::api_user_role(admin_id)))
             .json(&json!({"role": role}))
             .send()
             .await
@@ -820,7 +818,7 @@ async fn the_last_admin_cannot_be_removed_or_demoted() {
     // With a second admin, the first may step down; the second is then last.
     let second = app.user("root2", Role::Admin).await;
     let r = admin
-        .post(app.at(&format!("/api/users/{admin_id}/role")))
+        .post(app.at(&routes::api_user_role(admin_id)))
         .json(&json!({"role": "viewer"}))
         .send()
         .await
@@ -895,7 +893,7 @@ async fn bad_user_input_is_refused_with_codes_and_changes_nothing() {
         assert_error(r, status, code).await;
     }
     let r = admin
-        .post(app.at(&format!("/api/users/{vera}/password")))
+        .post(app.at(&routes::api_user_password(vera)))
         .json(&json!({"password": "1234567"}))
         .send()
         .await

@@ -1,14 +1,15 @@
 //! Jobs driven by a real agent's messages over a real WebSocket, and the
 //! live log stream (SSE) that viewers watch.
-mod common;
-
-use agent::wire::{FinishedStatus, JobFinished, JobStarted, LogStream};
-use common::{
+use crate::common::{
     sim::{self, new_job},
     *,
 };
+use agent::wire::{FinishedStatus, JobFinished, JobStarted, LogStream};
 use futures_util::StreamExt;
-use restic_manager::store::{self, users::Role};
+use restic_manager::{
+    routes,
+    store::{self, users::Role},
+};
 use serde_json::Value;
 
 fn line(job_id: i64, seq: i64, data: &str) -> LogStream {
@@ -32,36 +33,13 @@ fn succeeded(job_id: i64) -> JobFinished {
 }
 
 async fn job(app: &TestApp, id: i64) -> Value {
-    app.admin()
-        .await
-        .get(app.at(&format!("/api/jobs/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    app.get_json(&routes::api_job(id)).await
 }
 
 /// A job's whole log (up to the API's 10,000-line page).
 async fn logs(app: &TestApp, id: i64) -> Vec<Value> {
-    app.admin()
+    app.get_json(&format!("{}?limit=10000", routes::api_job_logs(id)))
         .await
-        .get(app.at(&format!("/api/jobs/{id}/logs?limit=10000")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn wait_status(app: &TestApp, id: i64, status: &str) -> Value {
-    eventually(&format!("job {id} {status}"), || async {
-        let j = job(app, id).await;
-        (j["status"] == status).then_some(j)
-    })
-    .await
 }
 
 async fn wait_lines(app: &TestApp, id: i64, n: usize) -> Vec<Value> {
@@ -75,15 +53,13 @@ async fn wait_lines(app: &TestApp, id: i64, n: usize) -> Vec<Value> {
 #[tokio::test]
 async fn agent_messages_drive_a_job_through_its_lifecycle() {
     let app = TestApp::spawn().await;
-    let cfg = app.enrolled_host("web-1").await;
-    let a = app.agent(&cfg, "v1");
-    wait_acked(&a).await;
+    let (cfg, a) = app.host("web-1").online().await;
     let id = new_job(&app, cfg.host_id).await;
     assert_eq!(job(&app, id).await["status"], "queued");
 
     let s = a.sender();
     s.send_message(&started(id)).await.unwrap();
-    let j = wait_status(&app, id, "running").await;
+    let j = app.wait_job(id, "running").await;
     assert!(j["started_at"].is_string());
     for (seq, text) in [
         (1, "one"),
@@ -95,7 +71,7 @@ async fn agent_messages_drive_a_job_through_its_lifecycle() {
         s.send_message(&line(id, seq, text)).await.unwrap();
     }
     s.send_message(&succeeded(id)).await.unwrap();
-    let j = wait_status(&app, id, "succeeded").await;
+    let j = app.wait_job(id, "succeeded").await;
     assert!(j["finished_at"].is_string());
     assert_eq!(j["exit_code"], 0);
 
@@ -110,7 +86,7 @@ async fn agent_messages_drive_a_job_through_its_lifecycle() {
     let page = app
         .admin()
         .await
-        .get(app.at(&format!("/hosts/{}", cfg.host_id)))
+        .get(app.at(&routes::host(cfg.host_id)))
         .send()
         .await
         .unwrap();
@@ -159,12 +135,8 @@ async fn agent_messages_drive_a_job_through_its_lifecycle() {
 #[tokio::test]
 async fn a_terminal_job_never_changes_and_other_hosts_cannot_touch_a_job() {
     let app = TestApp::spawn().await;
-    let owner = app.enrolled_host("web-1").await;
-    let other = app.enrolled_host("web-2").await;
-    let a = app.agent(&owner, "v1");
-    let b = app.agent(&other, "v1");
-    wait_acked(&a).await;
-    wait_acked(&b).await;
+    let (owner, a) = app.host("web-1").online().await;
+    let (_other, b) = app.host("web-2").online().await;
     let id = new_job(&app, owner.host_id).await;
 
     // Another host's agent: start, log, finish: all refused.
@@ -197,7 +169,7 @@ async fn a_terminal_job_never_changes_and_other_hosts_cannot_touch_a_job() {
     })
     .await
     .unwrap();
-    let j = wait_status(&app, id, "failed").await;
+    let j = app.wait_job(id, "failed").await;
     assert_eq!(j["error"], "disk full");
     assert!(
         logs(&app, id).await.is_empty(),
@@ -211,7 +183,7 @@ async fn a_terminal_job_never_changes_and_other_hosts_cannot_touch_a_job() {
     // A later message on the same connection proves the earlier ones were handled.
     let probe = new_job(&app, owner.host_id).await;
     sa.send_message(&started(probe)).await.unwrap();
-    wait_status(&app, probe, "running").await;
+    app.wait_job(probe, "running").await;
     let j = job(&app, id).await;
     assert_eq!(j["status"], "failed");
     assert_eq!(j["error"], "disk full");
@@ -294,14 +266,12 @@ impl Sse {
 #[tokio::test]
 async fn a_viewer_resumes_the_live_log_with_last_event_id_and_sees_each_line_once() {
     let app = TestApp::spawn().await;
-    let cfg = app.enrolled_host("web-1").await;
-    let a = app.agent(&cfg, "v1");
-    wait_acked(&a).await;
+    let (cfg, a) = app.host("web-1").online().await;
     let id = new_job(&app, cfg.host_id).await;
     let s = a.sender();
     s.send_message(&started(id)).await.unwrap();
     let viewer = app.as_role(Role::Viewer).await;
-    let url = app.at(&format!("/jobs/{id}/events"));
+    let url = app.at(&routes::job_events(id));
 
     let mut seen = vec![];
     let mut sse = Sse::open(&viewer, url.clone(), None).await;
@@ -347,16 +317,14 @@ async fn a_viewer_resumes_the_live_log_with_last_event_id_and_sees_each_line_onc
 #[tokio::test]
 async fn many_viewers_each_get_every_line_and_the_status_change() {
     let app = TestApp::spawn().await;
-    let cfg = app.enrolled_host("web-1").await;
-    let a = app.agent(&cfg, "v1");
-    wait_acked(&a).await;
+    let (cfg, a) = app.host("web-1").online().await;
     let id = new_job(&app, cfg.host_id).await;
     let s = a.sender();
     s.send_message(&started(id)).await.unwrap();
     let viewer = app.as_role(Role::Viewer).await;
     let mut tasks = vec![];
     for _ in 0..30 {
-        let sse = Sse::open(&viewer, app.at(&format!("/jobs/{id}/events")), None).await;
+        let sse = Sse::open(&viewer, app.at(&routes::job_events(id)), None).await;
         tasks.push(tokio::spawn(async move {
             let mut sse = sse;
             let mut n = 0;
@@ -398,14 +366,14 @@ async fn the_log_stream_needs_a_session() {
     let id = new_job(&app, cfg.host_id).await;
     let r = app
         .anon()
-        .get(app.at(&format!("/jobs/{id}/events")))
+        .get(app.at(&routes::job_events(id)))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 303);
     assert_error(
         app.anon()
-            .get(app.at(&format!("/api/jobs/{id}")))
+            .get(app.at(&routes::api_job(id)))
             .send()
             .await
             .unwrap(),
@@ -427,14 +395,14 @@ async fn the_log_stream_needs_a_session() {
     let page = app
         .as_role(Role::Viewer)
         .await
-        .get(app.at(&format!("/jobs/{id}")))
+        .get(app.at(&routes::job(id)))
         .send()
         .await
         .unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(
-        html.contains(&format!("/jobs/{id}/events?after=0")),
+        html.contains(&format!("{}?after=0", routes::job_events(id))),
         "live page connects to its stream"
     );
 }
@@ -444,9 +412,7 @@ async fn a_log_past_the_cap_is_truncated_with_a_visible_line() {
     // A small cap keeps the test light; the default is 10 MiB.
     const CAP: i64 = 256 * 1024;
     let app = TestApp::spawn_with(|s| s.job_log_cap_bytes = CAP).await;
-    let cfg = app.enrolled_host("web-1").await;
-    let a = app.agent(&cfg, "v1");
-    wait_acked(&a).await;
+    let (cfg, a) = app.host("web-1").online().await;
     let id = new_job(&app, cfg.host_id).await;
     let s = a.sender();
     let chunk = "x".repeat(60 * 1024);
@@ -455,7 +421,7 @@ async fn a_log_past_the_cap_is_truncated_with_a_visible_line() {
         s.send_message(&line(id, seq, &chunk)).await.unwrap();
     }
     s.send_message(&succeeded(id)).await.unwrap();
-    wait_status(&app, id, "succeeded").await;
+    app.wait_job(id, "succeeded").await;
     let all = logs(&app, id).await;
     let stored = n as usize - 2; // the cap is hit part-way through line n-2
     assert_eq!(
@@ -474,9 +440,7 @@ async fn a_burst_of_lines_is_stored_once_each_in_order_before_the_finish() {
     // burst): a burst larger than a batch, duplicates inside it, two jobs
     // interleaved and the finish right behind must all come out as sent.
     let app = TestApp::spawn().await;
-    let cfg = app.enrolled_host("web-1").await;
-    let a = app.agent(&cfg, "v1");
-    wait_acked(&a).await;
+    let (cfg, a) = app.host("web-1").online().await;
     let (id, other) = (
         new_job(&app, cfg.host_id).await,
         new_job(&app, cfg.host_id).await,
@@ -500,7 +464,7 @@ async fn a_burst_of_lines_is_stored_once_each_in_order_before_the_finish() {
     s.send_message(&succeeded(id)).await.unwrap();
     // Ignored: the job is over.
     s.send_message(&line(id, N + 1, "too late")).await.unwrap();
-    wait_status(&app, id, "succeeded").await;
+    app.wait_job(id, "succeeded").await;
     let all = logs(&app, id).await;
     let pos: Vec<i64> = all.iter().map(|v| v["pos"].as_i64().unwrap()).collect();
     let seqs: Vec<i64> = all.iter().map(|v| v["seq"].as_i64().unwrap()).collect();
@@ -518,9 +482,7 @@ async fn control_characters_from_an_agent_are_stored_readably_and_lose_no_neighb
     // A NUL byte is legal JSON ("\u0000") but Postgres refuses it in text:
     // one such line must not cost the lines sent with it, nor the finish.
     let app = TestApp::spawn().await;
-    let cfg = app.enrolled_host("web-1").await;
-    let a = app.agent(&cfg, "v1");
-    wait_acked(&a).await;
+    let (cfg, a) = app.host("web-1").online().await;
     let id = new_job(&app, cfg.host_id).await;
     let s = a.sender();
     s.send_message(&line(id, 1, "before")).await.unwrap();
@@ -539,7 +501,7 @@ async fn control_characters_from_an_agent_are_stored_readably_and_lose_no_neighb
     })
     .await
     .unwrap();
-    let j = wait_status(&app, id, "failed").await;
+    let j = app.wait_job(id, "failed").await;
     assert_eq!(j["error"], "restic said \u{fffd}");
     let data: Vec<String> = logs(&app, id)
         .await
@@ -555,9 +517,7 @@ async fn carriage_returns_in_a_log_line_cannot_forge_live_events() {
     // In SSE a bare CR ends a line as LF does: restic's progress output (or a
     // hostile agent) must not start an `event:` or `id:` field of its own.
     let app = TestApp::spawn().await;
-    let cfg = app.enrolled_host("web-1").await;
-    let a = app.agent(&cfg, "v1");
-    wait_acked(&a).await;
+    let (cfg, a) = app.host("web-1").online().await;
     let id = new_job(&app, cfg.host_id).await;
     let s = a.sender();
     s.send_message(&started(id)).await.unwrap();
@@ -570,7 +530,7 @@ async fn carriage_returns_in_a_log_line_cannot_forge_live_events() {
     .unwrap();
     s.send_message(&line(id, 2, "next")).await.unwrap();
     let viewer = app.admin().await;
-    let mut sse = Sse::open(&viewer, app.at(&format!("/jobs/{id}/events")), None).await;
+    let mut sse = Sse::open(&viewer, app.at(&routes::job_events(id)), None).await;
     let mut seen = vec![];
     while seen.len() < 3 {
         let (ev, eid, data) = sse.next().await.expect("an event");
@@ -595,21 +555,19 @@ async fn watching_finished_jobs_leaves_nothing_behind() {
     // A viewer paging through old jobs' live views must not make the server
     // keep a channel per job it looked at.
     let app = TestApp::spawn().await;
-    let cfg = app.enrolled_host("web-1").await;
-    let a = app.agent(&cfg, "v1");
-    wait_acked(&a).await;
+    let (cfg, a) = app.host("web-1").online().await;
     let s = a.sender();
     let mut ids = vec![];
     for _ in 0..3 {
         let id = new_job(&app, cfg.host_id).await;
         s.send_message(&line(id, 1, "done soon")).await.unwrap();
         s.send_message(&succeeded(id)).await.unwrap();
-        wait_status(&app, id, "succeeded").await;
+        app.wait_job(id, "succeeded").await;
         ids.push(id);
     }
     let viewer = app.admin().await;
     for &id in &ids {
-        let mut sse = Sse::open(&viewer, app.at(&format!("/jobs/{id}/events")), None).await;
+        let mut sse = Sse::open(&viewer, app.at(&routes::job_events(id)), None).await;
         let (pos, data) = sse.next_line().await.expect("the stored line");
         assert!(pos == 1 && data.contains("done soon"), "{data}");
         assert_eq!(sse.next_line().await, None, "then the end");

@@ -2,15 +2,13 @@
 //! agent's hello) and webhook notifications (signed, retried, visible on the
 //! settings page), through the real server, real agents and a real HTTP
 //! receiver.
-mod common;
-
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use common::*;
+use crate::common::*;
 use hmac::{Hmac, KeyInit, Mac};
 use restic_manager::{
     alerts::{self, Severity},
@@ -333,9 +331,7 @@ async fn host_offline_is_raised_after_the_threshold_and_resolved_on_reconnect() 
     .await;
     let hook = Receiver::start(&[]).await;
     add_target(&app, "ops", &hook.url, "").await;
-    let cfg = app.enrolled_host("web-1").await;
-    let agent = app.agent(&cfg, "v1");
-    wait_acked(&agent).await;
+    let (cfg, agent) = app.host("web-1").online().await;
     agent.shutdown().await;
     eventually("host marked offline", || async {
         app.host_row(cfg.host_id)
@@ -418,9 +414,7 @@ async fn the_background_sweep_raises_host_offline_on_its_own() {
         s.alert_sweep_interval = Duration::from_millis(100);
     })
     .await;
-    let cfg = app.enrolled_host("db-1").await;
-    let agent = app.agent(&cfg, "v1");
-    wait_acked(&agent).await;
+    let (cfg, agent) = app.host("db-1").online().await;
     agent.shutdown().await;
     let admin = app.admin().await;
     let active = eventually("the sweeper raises host_offline", || async {
@@ -676,24 +670,21 @@ async fn pending_deliveries_are_sent_after_a_restart() {
     )
     .await
     .unwrap();
-    app.stop().await;
-
-    let again = restic_manager::start_with_clock(app.settings.clone(), app.clock.clone())
-        .await
-        .expect("server restarts on the same database");
+    app.restart().await;
     let got = hook.wait_for(1).await;
     assert_eq!(
         got[0].header("x-rm-delivery"),
         Some(d.id.to_string().as_str())
     );
     assert_eq!(got[0].json()["event"], "test");
-    let db = again.state.db.clone();
     eventually("the resumed delivery is recorded", || async {
-        let d = store::notifications::get_delivery(&db, d.id).await.unwrap();
+        let d = store::notifications::get_delivery(app.db(), d.id)
+            .await
+            .unwrap();
         (d.status == store::notifications::DeliveryStatus::Delivered).then_some(())
     })
     .await;
-    again.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]

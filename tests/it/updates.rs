@@ -2,54 +2,23 @@
 //! real agent connections: dispatch and its refusals, completion on the new
 //! agent's hello, deadlines (also across a server restart), out-of-date
 //! surfacing on the pages.
-mod common;
-
 use std::time::Duration;
 
-use agent::wire::{self, UpdateOutcome, UpdateReport};
-use common::{
+use crate::common::{
     sim::{self, OLD},
     *,
 };
-use restic_manager::{store::users::Role, version::VERSION};
+use agent::wire::{self, UpdateOutcome, UpdateReport};
+use restic_manager::{routes, store::users::Role, version::VERSION};
 use serde_json::Value;
-
-async fn job(app: &TestApp, id: i64) -> Value {
-    app.admin()
-        .await
-        .get(app.at(&format!("/api/jobs/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn wait_job(app: &TestApp, id: i64, status: &str) -> Value {
-    eventually(&format!("job {id} {status}"), || async {
-        let j = job(app, id).await;
-        (j["status"] == status).then_some(j)
-    })
-    .await
-}
 
 async fn dispatch(app: &TestApp, host_id: i64) -> reqwest::Response {
     app.admin()
         .await
-        .post(app.at(&format!("/api/hosts/{host_id}/update")))
+        .post(app.at(&routes::api_host_update(host_id)))
         .send()
         .await
         .unwrap()
-}
-
-/// Starts the server again on the same database (after `app.stop()`).
-async fn restart(app: &mut TestApp) {
-    let running = restic_manager::start_with_clock(app.settings.clone(), app.clock.clone())
-        .await
-        .expect("server restarts");
-    app.url = format!("http://{}", running.addr);
-    app.running = Some(running);
 }
 
 #[tokio::test]
@@ -76,7 +45,7 @@ async fn an_update_dispatches_and_succeeds_when_the_agent_returns_at_the_target(
     // healthy period (0.3 s here), in whole seconds: the agent gives up
     // staging before the server gives up the job.
     assert_eq!(cmd.stage_within_secs, Some(74));
-    let j = job(&app, job_id).await;
+    let j = app.get_json::<Value>(&routes::api_job(job_id)).await;
     assert_eq!(j["kind"], "update");
     assert_eq!(j["target_version"], VERSION);
     // The audit row went out with it.
@@ -101,7 +70,7 @@ async fn an_update_dispatches_and_succeeds_when_the_agent_returns_at_the_target(
         })
         .await
         .unwrap();
-    wait_job(&app, job_id, "running").await;
+    app.wait_job(job_id, "running").await;
     old.shutdown().await;
     let report = UpdateReport {
         job_id,
@@ -112,22 +81,13 @@ async fn an_update_dispatches_and_succeeds_when_the_agent_returns_at_the_target(
     };
     let (new, _) = sim::catching_updates(&cfg, VERSION, Some(report));
     wait_acked(&new).await;
-    let j = wait_job(&app, job_id, "succeeded").await;
+    let j = app.wait_job(job_id, "succeeded").await;
     assert!(j["error"].is_null());
     let h = app.host_json(cfg.host_id).await;
     assert_eq!(h["agent_version"], VERSION);
     assert_eq!(h["update_available"], false);
     // The job log tells the story, server lines included.
-    let logs: Vec<Value> = app
-        .admin()
-        .await
-        .get(app.at(&format!("/api/jobs/{job_id}/logs")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let logs: Vec<Value> = app.get_json(&routes::api_job_logs(job_id)).await;
     let text: Vec<&str> = logs.iter().map(|l| l["data"].as_str().unwrap()).collect();
     assert!(
         text.iter().any(|l| l.contains("requested by admin")),
@@ -149,7 +109,7 @@ async fn every_refusal_has_its_code_and_changes_nothing() {
     for role in [Role::Viewer, Role::Operator] {
         let c = app.as_role(role).await;
         assert_error(
-            c.post(app.at(&format!("/api/hosts/{}/update", cfg.host_id)))
+            c.post(app.at(&routes::api_host_update(cfg.host_id)))
                 .send()
                 .await
                 .unwrap(),
@@ -160,7 +120,7 @@ async fn every_refusal_has_its_code_and_changes_nothing() {
     }
     assert_error(
         app.anon()
-            .post(app.at(&format!("/api/hosts/{}/update", cfg.host_id)))
+            .post(app.at(&routes::api_host_update(cfg.host_id)))
             .send()
             .await
             .unwrap(),
@@ -194,9 +154,7 @@ async fn every_refusal_has_its_code_and_changes_nothing() {
     assert_error(dispatch(&app, cfg.host_id).await, 409, "update_in_progress").await;
     a.shutdown().await;
 
-    let cur = app.enrolled_host("web-2").await;
-    let b = app.agent(&cur, VERSION);
-    wait_acked(&b).await;
+    let (cur, b) = app.host("web-2").version(VERSION).online().await;
     assert_error(dispatch(&app, cur.host_id).await, 409, "already_up_to_date").await;
     b.shutdown().await;
 }
@@ -205,9 +163,7 @@ async fn every_refusal_has_its_code_and_changes_nothing() {
 async fn a_send_that_fails_fails_the_job_instead_of_leaving_it_queued() {
     let app = TestApp::spawn().await;
     sim::stage_binary(&app, VERSION).await;
-    let cfg = app.enrolled_host("web-1").await;
-    let a = app.agent(&cfg, OLD);
-    wait_acked(&a).await;
+    let (cfg, a) = app.host("web-1").version(OLD).online().await;
     a.shutdown().await;
     // The hub still lists the host, but its connection's reader is gone:
     // the send fails after the job row was written.
@@ -252,7 +208,7 @@ async fn no_hello_by_the_deadline_fails_with_the_timeout_reason() {
         .unwrap();
     cmds.recv().await.unwrap();
     a.shutdown().await; // it "restarts" but never comes back
-    let j = wait_job(&app, job_id, "failed").await;
+    let j = app.wait_job(job_id, "failed").await;
     assert_eq!(j["error"], "timeout: agent did not reconnect within 1s");
 }
 
@@ -274,7 +230,7 @@ async fn coming_back_at_the_wrong_version_fails_with_the_plans_reason() {
     a.shutdown().await;
     let b = app.agent(&cfg, "v0.0.2-other");
     wait_acked(&b).await;
-    let j = wait_job(&app, job_id, "failed").await;
+    let j = app.wait_job(job_id, "failed").await;
     assert_eq!(
         j["error"],
         format!("agent reconnected at v0.0.2-other, expected {VERSION}")
@@ -313,7 +269,7 @@ async fn a_rollback_reported_in_the_hello_fails_the_job_at_once() {
     };
     let (b, _) = sim::catching_updates(&cfg, OLD, Some(report));
     wait_acked(&b).await;
-    let j = wait_job(&app, job_id, "failed").await;
+    let j = app.wait_job(job_id, "failed").await;
     let err = j["error"].as_str().unwrap();
     assert!(
         err.starts_with(&format!(
@@ -352,7 +308,7 @@ async fn an_agent_that_drops_during_the_healthy_period_is_not_yet_a_success() {
     let b = app.agent(&cfg, VERSION);
     wait_acked(&b).await;
     b.shutdown().await; // gone before the healthy period ends
-    let j = wait_job(&app, job_id, "failed").await;
+    let j = app.wait_job(job_id, "failed").await;
     assert_eq!(j["error"], "timeout: agent did not reconnect within 3s");
 }
 
@@ -375,28 +331,22 @@ async fn a_server_restart_with_a_pending_deadline_still_ends_the_job_exactly_onc
     app.stop().await;
     // The deadline passes while no server runs.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    restart(&mut app).await;
-    let j = wait_job(&app, job_id, "failed").await;
+    app.restart().await;
+    let j = app.wait_job(job_id, "failed").await;
     assert_eq!(j["error"], "timeout: agent did not reconnect within 1s");
     // Restart again: nothing ends twice.
     app.stop().await;
-    restart(&mut app).await;
-    let logs: Vec<Value> = app
-        .admin()
-        .await
-        .get(app.at(&format!("/api/jobs/{job_id}/logs")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    app.restart().await;
+    let logs: Vec<Value> = app.get_json(&routes::api_job_logs(job_id)).await;
     let fails = logs
         .iter()
         .filter(|l| l["data"].as_str().unwrap().starts_with("update failed"))
         .count();
     assert_eq!(fails, 1, "{logs:?}");
-    assert_eq!(job(&app, job_id).await["status"], "failed");
+    assert_eq!(
+        app.get_json::<Value>(&routes::api_job(job_id)).await["status"],
+        "failed"
+    );
 }
 
 #[tokio::test]
@@ -462,7 +412,7 @@ async fn out_of_date_hosts_show_a_chip_a_tile_and_their_own_filter() {
 
     // Host pages: the chip in the header; the button for admins only.
     let hp = admin
-        .get(app.at(&format!("/hosts/{}", behind.host_id)))
+        .get(app.at(&routes::host(behind.host_id)))
         .send()
         .await
         .unwrap()
@@ -478,7 +428,7 @@ async fn out_of_date_hosts_show_a_chip_a_tile_and_their_own_filter() {
     assert!(button.value().attr("disabled").is_none());
     let viewer = app.as_role(Role::Viewer).await;
     let vp = viewer
-        .get(app.at(&format!("/hosts/{}", behind.host_id)))
+        .get(app.at(&routes::host(behind.host_id)))
         .send()
         .await
         .unwrap()
@@ -499,7 +449,7 @@ async fn out_of_date_hosts_show_a_chip_a_tile_and_their_own_filter() {
     })
     .await;
     let hp = admin
-        .get(app.at(&format!("/hosts/{}", behind.host_id)))
+        .get(app.at(&routes::host(behind.host_id)))
         .send()
         .await
         .unwrap()
@@ -544,7 +494,7 @@ async fn the_form_redirects_htmx_to_the_job_or_shows_an_inline_banner() {
     let admin = app.admin().await;
     // Offline: an inline banner, no job.
     let r = admin
-        .post(app.at(&format!("/hosts/{}/update", cfg.host_id)))
+        .post(app.at(&routes::host_update(cfg.host_id)))
         .header("HX-Request", "true")
         .send()
         .await
@@ -558,7 +508,7 @@ async fn the_form_redirects_htmx_to_the_job_or_shows_an_inline_banner() {
     let (a, _cmds) = sim::catching_updates(&cfg, OLD, None);
     wait_acked(&a).await;
     let r = admin
-        .post(app.at(&format!("/hosts/{}/update", cfg.host_id)))
+        .post(app.at(&routes::host_update(cfg.host_id)))
         .header("HX-Request", "true")
         .send()
         .await

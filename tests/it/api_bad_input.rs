@@ -3,12 +3,10 @@
 //! frames, oversized frames, missing credentials. Every refusal is a clear
 //! status and code, and changes nothing. Plus the rustls provider check
 //! (wss:// must fail with an error, never a panic).
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use agent::wire::{self, Message as _};
-use common::*;
 use futures_util::SinkExt;
 use restic_manager::{routes, store::users::Role};
 use sea_orm::ConnectionTrait;
@@ -36,8 +34,8 @@ async fn malformed_json_on_every_json_post_is_400_invalid_json_and_changes_nothi
         (routes::API_LOGIN.to_string(), true),
         (routes::API_HOSTS.to_string(), true),
         (routes::API_USERS.to_string(), true),
-        (format!("/api/users/{user_id}/role"), true),
-        (format!("/api/users/{user_id}/password"), true),
+        (routes::api_user_role(user_id), true),
+        (routes::api_user_password(user_id), true),
         (routes::AGENT_ENROLL.to_string(), true),
         (routes::API_FLEET_UPDATE.to_string(), false),
     ];
@@ -95,45 +93,35 @@ async fn unknown_ids_are_404_with_the_kind_of_thing_missing() {
     let before = app.snapshot().await;
     let id = 987_654;
     let api = [
-        ("GET", format!("/api/hosts/{id}"), None, "host_not_found"),
-        ("DELETE", format!("/api/hosts/{id}"), None, "host_not_found"),
-        (
-            "POST",
-            format!("/api/hosts/{id}/token"),
-            None,
-            "host_not_found",
-        ),
+        ("GET", routes::api_host(id), None, "host_not_found"),
+        ("DELETE", routes::api_host(id), None, "host_not_found"),
+        ("POST", routes::api_host_token(id), None, "host_not_found"),
         ("GET", "/api/hosts/-1".into(), None, "host_not_found"),
-        (
-            "POST",
-            format!("/api/hosts/{id}/update"),
-            None,
-            "host_not_found",
-        ),
-        ("GET", format!("/api/jobs/{id}"), None, "job_not_found"),
-        ("GET", format!("/api/jobs/{id}/logs"), None, "job_not_found"),
+        ("POST", routes::api_host_update(id), None, "host_not_found"),
+        ("GET", routes::api_job(id), None, "job_not_found"),
+        ("GET", routes::api_job_logs(id), None, "job_not_found"),
         (
             "GET",
-            format!("/api/fleet-updates/{id}"),
+            routes::api_fleet_run(id),
             None,
             "fleet_update_not_found",
         ),
         (
             "POST",
-            format!("/api/fleet-updates/{id}/cancel"),
+            routes::api_fleet_run_cancel(id),
             None,
             "fleet_update_not_found",
         ),
-        ("DELETE", format!("/api/users/{id}"), None, "user_not_found"),
+        ("DELETE", routes::api_user(id), None, "user_not_found"),
         (
             "POST",
-            format!("/api/users/{id}/role"),
+            routes::api_user_role(id),
             Some(json!({"role": "viewer"})),
             "user_not_found",
         ),
         (
             "POST",
-            format!("/api/users/{id}/password"),
+            routes::api_user_password(id),
             Some(json!({"password": "long-enough-1"})),
             "user_not_found",
         ),
@@ -152,7 +140,7 @@ async fn unknown_ids_are_404_with_the_kind_of_thing_missing() {
         assert_error(r, 404, code).await;
     }
     let r = admin
-        .post(app.at(&format!("/api/alerts/{id}/resolve")))
+        .post(app.at(&routes::api_alert_resolve(id)))
         .send()
         .await
         .unwrap();
@@ -166,9 +154,9 @@ async fn unknown_ids_are_404_with_the_kind_of_thing_missing() {
     );
     // Pages answer with a readable 404.
     for (method, path) in [
-        ("GET", format!("/hosts/{id}")),
-        ("POST", format!("/hosts/{id}/token")),
-        ("POST", format!("/hosts/{id}/delete")),
+        ("GET", routes::host(id)),
+        ("POST", routes::host_token(id)),
+        ("POST", routes::host_delete(id)),
     ] {
         let req = if method == "GET" {
             admin.get(app.at(&path))
