@@ -1072,6 +1072,7 @@ mod tests {
             server_url: url.to_string(),
             host_id: 7,
             secret: SECRET.to_string(),
+            ..AgentConfig::default()
         }
     }
 

@@ -15,14 +15,30 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/restic-manager-agent/config.toml";
 /// Environment twin of `--config`.
 pub const CONFIG_ENV: &str = "RM_AGENT_CONFIG";
 
+/// restic's cache directory unless `restic_cache_dir` says otherwise. The
+/// agent owns it (restic's own default would be the service user's home).
+#[cfg(not(windows))]
+pub const DEFAULT_RESTIC_CACHE_DIR: &str = "/var/cache/restic-manager-agent/restic";
+#[cfg(windows)]
+pub const DEFAULT_RESTIC_CACHE_DIR: &str = r"C:\ProgramData\restic-manager-agent\cache\restic";
+
+/// The restic binary unless `restic_path` says otherwise: found on `PATH`.
+pub const DEFAULT_RESTIC_PATH: &str = "restic";
+
 /// What `restic-manager-agent enroll` writes and `run` needs.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct AgentConfig {
     /// Base URL of the server, `http(s)://host[:port][/prefix]`.
     pub server_url: String,
     pub host_id: i64,
     /// Per-host secret sent as `Authorization: Bearer …` on `/agent/ws`.
     pub secret: String,
+    /// The restic binary to run; absent: `restic` found on `PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restic_path: Option<PathBuf>,
+    /// restic's `--cache-dir`; absent: [`DEFAULT_RESTIC_CACHE_DIR`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restic_cache_dir: Option<PathBuf>,
 }
 
 // Hand-written so the secret can never end up in a log line or a panic
@@ -33,6 +49,8 @@ impl fmt::Debug for AgentConfig {
             .field("server_url", &self.server_url)
             .field("host_id", &self.host_id)
             .field("secret", &"[redacted]")
+            .field("restic_path", &self.restic_path)
+            .field("restic_cache_dir", &self.restic_cache_dir)
             .finish()
     }
 }
@@ -192,6 +210,20 @@ impl AgentConfig {
         result.map_err(write_err)
     }
 
+    /// The restic binary this agent runs.
+    pub fn restic_path(&self) -> PathBuf {
+        self.restic_path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_RESTIC_PATH))
+    }
+
+    /// The cache directory restic is given.
+    pub fn restic_cache_dir(&self) -> PathBuf {
+        self.restic_cache_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_RESTIC_CACHE_DIR))
+    }
+
     /// The checks that make a config usable; `Err` carries a readable reason.
     pub fn validate(&self) -> Result<(), String> {
         parse_server_url(&self.server_url).map_err(|e| e.to_string())?;
@@ -309,7 +341,40 @@ mod tests {
             server_url: "https://rm.example.com".into(),
             host_id: 7,
             secret: "s3cr3t-value".into(),
+            ..AgentConfig::default()
         }
+    }
+
+    #[test]
+    fn restic_settings_are_optional_and_round_trip() {
+        let dir = temp_dir();
+        // A config written before the restic core still loads, with defaults.
+        let old = dir.join("old.toml");
+        std::fs::write(
+            &old,
+            "server_url = \"http://a\"\nhost_id = 1\nsecret = \"s\"\n",
+        )
+        .unwrap();
+        let loaded = AgentConfig::load(&old).unwrap();
+        assert_eq!(loaded.restic_path, None);
+        assert_eq!(loaded.restic_path(), PathBuf::from(DEFAULT_RESTIC_PATH));
+        assert_eq!(
+            loaded.restic_cache_dir(),
+            PathBuf::from(DEFAULT_RESTIC_CACHE_DIR)
+        );
+        let mut set = sample();
+        set.restic_path = Some("/opt/restic/bin/restic".into());
+        set.restic_cache_dir = Some("/srv/cache".into());
+        let path = dir.join("set.toml");
+        set.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("restic_path = \"/opt/restic/bin/restic\""),
+            "{text}"
+        );
+        assert_eq!(AgentConfig::load(&path).unwrap(), set);
+        assert_eq!(set.restic_cache_dir(), PathBuf::from("/srv/cache"));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     fn temp_dir() -> PathBuf {

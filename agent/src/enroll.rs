@@ -130,6 +130,7 @@ pub async fn enroll(
         server_url,
         host_id: answer.host_id,
         secret: answer.secret,
+        ..AgentConfig::default()
     };
     config.validate().map_err(EnrollError::BadAnswer)?;
     tracing::info!(host_id = config.host_id, "enrolled");

@@ -2,11 +2,14 @@
 //! and the connection loop. The `restic-manager-agent` binary is a thin CLI
 //! over it; the server reuses [`wire`], and integration tests drive real
 //! agents in-process through [`client::spawn`]. [`updater`] replaces the
-//! binary on the server's command and rolls a bad one back at boot.
+//! binary on the server's command and rolls a bad one back at boot;
+//! [`restic`] runs restic jobs; [`handler`] routes commands to both.
 
 pub mod client;
 pub mod config;
 pub mod enroll;
+pub mod handler;
+pub mod restic;
 pub mod updater;
 pub mod version;
 pub mod wire;

@@ -15,6 +15,8 @@ use clap::{Args, Parser, Subcommand};
 
 use agent::client::{self, RunOptions};
 use agent::config::{self, AgentConfig, ConfigError, DEFAULT_CONFIG_PATH};
+use agent::handler::AgentHandler;
+use agent::restic::{ResticHandler, ResticSettings};
 use agent::updater::watchdog::{self, BootDecision, ROLLBACK_EXIT_CODE, WatchEnd};
 use agent::updater::{self, UpdateHandler};
 use agent::{enroll, version};
@@ -239,10 +241,11 @@ async fn run_cmd(args: RunArgs, boot: Boot) -> anyhow::Result<ExitCode> {
     };
 
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::channel(1);
-    let handler = UpdateHandler::new(&config, binary.clone(), version::VERSION, exit_tx);
+    let updater = UpdateHandler::new(&config, binary.clone(), version::VERSION, exit_tx);
+    let restic = ResticHandler::new(ResticSettings::from_config(&config));
     let opts = RunOptions {
         update_report: report.clone(),
-        handler: Arc::new(handler),
+        handler: Arc::new(AgentHandler::new(Arc::new(updater), restic.clone())),
         ..RunOptions::default()
     };
     let agent = client::spawn(config, opts);
@@ -295,6 +298,9 @@ async fn run_cmd(args: RunArgs, boot: Boot) -> anyhow::Result<ExitCode> {
             _ = state.wait_for(|s| s.stopped) => break ExitCode::FAILURE,
         }
     };
+    // restic jobs stop first (SIGINT, then SIGKILL to their process
+    // groups) so their finish is queued before the connection closes.
+    restic.shutdown().await;
     // Closes the connection cleanly, sending queued frames first.
     agent.stop().await?;
     Ok(code)

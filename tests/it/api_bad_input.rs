@@ -700,6 +700,7 @@ async fn wss_and_https_fail_with_tls_errors_not_a_crypto_provider_panic() {
         server_url: format!("https://{addr}"),
         host_id: 1,
         secret: "s".repeat(43),
+        ..Default::default()
     };
     let handle = agent::client::spawn(cfg, agent::client::RunOptions::default());
     let s = handle

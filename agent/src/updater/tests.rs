@@ -435,6 +435,7 @@ fn handler_for(url: &str, bin: &Path) -> (UpdateHandler, mpsc::Receiver<ExitRequ
         server_url: url.to_string(),
         host_id: 1,
         secret: SECRET.into(),
+        ..AgentConfig::default()
     };
     let (exit_tx, exit_rx) = mpsc::channel(1);
     let handler = UpdateHandler::new(&config, Ok(bin.to_path_buf()), "v1", exit_tx);
@@ -652,6 +653,7 @@ async fn the_handler_fails_updates_when_its_binary_is_unknown() {
         server_url: "http://127.0.0.1:9".into(),
         host_id: 1,
         secret: SECRET.into(),
+        ..AgentConfig::default()
     };
     let (exit_tx, _exit_rx) = mpsc::channel(1);
     let reason = "this agent's executable /proc/self/exe cannot be resolved".to_string();

@@ -647,6 +647,7 @@ mod tests {
             server_url: format!("http://127.0.0.1:{port}"),
             host_id: 1,
             secret: "s".into(),
+            ..Default::default()
         };
         let opts = crate::client::RunOptions {
             backoff_initial: Duration::from_millis(5),

@@ -88,6 +88,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             server_url: server.url.clone(),
             host_id: h.host_id,
             secret: h.secret.clone(),
+            ..AgentConfig::default()
         }
         .save(&config)?;
         let mut p = procs::agent(&agent_bin, &config, &dir)?;
