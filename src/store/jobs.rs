@@ -228,11 +228,14 @@ pub async fn create_restic<C: ConnectionTrait>(db: &C, j: &NewResticJob, now: i6
     Ok(m.into())
 }
 
-/// Queued restic jobs, oldest first (the dispatcher's work list).
+/// Queued restic jobs, oldest first (the dispatcher's work list). A
+/// restic job always names its repository; rows without one are not the
+/// dispatcher's.
 pub async fn queued_restic<C: ConnectionTrait>(db: &C, limit: u64) -> Result<Vec<Job>> {
     Ok(jobs::Entity::find()
         .filter(jobs::Column::Status.eq(JobStatus::Queued.as_str()))
         .filter(jobs::Column::Kind.ne(JobKind::Update.as_str()))
+        .filter(jobs::Column::RepositoryId.is_not_null())
         .order_by_asc(jobs::Column::Id)
         .limit(limit)
         .all(db)
@@ -248,6 +251,7 @@ pub async fn running_restic<C: ConnectionTrait>(db: &C) -> Result<Vec<Job>> {
     Ok(jobs::Entity::find()
         .filter(jobs::Column::Status.eq(JobStatus::Running.as_str()))
         .filter(jobs::Column::Kind.ne(JobKind::Update.as_str()))
+        .filter(jobs::Column::RepositoryId.is_not_null())
         .order_by_asc(jobs::Column::Id)
         .all(db)
         .await?
@@ -262,6 +266,7 @@ pub async fn running_restic_on_host<C: ConnectionTrait>(db: &C, host_id: i64) ->
         .filter(jobs::Column::HostId.eq(host_id))
         .filter(jobs::Column::Status.eq(JobStatus::Running.as_str()))
         .filter(jobs::Column::Kind.ne(JobKind::Update.as_str()))
+        .filter(jobs::Column::RepositoryId.is_not_null())
         .all(db)
         .await?
         .into_iter()

@@ -24,6 +24,12 @@ pub fn host_status(h: &Host, now_ms: i64) -> Markup {
             div { dt class="label" { "Hostname" } dd { (if h.hostname.is_empty() { "—" } else { &h.hostname }) } }
             div { dt class="label" { "OS / arch" } dd { @if h.os.is_empty() { "—" } @else { (h.os) " / " (h.arch) } } }
             div { dt class="label" { "Enrolled" } dd { @if h.enrolled { "yes" } @else { "not yet" } } }
+            div { dt class="label" { "restic" } dd data-testid="restic-version" {
+                @if let Some(v) = &h.restic_version { (v) }
+                @else if h.restic_capable { span class="text-red-700" { "restic not found: install restic 0.14 or newer (or set restic_path in the agent config)" } }
+                @else if h.online { span class="text-gray-500" { "this agent cannot run restic jobs: update it" } }
+                @else { span class="text-gray-400" { "—" } }
+            } }
         }
     }
 }

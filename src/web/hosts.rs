@@ -32,6 +32,8 @@ pub struct HostJson {
     target_version: String,
     enrolled: bool,
     created_at: String,
+    labels: Vec<String>,
+    restic_version: Option<String>,
 }
 
 impl From<Host> for HostJson {
@@ -49,6 +51,8 @@ impl From<Host> for HostJson {
             agent_version: h.agent_version,
             online: h.online,
             enrolled: h.enrolled,
+            labels: h.labels,
+            restic_version: h.restic_version,
         }
     }
 }

@@ -273,7 +273,8 @@ impl Runner {
                 &state.secrets,
                 restic_manager::restic::repositories::RepositoryInput {
                     name: Some(format!("repo-{n}")),
-                    url: Some(format!("/tmp/rm-role-repo-{n}")),
+                    // Shared: jobs without a host go to its maintenance host.
+                    url: Some(format!("rest:http://127.0.0.1:9/repo-{n}")),
                     password: Some(format!("pw-{n}")),
                     maintenance_host_id: Some(Some(host_id)),
                     ..Default::default()

@@ -15,4 +15,5 @@ mod api_roles;
 mod audit;
 mod fleet;
 mod jobs;
+mod restic;
 mod updates;
