@@ -160,6 +160,19 @@ impl ResticHandler {
                 );
                 return;
             }
+            // A command repeated for a job that already ended (the server
+            // missed its finish) gets that finish again, not a second run.
+            let done = lock(&self.inner.recent)
+                .iter()
+                .find(|(_, f)| f.job_id == job_id)
+                .map(|(_, f)| f.clone());
+            if let Some(finished) = done {
+                debug!(job_id, "repeating the finish of a job that already ran");
+                tokio::spawn(async move {
+                    let _ = sender.send_message(&finished).await;
+                });
+                return;
+            }
             let (tx, rx) = watch::channel(None);
             if self
                 .inner
@@ -661,7 +674,9 @@ async fn execute_passes(job: &mut Job<'_>, args: &[String], sender: &FrameSender
                 return failed(job_id, wire::ERROR_AGENT, reason, None);
             }
         };
-        if let Some(reason) = pass.stopped {
+        // A run that completed anyway (the stop came as it finished)
+        // keeps its result.
+        if let Some(reason) = pass.stopped.filter(|_| pass.exit_code != Some(0)) {
             let text = match reason {
                 StopReason::Cancel => "cancelled: restic was stopped",
                 StopReason::Shutdown => "the agent is shutting down: restic was stopped",
