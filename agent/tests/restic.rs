@@ -595,6 +595,19 @@ async fn wrong_password_and_missing_repository_are_classified() {
     );
     assert!(h.secrets_left().is_empty(), "password file left behind");
 
+    // restic trims its password file: a padded password is refused upfront.
+    let mut padded = repo.clone();
+    padded.password = format!(" {PASSWORD} ");
+    let frames = h
+        .run(JobKind::Snapshots, &padded, ResticOptions::default())
+        .await;
+    let finished = frames.finished();
+    assert_eq!(
+        finished.error_kind.as_deref(),
+        Some(wire::ERROR_WRONG_PASSWORD)
+    );
+    assert!(finished.error.unwrap().contains("whitespace"));
+
     // Bad options fail at once, without restic.
     let frames = h
         .run(JobKind::Restore, &repo, ResticOptions::default())

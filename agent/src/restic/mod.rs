@@ -569,6 +569,15 @@ async fn execute(
             return failed(job_id, wire::ERROR_AGENT, reason, None);
         }
     };
+    // restic trims the password file's content: such a password could
+    // never open the repository, and restic would say "wrong password".
+    if command.repository.password.trim() != command.repository.password {
+        let reason = "the repository password starts or ends with whitespace, which restic \
+                      cannot read from a password file: change it on the repository page"
+            .to_string();
+        log.system(&reason).await;
+        return failed(job_id, wire::ERROR_WRONG_PASSWORD, reason, None);
+    }
     let password = match PasswordFile::create(
         &command.repository.password,
         inner.settings.secrets_dir.as_deref(),
