@@ -595,6 +595,19 @@ async fn wrong_password_and_missing_repository_are_classified() {
     );
     assert!(h.secrets_left().is_empty(), "password file left behind");
 
+    // restic trims its password file: a padded password is refused upfront.
+    let mut padded = repo.clone();
+    padded.password = format!(" {PASSWORD} ");
+    let frames = h
+        .run(JobKind::Snapshots, &padded, ResticOptions::default())
+        .await;
+    let finished = frames.finished();
+    assert_eq!(
+        finished.error_kind.as_deref(),
+        Some(wire::ERROR_WRONG_PASSWORD)
+    );
+    assert!(finished.error.unwrap().contains("whitespace"));
+
     // Bad options fail at once, without restic.
     let frames = h
         .run(JobKind::Restore, &repo, ResticOptions::default())
@@ -629,7 +642,20 @@ async fn missing_restic_fails_at_once_and_the_hello_says_so() {
     );
     // The finish is repeated in hellos for a while.
     let status = h.handler.hello_status();
-    assert_eq!(status.recent_finished, [finished]);
+    assert_eq!(status.recent_finished, std::slice::from_ref(&finished));
+    // The same command again (the server missed the finish): the recorded
+    // finish comes back, the job does not run a second time.
+    let (sender, rx) = FrameSender::detached(16);
+    let again = CommandRestic {
+        job_id: finished.job_id,
+        kind: JobKind::Init,
+        repository: repo.clone(),
+        options: ResticOptions::default(),
+    };
+    h.handler.handle(again.envelope(), sender);
+    let repeated = Frames::collect(finished.job_id, rx).await;
+    assert_eq!(repeated.frames.len(), 1, "no job.started, no log");
+    assert_eq!(repeated.finished(), finished);
 
     // The real restic: its version.
     let real = Harness::new();

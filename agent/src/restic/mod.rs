@@ -160,6 +160,19 @@ impl ResticHandler {
                 );
                 return;
             }
+            // A command repeated for a job that already ended (the server
+            // missed its finish) gets that finish again, not a second run.
+            let done = lock(&self.inner.recent)
+                .iter()
+                .find(|(_, f)| f.job_id == job_id)
+                .map(|(_, f)| f.clone());
+            if let Some(finished) = done {
+                debug!(job_id, "repeating the finish of a job that already ran");
+                tokio::spawn(async move {
+                    let _ = sender.send_message(&finished).await;
+                });
+                return;
+            }
             let (tx, rx) = watch::channel(None);
             if self
                 .inner
@@ -556,6 +569,15 @@ async fn execute(
             return failed(job_id, wire::ERROR_AGENT, reason, None);
         }
     };
+    // restic trims the password file's content: such a password could
+    // never open the repository, and restic would say "wrong password".
+    if command.repository.password.trim() != command.repository.password {
+        let reason = "the repository password starts or ends with whitespace, which restic \
+                      cannot read from a password file: change it on the repository page"
+            .to_string();
+        log.system(&reason).await;
+        return failed(job_id, wire::ERROR_WRONG_PASSWORD, reason, None);
+    }
     let password = match PasswordFile::create(
         &command.repository.password,
         inner.settings.secrets_dir.as_deref(),
@@ -661,7 +683,9 @@ async fn execute_passes(job: &mut Job<'_>, args: &[String], sender: &FrameSender
                 return failed(job_id, wire::ERROR_AGENT, reason, None);
             }
         };
-        if let Some(reason) = pass.stopped {
+        // A run that completed anyway (the stop came as it finished)
+        // keeps its result.
+        if let Some(reason) = pass.stopped.filter(|_| pass.exit_code != Some(0)) {
             let text = match reason {
                 StopReason::Cancel => "cancelled: restic was stopped",
                 StopReason::Shutdown => "the agent is shutting down: restic was stopped",

@@ -431,12 +431,13 @@ pub async fn follow(
             }
             changed = stop.changed(), if stopped.is_none() && stop_open => {
                 match changed {
-                    Ok(()) => if let Some(reason) = *stop.borrow_and_update() {
+                    // Once restic has exited there is nothing left to stop.
+                    Ok(()) => if let Some(reason) = *stop.borrow_and_update()
+                        && status.is_none()
+                    {
                         stopped = Some(reason);
-                        if status.is_none() {
-                            interrupt(&mut child);
-                            kill_at = Some(tokio::time::Instant::now() + grace);
-                        }
+                        interrupt(&mut child);
+                        kill_at = Some(tokio::time::Instant::now() + grace);
                     },
                     // The job table dropped its handle: nobody can stop
                     // the run any more; keep following it.
