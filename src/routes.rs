@@ -355,4 +355,3 @@ mod tests {
         assert_eq!(job_events_after(5, 9), "/jobs/5/events?after=9");
     }
 }
-

@@ -395,6 +395,7 @@ impl Message for CommandCancel {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct JobProgress {
     pub job_id: i64,
+    /// 0 to 100.
     pub percent: f64,
     #[serde(default)]
     pub bytes_done: u64,

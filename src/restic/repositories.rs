@@ -108,7 +108,13 @@ fn check_password(p: &str) -> Result<(), RepoError> {
     if p.len() > 4096 {
         return Err(invalid("password", "must be at most 4096 bytes"));
     }
-    // restic reads the password file's first line.
+    // restic reads the password file's first line, trimmed.
+    if p.trim() != p {
+        return Err(invalid(
+            "password",
+            "must not start or end with spaces (restic trims them, so it could never open the repository)",
+        ));
+    }
     if p.chars().any(char::is_control) {
         return Err(invalid(
             "password",

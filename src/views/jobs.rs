@@ -79,7 +79,7 @@ pub fn progress_bar(p: Option<&agent::wire::JobProgress>) -> Markup {
             @match p {
                 None => p class="text-sm text-gray-500" { "Waiting for the first progress report…" },
                 Some(p) => {
-                    @let pct = (p.percent * 100.0).clamp(0.0, 100.0);
+                    @let pct = p.percent.clamp(0.0, 100.0);
                     div class="w-full bg-gray-200 rounded h-3 overflow-hidden" role="progressbar"
                         aria-valuemin="0" aria-valuemax="100" aria-valuenow=(format!("{pct:.0}")) {
                         div class="bg-blue-600 h-3" style=(format!("width: {pct:.1}%")) data-testid="job-progress-fill" {}

@@ -402,16 +402,13 @@ async fn cancel(
     if !job.kind.is_restic() {
         return Err(AppError::Conflict(
             "not_cancellable",
-            "an agent update cannot be cancelled: it ends by itself, at the latest at its deadline".into(),
+            "an agent update cannot be cancelled: it ends by itself, at the latest at its deadline"
+                .into(),
         ));
     }
     user.require(Role::Operator)?;
-    let finished = || {
-        AppError::Conflict(
-            "already_finished",
-            format!("job {id} has already finished"),
-        )
-    };
+    let finished =
+        || AppError::Conflict("already_finished", format!("job {id} has already finished"));
     if job.status.is_terminal() {
         return Err(finished());
     }
@@ -430,11 +427,17 @@ async fn cancel(
             if now.status.is_terminal() {
                 return Err(finished());
             }
-            let _ = state.hub.send(now.host_id, CommandCancel { job_id: id }.envelope().to_text());
+            let _ = state.hub.send(
+                now.host_id,
+                CommandCancel { job_id: id }.envelope().to_text(),
+            );
         }
     } else if state
         .hub
-        .send(job.host_id, CommandCancel { job_id: id }.envelope().to_text())
+        .send(
+            job.host_id,
+            CommandCancel { job_id: id }.envelope().to_text(),
+        )
         .is_err()
     {
         // The agent is away: the job ends here, and the agent stops the
@@ -477,7 +480,7 @@ async fn job_cancel_submit(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-use crate::routes::Method::*;
+    use crate::routes::Method::*;
     super::route(cfg, Post, routes::API_JOB_CANCEL, api_job_cancel);
     super::route(cfg, Post, routes::JOB_CANCEL, job_cancel_submit);
     super::route(cfg, Get, routes::API_JOBS, api_jobs_list);

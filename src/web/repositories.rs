@@ -54,7 +54,10 @@ fn input<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
     serde_json::from_slice(body).map_err(|e| {
         AppError::BadRequest(
             "invalid_input",
-            format!("the request body does not fit: {}", crate::text::one_line(&e.to_string(), 300)),
+            format!(
+                "the request body does not fit: {}",
+                crate::text::one_line(&e.to_string(), 300)
+            ),
         )
     })
 }
@@ -89,7 +92,8 @@ async fn create(
     user: &User,
     input: RepositoryInput,
 ) -> Result<Repository, AppError> {
-    let r = restic::repositories::create(&state.db, &state.secrets, input, state.clock.now_ms()).await?;
+    let r = restic::repositories::create(&state.db, &state.secrets, input, state.clock.now_ms())
+        .await?;
     tracing::info!(repository_id = r.id, name = %r.name, url = %r.url_masked, by = %user.username, "repository added");
     audit::record(
         state,
@@ -122,14 +126,21 @@ async fn update(
         ("prune", input.prune.is_some()),
         ("max_unused", input.max_unused.is_some()),
         ("check_every_days", input.check_every_days.is_some()),
-        ("check_read_data_subset", input.check_read_data_subset.is_some()),
-        ("max_concurrent_backups", input.max_concurrent_backups.is_some()),
+        (
+            "check_read_data_subset",
+            input.check_read_data_subset.is_some(),
+        ),
+        (
+            "max_concurrent_backups",
+            input.max_concurrent_backups.is_some(),
+        ),
     ]
     .into_iter()
     .filter_map(|(k, set)| set.then_some(k))
     .collect();
-    let r = restic::repositories::update(&state.db, &state.secrets, id, input, state.clock.now_ms())
-        .await?;
+    let r =
+        restic::repositories::update(&state.db, &state.secrets, id, input, state.clock.now_ms())
+            .await?;
     tracing::info!(repository_id = r.id, fields = ?changed, by = %user.username, "repository changed");
     audit::record(
         state,
@@ -144,7 +155,12 @@ async fn update(
     Ok(r)
 }
 
-async fn remove(state: &AppState, req: &HttpRequest, user: &User, id: i64) -> Result<Repository, AppError> {
+async fn remove(
+    state: &AppState,
+    req: &HttpRequest,
+    user: &User,
+    id: i64,
+) -> Result<Repository, AppError> {
     let r = store::repositories::delete(&state.db, id).await?;
     tracing::info!(repository_id = r.id, by = %user.username, "repository removed");
     audit::record(
@@ -326,16 +342,23 @@ async fn render_list(
 /// Form fields: repeated `env_key`/`env_value` rows, so the body is read
 /// as pairs.
 fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, AppError> {
-    serde_urlencoded::from_bytes(body)
-        .map_err(|e| AppError::BadRequest("invalid_form", format!("the form could not be read: {e}")))
+    serde_urlencoded::from_bytes(body).map_err(|e| {
+        AppError::BadRequest("invalid_form", format!("the form could not be read: {e}"))
+    })
 }
 
 fn field<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn nonempty(pairs: &[(String, String)], name: &str) -> Option<String> {
-    field(pairs, name).map(str::trim).filter(|v| !v.is_empty()).map(str::to_string)
+    field(pairs, name)
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
 }
 
 /// The env rows of a form: a row with a name and an empty value keeps the
@@ -344,8 +367,14 @@ fn form_env(
     pairs: &[(String, String)],
     old: &BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
-    let keys = pairs.iter().filter(|(k, _)| k == "env_key").map(|(_, v)| v.trim());
-    let values = pairs.iter().filter(|(k, _)| k == "env_value").map(|(_, v)| v.as_str());
+    let keys = pairs
+        .iter()
+        .filter(|(k, _)| k == "env_key")
+        .map(|(_, v)| v.trim());
+    let values = pairs
+        .iter()
+        .filter(|(k, _)| k == "env_value")
+        .map(|(_, v)| v.as_str());
     let mut env = BTreeMap::new();
     for (k, v) in keys.zip(values) {
         if k.is_empty() {
@@ -387,7 +416,9 @@ fn form_input(
         name: nonempty(pairs, "name"),
         url: nonempty(pairs, "url"),
         // Write-only: an empty password field keeps the stored one.
-        password: field(pairs, "password").filter(|p| !p.is_empty()).map(str::to_string),
+        password: field(pairs, "password")
+            .filter(|p| !p.is_empty())
+            .map(str::to_string),
         env: Some(form_env(pairs, old_env)),
         maintenance_host_id: Some(host),
         maintenance_schedule: nonempty(pairs, "maintenance_schedule"),
@@ -451,7 +482,10 @@ async fn render_detail(
     let jobs: Vec<_> = jobs
         .into_iter()
         .map(|j| {
-            let n = names.get(&j.host_id).cloned().unwrap_or_else(|| format!("#{}", j.host_id));
+            let n = names
+                .get(&j.host_id)
+                .cloned()
+                .unwrap_or_else(|| format!("#{}", j.host_id));
             (j, n)
         })
         .collect();

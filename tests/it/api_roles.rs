@@ -132,7 +132,8 @@ fn table() -> Vec<Route> {
         r("DELETE", "/api/repositories/{repo}", ADMIN, true, 204),
         r("POST", routes::REPOSITORIES_PAGE, ADMIN, false, 303)
             .form("name=form-repo-{n}&url=%2Ftmp%2Frm-form-{n}&password=pw"),
-        r("POST", "/repositories/{repo}", ADMIN, false, 303).form("name=renamed-{n}&check_every_days=3"),
+        r("POST", "/repositories/{repo}", ADMIN, false, 303)
+            .form("name=renamed-{n}&check_every_days=3"),
         r("POST", "/repositories/{repo}/delete", ADMIN, false, 303),
         r("POST", routes::API_HOSTS, ADMIN, true, 201).json(r#"{"name":"new-{n}"}"#),
         r("DELETE", "/api/hosts/{host}", ADMIN, true, 204),

@@ -196,10 +196,18 @@ async fn backup(app: &TestApp, repo: i64, host: i64, paths: &[&Path]) -> i64 {
         id: None,
         name: "test".into(),
     };
-    enqueue(state, &who, &repository, host, JobKind::Backup, None, &options)
-        .await
-        .unwrap()
-        .id
+    enqueue(
+        state,
+        &who,
+        &repository,
+        host,
+        JobKind::Backup,
+        None,
+        &options,
+    )
+    .await
+    .unwrap()
+    .id
 }
 
 /// restic itself, with the password in a file, against `url`.
@@ -280,11 +288,40 @@ async fn repositories_are_write_only_and_encrypted_at_rest() {
     assert_eq!(got["check_every_days"], 7);
     assert_eq!(got["check_read_data_subset"], "5%");
     let secrets = ["url-pass-7f3a91", "repo-pass-5d2c88", "env-value-a1b2c3"];
-    let list = api.c.get(app.at(routes::API_REPOSITORIES)).send().await.unwrap().text().await.unwrap();
-    let page = api.c.get(app.at(&routes::repository(id))).send().await.unwrap().text().await.unwrap();
-    let listing = api.c.get(app.at(routes::REPOSITORIES_PAGE)).send().await.unwrap().text().await.unwrap();
+    let list = api
+        .c
+        .get(app.at(routes::API_REPOSITORIES))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let page = api
+        .c
+        .get(app.at(&routes::repository(id)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let listing = api
+        .c
+        .get(app.at(routes::REPOSITORIES_PAGE))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for s in secrets {
-        for (what, body) in [("API", got.to_string()), ("list", list.clone()), ("page", page.clone()), ("listing", listing.clone())] {
+        for (what, body) in [
+            ("API", got.to_string()),
+            ("list", list.clone()),
+            ("page", page.clone()),
+            ("listing", listing.clone()),
+        ] {
             assert!(!body.contains(s), "{what} shows a secret");
         }
     }
@@ -296,7 +333,10 @@ async fn repositories_are_write_only_and_encrypted_at_rest() {
         .await;
     let dump = format!("{rows:?}");
     for s in secrets {
-        assert!(!dump.contains(s), "the database row holds a secret in clear");
+        assert!(
+            !dump.contains(s),
+            "the database row holds a secret in clear"
+        );
     }
     assert!(dump.contains("rm1:"));
     if app.is_sqlite() {
@@ -308,7 +348,10 @@ async fn repositories_are_write_only_and_encrypted_at_rest() {
     }
     let key = &app.settings.secret_key_file;
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     assert_eq!(std::fs::read(key).unwrap().len(), 32);
 
     // PATCH replaces a secret, still write-only; the audit says what changed.
@@ -323,16 +366,16 @@ async fn repositories_are_write_only_and_encrypted_at_rest() {
     let body = r.text().await.unwrap();
     assert!(!body.contains("new-pass-0e9d"));
     assert!(body.contains("\"max_concurrent_backups\":2"));
-    let audit = format!("{:?}", app.query("SELECT action, details FROM audit_log").await);
+    let audit = format!(
+        "{:?}",
+        app.query("SELECT action, details FROM audit_log").await
+    );
     assert!(audit.contains("repository.update") && audit.contains("password"));
     assert!(!audit.contains("new-pass-0e9d") && !audit.contains("repo-pass-5d2c88"));
-    let opened = restic_manager::restic::repositories::open_for_agent(
-        app.db(),
-        &app.state().secrets,
-        id,
-    )
-    .await
-    .unwrap();
+    let opened =
+        restic_manager::restic::repositories::open_for_agent(app.db(), &app.state().secrets, id)
+            .await
+            .unwrap();
     assert_eq!(opened.password, "new-pass-0e9d");
     assert_eq!(opened.url, url);
     assert_eq!(opened.env["AWS_SECRET_ACCESS_KEY"], "env-value-a1b2c3");
@@ -343,21 +386,59 @@ async fn bad_repository_input_is_refused_and_changes_nothing() {
     let app = TestApp::spawn().await;
     let api = Api::new(&app).await;
     let id = api.repo("main", "/srv/restic", "pw").await;
+    let (host, _) = app.add_host_direct("web-1").await;
     let before = app.snapshot().await;
     let cases = [
         (json!({"name": "x", "url": "/srv/x"}), "password"),
-        (json!({"name": "x", "url": "-oProxyCommand=evil", "password": "p"}), "url"),
-        (json!({"name": "x", "url": "/srv/x\n", "password": "p"}), "url"),
+        (
+            json!({"name": "x", "url": "-oProxyCommand=evil", "password": "p"}),
+            "url",
+        ),
+        (
+            json!({"name": "x", "url": "/srv/x\n", "password": "p"}),
+            "url",
+        ),
         (json!({"name": "x", "url": "s3:", "password": "p"}), "s3:"),
-        (json!({"name": "x", "url": "/srv/x", "password": "p\nq"}), "password"),
-        (json!({"name": "x", "url": "/srv/x", "password": "p", "env": {"LD_PRELOAD": "/x.so"}}), "env"),
-        (json!({"name": "x", "url": "/srv/x", "password": "p", "env": {"RESTIC_PASSWORD_COMMAND": "sh"}}), "env"),
-        (json!({"name": "x", "url": "/srv/x", "password": "p", "env": {"A-B": "1"}}), "env"),
-        (json!({"name": "x", "url": "/srv/x", "password": "p", "maintenance_schedule": "61 * * * *"}), "maintenance_schedule"),
-        (json!({"name": "x", "url": "/srv/x", "password": "p", "maintenance_host_id": 999999}), "maintenance_host_id"),
-        (json!({"name": "x", "url": "/srv/x", "password": "p", "max_unused": "lots"}), "max_unused"),
-        (json!({"name": "x", "url": "/srv/x", "password": "p", "surprise": 1}), "surprise"),
-        (json!({"name": "", "url": "/srv/x", "password": "p"}), "name"),
+        (
+            json!({"name": "x", "url": "/srv/x", "password": "p\nq"}),
+            "password",
+        ),
+        (
+            json!({"name": "x", "url": "/srv/x", "password": "p", "env": {"LD_PRELOAD": "/x.so"}}),
+            "env",
+        ),
+        (
+            json!({"name": "x", "url": "/srv/x", "password": "p", "env": {"RESTIC_PASSWORD_COMMAND": "sh"}}),
+            "env",
+        ),
+        (
+            json!({"name": "x", "url": "/srv/x", "password": "p", "env": {"A-B": "1"}}),
+            "env",
+        ),
+        (
+            json!({"name": "x", "url": "/srv/x", "password": "p", "maintenance_schedule": "61 * * * *"}),
+            "maintenance_schedule",
+        ),
+        (
+            json!({"name": "x", "url": "/srv/x", "password": "p", "maintenance_host_id": 999999}),
+            "maintenance_host_id",
+        ),
+        (
+            json!({"name": "x", "url": "/srv/x", "password": "p", "max_unused": "lots"}),
+            "max_unused",
+        ),
+        (
+            json!({"name": "x", "url": "/srv/x", "password": "p", "surprise": 1}),
+            "surprise",
+        ),
+        (
+            json!({"name": "", "url": "/srv/x", "password": "p"}),
+            "name",
+        ),
+        (
+            json!({"name": "x", "url": "/srv/x", "password": " padded "}),
+            "password",
+        ),
     ];
     for (body, field) in cases {
         let r = api.post(routes::API_REPOSITORIES, body.clone()).await;
@@ -371,28 +452,65 @@ async fn bad_repository_input_is_refused_and_changes_nothing() {
         );
     }
     let r = api
-        .post(routes::API_REPOSITORIES, json!({"name": "main", "url": "/srv/y", "password": "p"}))
+        .post(
+            routes::API_REPOSITORIES,
+            json!({"name": "main", "url": "/srv/y", "password": "p"}),
+        )
         .await;
     assert_error(r, 409, "name_taken").await;
-    for path in ["/api/repositories/424242", "/api/repositories/abc"] {
-        let r = api.c.get(app.at(path)).send().await.unwrap();
-        assert_error(r, 404, "repository_not_found").await;
-    }
-    let r = api.c.patch(app.at("/api/repositories/424242")).json(&json!({"prune": false})).send().await.unwrap();
+    let r = api
+        .c
+        .get(app.at("/api/repositories/424242"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 404, "repository_not_found").await;
+    let r = api
+        .c
+        .get(app.at("/api/repositories/abc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = api
+        .c
+        .patch(app.at("/api/repositories/424242"))
+        .json(&json!({"prune": false}))
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 404, "repository_not_found").await;
     // Repository jobs: unknown kinds, hosts and ids.
-    let (host, _) = app.add_host_direct("web-1").await;
     for (body, status, code) in [
-        (json!({"kind": "backup", "host_id": host}), 400, "invalid_input"),
-        (json!({"kind": "rm -rf", "host_id": host}), 400, "invalid_input"),
-        (json!({"kind": "check", "host_id": 999999}), 400, "invalid_input"),
+        (
+            json!({"kind": "backup", "host_id": host}),
+            400,
+            "invalid_input",
+        ),
+        (
+            json!({"kind": "rm -rf", "host_id": host}),
+            400,
+            "invalid_input",
+        ),
+        (
+            json!({"kind": "check", "host_id": 999999}),
+            400,
+            "invalid_input",
+        ),
         (json!({"kind": "init"}), 400, "invalid_input"),
         (json!({"kind": "check"}), 400, "invalid_input"),
     ] {
-        let r = api.post(&routes::api_repository_jobs(id), body.clone()).await;
+        let r = api
+            .post(&routes::api_repository_jobs(id), body.clone())
+            .await;
         assert_error(r, status, code).await;
     }
-    let r = api.post("/api/repositories/424242/jobs", json!({"kind": "check", "host_id": host})).await;
+    let r = api
+        .post(
+            "/api/repositories/424242/jobs",
+            json!({"kind": "check", "host_id": host}),
+        )
+        .await;
     assert_error(r, 404, "repository_not_found").await;
     let after = app.snapshot().await;
     assert_eq!(before.replace('\n', ""), after.replace('\n', ""));
@@ -405,15 +523,25 @@ async fn roles_for_repository_jobs_follow_the_table() {
     let api = Api::new(&app).await;
     let (host, _) = app.add_host_direct("web-1").await;
     let id = api.repo("main", "/srv/restic", "pw").await;
-    let operator = app.as_role(restic_manager::store::users::Role::Operator).await;
-    let viewer = app.as_role(restic_manager::store::users::Role::Viewer).await;
+    let operator = app
+        .as_role(restic_manager::store::users::Role::Operator)
+        .await;
+    let viewer = app
+        .as_role(restic_manager::store::users::Role::Viewer)
+        .await;
     let post = |c: &reqwest::Client, body: Value| {
-        c.post(app.at(&routes::api_repository_jobs(id))).json(&body).send()
+        c.post(app.at(&routes::api_repository_jobs(id)))
+            .json(&body)
+            .send()
     };
     for kind in ["init", "check", "unlock", "snapshots", "stats"] {
-        let r = post(&operator, json!({"kind": kind, "host_id": host})).await.unwrap();
+        let r = post(&operator, json!({"kind": kind, "host_id": host}))
+            .await
+            .unwrap();
         assert_eq!(r.status(), 202, "operator {kind}");
-        let r = post(&viewer, json!({"kind": kind, "host_id": host})).await.unwrap();
+        let r = post(&viewer, json!({"kind": kind, "host_id": host}))
+            .await
+            .unwrap();
         assert_error(r, 403, "forbidden").await;
     }
     for body in [
@@ -424,25 +552,54 @@ async fn roles_for_repository_jobs_follow_the_table() {
         let r = post(&operator, body.clone()).await.unwrap();
         assert_error(r, 403, "forbidden").await;
     }
-    let r = api.post(&routes::api_repository_jobs(id), json!({"kind": "prune", "host_id": host})).await;
+    let r = api
+        .post(
+            &routes::api_repository_jobs(id),
+            json!({"kind": "prune", "host_id": host}),
+        )
+        .await;
     assert_eq!(r.status(), 202);
-    let r = api.post(&routes::api_repository_jobs(id), json!({"kind": "unlock", "host_id": host, "remove_all": true})).await;
+    let r = api
+        .post(
+            &routes::api_repository_jobs(id),
+            json!({"kind": "unlock", "host_id": host, "remove_all": true}),
+        )
+        .await;
     assert_eq!(r.status(), 202);
     // A queued job (the host is offline) is cancelled at once by an operator.
-    let jobs: Value = api.get(&format!("{}?repository_id={id}", routes::API_JOBS)).await;
+    let jobs: Value = api
+        .get(&format!("{}?repository_id={id}", routes::API_JOBS))
+        .await;
     let first = jobs[0]["id"].as_i64().unwrap();
     assert_eq!(jobs[0]["status"], "queued");
-    let r = viewer.post(app.at(&routes::api_job_cancel(first))).send().await.unwrap();
+    let r = viewer
+        .post(app.at(&routes::api_job_cancel(first)))
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 403, "forbidden").await;
-    let r = operator.post(app.at(&routes::api_job_cancel(first))).send().await.unwrap();
+    let r = operator
+        .post(app.at(&routes::api_job_cancel(first)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let j: Value = r.json().await.unwrap();
     assert_eq!(j["status"], "cancelled");
     assert!(j["error"].as_str().unwrap().contains("before it started"));
-    let r = operator.post(app.at(&routes::api_job_cancel(first))).send().await.unwrap();
+    let r = operator
+        .post(app.at(&routes::api_job_cancel(first)))
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 409, "already_finished").await;
     // A repository with queued jobs cannot be deleted.
-    let r = api.c.delete(app.at(&routes::api_repository(id))).send().await.unwrap();
+    let r = api
+        .c
+        .delete(app.at(&routes::api_repository(id)))
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 409, "in_use").await;
 }
 
@@ -460,11 +617,18 @@ async fn init_backup_check_snapshots_and_stats_run_real_restic_on_a_local_reposi
         h["restic_version"].as_str().is_some().then_some(h)
     })
     .await;
-    assert!(host_json["restic_version"].as_str().unwrap().starts_with("0."));
+    assert!(
+        host_json["restic_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("0.")
+    );
 
     let repo_path = lab.path("repo");
     let password = "local-pass-90ab17";
-    let repo = api.repo("local", repo_path.to_str().unwrap(), password).await;
+    let repo = api
+        .repo("local", repo_path.to_str().unwrap(), password)
+        .await;
     assert_eq!(api.get(&routes::api_repository(repo)).await["local"], true);
 
     let init = api.job(repo, "init", host).await;
@@ -472,8 +636,17 @@ async fn init_backup_check_snapshots_and_stats_run_real_restic_on_a_local_reposi
     assert_eq!(j["status"], "succeeded", "{j}\n{}", api.log(init).await);
     assert_eq!(j["repository_id"], repo);
     // restic itself opens what the manager created.
-    let out = restic_cli(&lab, repo_path.to_str().unwrap(), password, &["snapshots", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = restic_cli(
+        &lab,
+        repo_path.to_str().unwrap(),
+        password,
+        &["snapshots", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let data = lab.data("data", 0);
     let b = backup(&app, repo, host, &[&data]).await;
@@ -483,7 +656,12 @@ async fn init_backup_check_snapshots_and_stats_run_real_restic_on_a_local_reposi
     assert_eq!(j["result"]["files_new"], 3);
     assert!(j["result"]["total_bytes_processed"].as_u64().unwrap() > 4096);
     // The manager's host name and the plan tag are in restic's own listing.
-    let out = restic_cli(&lab, repo_path.to_str().unwrap(), password, &["snapshots", "--json"]);
+    let out = restic_cli(
+        &lab,
+        repo_path.to_str().unwrap(),
+        password,
+        &["snapshots", "--json"],
+    );
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed[0]["id"], snap);
     assert_eq!(listed[0]["hostname"], "web-1");
@@ -492,7 +670,14 @@ async fn init_backup_check_snapshots_and_stats_run_real_restic_on_a_local_reposi
     let rows = app
         .query(&format!("SELECT snapshot_id, CAST(host_id AS TEXT), CAST(files_new AS TEXT) FROM snapshots WHERE repository_id = {repo}"))
         .await;
-    assert_eq!(rows, vec![vec![Some(snap.clone()), Some(host.to_string()), Some("3".into())]]);
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some(snap.clone()),
+            Some(host.to_string()),
+            Some("3".into())
+        ]]
+    );
 
     let c = api.job(repo, "check", host).await;
     let j = api.finished(c).await;
@@ -501,10 +686,18 @@ async fn init_backup_check_snapshots_and_stats_run_real_restic_on_a_local_reposi
     assert!(api.get(&routes::api_repository(repo)).await["last_check_at"].is_string());
 
     // A snapshots job re-syncs the index from restic (a row removed by hand returns).
-    app.state().db.execute_unprepared("DELETE FROM snapshots").await.unwrap();
+    app.state()
+        .db
+        .execute_unprepared("DELETE FROM snapshots")
+        .await
+        .unwrap();
     let s = api.job(repo, "snapshots", host).await;
     assert_eq!(api.finished(s).await["status"], "succeeded");
-    let rows = app.query(&format!("SELECT snapshot_id, hostname FROM snapshots WHERE repository_id = {repo}")).await;
+    let rows = app
+        .query(&format!(
+            "SELECT snapshot_id, hostname FROM snapshots WHERE repository_id = {repo}"
+        ))
+        .await;
     assert_eq!(rows, vec![vec![Some(snap.clone()), Some("web-1".into())]]);
 
     let st = api.job(repo, "stats", host).await;
@@ -515,7 +708,14 @@ async fn init_backup_check_snapshots_and_stats_run_real_restic_on_a_local_reposi
     // The job page shows the result; the repository page lists the snapshot.
     let page = Page::from(api.c.get(app.at(&routes::job(b))).send().await.unwrap()).await;
     assert!(page.one("[data-testid=job-result]").contains(&snap[..8]));
-    let page = Page::from(api.c.get(app.at(&routes::repository(repo))).send().await.unwrap()).await;
+    let page = Page::from(
+        api.c
+            .get(app.at(&routes::repository(repo)))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(page.texts("[data-testid=snapshot-row]").len(), 1);
 
     // The password is nowhere but sealed: not in job logs, the database
@@ -527,8 +727,13 @@ async fn init_backup_check_snapshots_and_stats_run_real_restic_on_a_local_reposi
     }
     let agent_dir = lab.path(&format!("agent-{host}"));
     assert!(files_containing(&agent_dir, password.as_bytes()).is_empty());
-    let left: Vec<_> = std::fs::read_dir(agent_dir.join("secrets")).unwrap().collect();
-    assert!(left.is_empty(), "password directories left behind: {left:?}");
+    let left: Vec<_> = std::fs::read_dir(agent_dir.join("secrets"))
+        .unwrap()
+        .collect();
+    assert!(
+        left.is_empty(),
+        "password directories left behind: {left:?}"
+    );
     agent.shutdown().await;
 }
 
@@ -552,7 +757,10 @@ async fn a_rest_backend_with_credentials_in_the_url_works_and_stays_masked() {
         .unwrap();
     let _server = ChildGuard::new(server);
     eventually("rclone listens", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
     })
     .await;
 
@@ -564,22 +772,39 @@ async fn a_rest_backend_with_credentials_in_the_url_works_and_stays_masked() {
     let url = format!("rest:http://rmuser:rest-pass-44e1@127.0.0.1:{port}/fleet");
     let repo = api.repo("remote", &url, "remote-pass-1").await;
     let shown = api.get(&routes::api_repository(repo)).await;
-    assert_eq!(shown["url"], format!("rest:http://rmuser:***@127.0.0.1:{port}/fleet"));
+    assert_eq!(
+        shown["url"],
+        format!("rest:http://rmuser:***@127.0.0.1:{port}/fleet")
+    );
     assert_eq!(shown["local"], false);
     let init = api.job(repo, "init", cfg.host_id).await;
-    assert_eq!(api.finished(init).await["status"], "succeeded", "{}", api.log(init).await);
+    assert_eq!(
+        api.finished(init).await["status"],
+        "succeeded",
+        "{}",
+        api.log(init).await
+    );
     let data = lab.data("data", 0);
     let b = backup(&app, repo, cfg.host_id, &[&data]).await;
     let j = api.finished(b).await;
     assert_eq!(j["status"], "succeeded", "{}", api.log(b).await);
     // No host given: a shared repository runs on its maintenance host (the
     // first that used it).
-    let r = api.post(&routes::api_repository_jobs(repo), json!({"kind": "snapshots"})).await;
+    let r = api
+        .post(
+            &routes::api_repository_jobs(repo),
+            json!({"kind": "snapshots"}),
+        )
+        .await;
     assert_eq!(r.status(), 202);
     let ids: Value = r.json().await.unwrap();
     let s = ids["job_ids"][0].as_i64().unwrap();
     assert_eq!(api.finished(s).await["host_id"], cfg.host_id);
-    let n = app.query_one(&format!("SELECT CAST(COUNT(*) AS TEXT) FROM snapshots WHERE repository_id = {repo}")).await;
+    let n = app
+        .query_one(&format!(
+            "SELECT CAST(COUNT(*) AS TEXT) FROM snapshots WHERE repository_id = {repo}"
+        ))
+        .await;
     assert_eq!(n.as_deref(), Some("1"));
     // The same backend opened with a wrong password: classified, with advice.
     let wrong = api.repo("remote-wrong", &url, "not-the-password").await;
@@ -588,7 +813,10 @@ async fn a_rest_backend_with_credentials_in_the_url_works_and_stays_masked() {
     assert_eq!(j["status"], "failed");
     assert_eq!(j["error_kind"], "wrong_password", "{j}");
     for text in [api.log(b).await, api.log(c).await, j.to_string()] {
-        assert!(!text.contains("rest-pass-44e1"), "the URL's password leaked: {text}");
+        assert!(
+            !text.contains("rest-pass-44e1"),
+            "the URL's password leaked: {text}"
+        );
     }
     agent.shutdown().await;
 }
@@ -611,7 +839,9 @@ async fn a_missing_repository_and_a_wrong_password_say_what_to_do() {
 
     let init = api.job(repo, "init", cfg.host_id).await;
     assert_eq!(api.finished(init).await["status"], "succeeded");
-    let twin = api.repo("twin", path.to_str().unwrap(), "another password").await;
+    let twin = api
+        .repo("twin", path.to_str().unwrap(), "another password")
+        .await;
     let c = api.job(twin, "snapshots", cfg.host_id).await;
     let j = api.finished(c).await;
     assert_eq!(j["error_kind"], "wrong_password", "{j}");
@@ -632,14 +862,29 @@ async fn restic_missing_and_an_old_agent_fail_at_once_with_what_to_do() {
     assert_eq!(j["status"], "failed");
     assert_eq!(j["error_kind"], "restic_not_found");
     assert!(j["error"].as_str().unwrap().contains("install restic"));
-    let page = Page::from(api.c.get(app.at(&routes::host(cfg.host_id))).send().await.unwrap()).await;
-    assert!(page.one("[data-testid=restic-version]").contains("restic not found"));
+    let page = Page::from(
+        api.c
+            .get(app.at(&routes::host(cfg.host_id)))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        page.one("[data-testid=restic-version]")
+            .contains("restic not found")
+    );
 
     // An agent from before the restic core (no running_jobs in its hello).
     let (old_cfg, old) = app.host("old").online().await;
-    let j = api.finished(api.job(repo, "check", old_cfg.host_id).await).await;
+    let j = api
+        .finished(api.job(repo, "check", old_cfg.host_id).await)
+        .await;
     assert_eq!(j["status"], "failed");
-    assert!(j["error"].as_str().unwrap().contains("update the agent"), "{j}");
+    assert!(
+        j["error"].as_str().unwrap().contains("update the agent"),
+        "{j}"
+    );
     agent.shutdown().await;
     old.shutdown().await;
 }
@@ -655,7 +900,10 @@ async fn a_stale_lock_from_a_killed_run_is_removed_and_the_job_retried() {
     let path = lab.path("repo");
     let password = "lock-pass";
     let repo = api.repo("r", path.to_str().unwrap(), password).await;
-    assert_eq!(api.finished(api.job(repo, "init", cfg.host_id).await).await["status"], "succeeded");
+    assert_eq!(
+        api.finished(api.job(repo, "init", cfg.host_id).await).await["status"],
+        "succeeded"
+    );
     // A backup killed with SIGKILL leaves its lock behind.
     let data = lab.data("data", 200);
     let pw = lab.path("pw");
@@ -670,12 +918,20 @@ async fn a_stale_lock_from_a_killed_run_is_removed_and_the_job_retried() {
         .spawn()
         .unwrap();
     eventually("the killed run holds a lock", || async {
-        std::fs::read_dir(path.join("locks")).ok()?.next().map(|_| ())
+        std::fs::read_dir(path.join("locks"))
+            .ok()?
+            .next()
+            .map(|_| ())
     })
     .await;
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(std::fs::read_dir(path.join("locks")).unwrap().next().is_some());
+    assert!(
+        std::fs::read_dir(path.join("locks"))
+            .unwrap()
+            .next()
+            .is_some()
+    );
 
     // check needs an exclusive lock: it fails locked, unlocks, retries.
     let c = api.job(repo, "check", cfg.host_id).await;
@@ -683,7 +939,12 @@ async fn a_stale_lock_from_a_killed_run_is_removed_and_the_job_retried() {
     let log = api.log(c).await;
     assert_eq!(j["status"], "succeeded", "{j}\n{log}");
     assert!(log.to_lowercase().contains("unlock"), "{log}");
-    assert!(std::fs::read_dir(path.join("locks")).unwrap().next().is_none());
+    assert!(
+        std::fs::read_dir(path.join("locks"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
     agent.shutdown().await;
 }
 
@@ -697,7 +958,10 @@ async fn cancel_stops_a_long_backup_and_a_prune_waits_for_it() {
     wait_acked(&agent).await;
     let path = lab.path("repo");
     let repo = api.repo("r", path.to_str().unwrap(), "pw").await;
-    assert_eq!(api.finished(api.job(repo, "init", cfg.host_id).await).await["status"], "succeeded");
+    assert_eq!(
+        api.finished(api.job(repo, "init", cfg.host_id).await).await["status"],
+        "succeeded"
+    );
     let data = lab.data("data", 400);
 
     let b = backup(&app, repo, cfg.host_id, &[&data]).await;
@@ -709,24 +973,41 @@ async fn cancel_stops_a_long_backup_and_a_prune_waits_for_it() {
     .await;
     assert!(p["progress"]["total_bytes"].as_u64().unwrap() > 0);
     // A prune asked for meanwhile waits: exclusive in the repository.
-    let r = api.post(&routes::api_repository_jobs(repo), json!({"kind": "prune", "host_id": cfg.host_id})).await;
-    let prune = r.json::<Value>().await.unwrap()["job_ids"][0].as_i64().unwrap();
+    let r = api
+        .post(
+            &routes::api_repository_jobs(repo),
+            json!({"kind": "prune", "host_id": cfg.host_id}),
+        )
+        .await;
+    let prune = r.json::<Value>().await.unwrap()["job_ids"][0]
+        .as_i64()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(api.status(prune).await, "queued");
 
-    let r = api.c.post(app.at(&routes::api_job_cancel(b))).send().await.unwrap();
+    let r = api
+        .c
+        .post(app.at(&routes::api_job_cancel(b)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let j = api.finished(b).await;
     assert_eq!(j["status"], "cancelled", "{j}");
     let cache = lab.path(&format!("agent-{}/cache", cfg.host_id));
     eventually("no restic left running", || async {
-        processes_mentioning(cache.to_str().unwrap()).is_empty().then_some(())
+        processes_mentioning(cache.to_str().unwrap())
+            .is_empty()
+            .then_some(())
     })
     .await;
     // Then the prune runs, after the backup ended.
     let j = api.finished(prune).await;
     assert_eq!(j["status"], "succeeded", "{}", api.log(prune).await);
-    let backup_end = api.get(&routes::api_job(b)).await["finished_at"].as_str().unwrap().to_string();
+    let backup_end = api.get(&routes::api_job(b)).await["finished_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(j["started_at"].as_str().unwrap() >= backup_end.as_str());
     agent.shutdown().await;
 }
@@ -742,13 +1023,18 @@ async fn a_backup_survives_a_server_restart_and_its_result_lands_once() {
     let repo = {
         let api = Api::new(&app).await;
         let repo = api.repo("r", path.to_str().unwrap(), "pw").await;
-        assert_eq!(api.finished(api.job(repo, "init", cfg.host_id).await).await["status"], "succeeded");
+        assert_eq!(
+            api.finished(api.job(repo, "init", cfg.host_id).await).await["status"],
+            "succeeded"
+        );
         repo
     };
     let data = lab.data("data", 150);
     let b = backup(&app, repo, cfg.host_id, &[&data]).await;
     eventually_within(JOB_WAIT, "backup running", || async {
-        let s = app.query_one(&format!("SELECT status FROM jobs WHERE id = {b}")).await;
+        let s = app
+            .query_one(&format!("SELECT status FROM jobs WHERE id = {b}"))
+            .await;
         (s.as_deref() == Some("running")).then_some(())
     })
     .await;
@@ -789,12 +1075,18 @@ async fn a_killed_agent_takes_restic_with_it_and_its_job_fails_with_the_reason()
     };
     let mut agent = start();
     eventually("agent online", || async {
-        app.host_json(cfg.host_id).await["online"].as_bool().unwrap_or(false).then_some(())
+        app.host_json(cfg.host_id).await["online"]
+            .as_bool()
+            .unwrap_or(false)
+            .then_some(())
     })
     .await;
     let path = lab.path("repo");
     let repo = api.repo("r", path.to_str().unwrap(), "pw").await;
-    assert_eq!(api.finished(api.job(repo, "init", cfg.host_id).await).await["status"], "succeeded");
+    assert_eq!(
+        api.finished(api.job(repo, "init", cfg.host_id).await).await["status"],
+        "succeeded"
+    );
     let data = lab.data("data", 400);
     let b = backup(&app, repo, cfg.host_id, &[&data]).await;
     eventually_within(JOB_WAIT, "restic running under the agent", || async {
@@ -805,15 +1097,28 @@ async fn a_killed_agent_takes_restic_with_it_and_its_job_fails_with_the_reason()
     unsafe { libc::kill(agent.id() as i32, libc::SIGKILL) };
     agent.wait_exit().await;
     eventually("restic gone with the agent", || async {
-        processes_mentioning(cache.to_str().unwrap()).is_empty().then_some(())
+        processes_mentioning(cache.to_str().unwrap())
+            .is_empty()
+            .then_some(())
     })
     .await;
     // The agent comes back (its supervisor restarts it): the job fails with why.
     let _agent = start();
     let j = api.finished(b).await;
     assert_eq!(j["status"], "failed");
-    assert!(j["error"].as_str().unwrap().contains("the agent restarted during the job"), "{j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap()
+            .contains("the agent restarted during the job"),
+        "{j}"
+    );
     // And the next run works (the stale lock is handled).
     let c = api.job(repo, "check", cfg.host_id).await;
-    assert_eq!(api.finished(c).await["status"], "succeeded", "{}", api.log(c).await);
+    assert_eq!(
+        api.finished(c).await["status"],
+        "succeeded",
+        "{}",
+        api.log(c).await
+    );
 }
