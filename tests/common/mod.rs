@@ -44,6 +44,15 @@ pub struct TestApp {
 /// ones older than this are left-overs of earlier runs and are dropped.
 const STALE_TEST_DB_SECS: u64 = 3600;
 
+/// A database URL for a test that drives the schema itself: a fresh
+/// Postgres database when `TEST_DATABASE_URL` is set, else SQLite in `dir`.
+pub async fn fresh_database_url(dir: &Path) -> String {
+    match fresh_postgres().await {
+        Some(url) => url,
+        None => format!("sqlite://{}/t.db?mode=rwc", dir.display()),
+    }
+}
+
 /// A fresh, empty Postgres database for this test, or None for SQLite.
 async fn fresh_postgres() -> Option<String> {
     let base = std::env::var("TEST_DATABASE_URL")

@@ -15,5 +15,6 @@ mod api_roles;
 mod audit;
 mod fleet;
 mod jobs;
+mod migrations;
 mod restic;
 mod updates;

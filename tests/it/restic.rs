@@ -1122,3 +1122,45 @@ async fn a_killed_agent_takes_restic_with_it_and_its_job_fails_with_the_reason()
         api.log(c).await
     );
 }
+
+#[tokio::test]
+async fn a_server_without_the_key_that_sealed_its_secrets_refuses_to_start() {
+    let mut app = TestApp::spawn().await;
+    let api = Api::new(&app).await;
+    api.repo("main", "/srv/restic", "pw").await;
+    app.stop().await;
+    let key = app.settings.secret_key_file.clone();
+    let kept = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let err = restic_manager::start_with_clock(app.settings.clone(), app.clock.clone())
+        .await
+        .err()
+        .expect("no start without the key");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("secret key file") && text.contains("missing"),
+        "{text}"
+    );
+    assert!(!key.exists(), "a new key was made behind the admin's back");
+    // Another key is refused too, naming both.
+    std::fs::write(&key, [9u8; 32]).unwrap();
+    let err = restic_manager::start_with_clock(app.settings.clone(), app.clock.clone())
+        .await
+        .err()
+        .expect("no start with another key");
+    assert!(format!("{err:#}").contains("sealed with key"));
+    // The right key back: it starts and the secrets open.
+    std::fs::write(&key, kept).unwrap();
+    app.restart().await;
+    let r = store::repositories::list(app.db(), store::Page::new(None, None))
+        .await
+        .unwrap();
+    let opened = restic_manager::restic::repositories::open_for_agent(
+        app.db(),
+        &app.state().secrets,
+        r[0].id,
+    )
+    .await
+    .unwrap();
+    assert_eq!(opened.password, "pw");
+}
