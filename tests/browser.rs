@@ -1113,3 +1113,70 @@ async fn fleet_page_shows_a_halted_run_and_why() {
         s.task.abort();
     }
 }
+
+#[tokio::test]
+async fn admin_adds_a_repository_whose_secrets_never_come_back_and_runs_a_job() {
+    let app = TestApp::spawn().await;
+    let (host_id, _) = app.add_host_direct("web-1").await;
+    let b = Browser::open(&app).await;
+    b.login("admin", ADMIN_PASSWORD).await;
+    b.click("header nav a[href='/repositories']").await;
+    assert_eq!(b.text("h1").await, "Repositories");
+    b.fill("#name", "offsite").await;
+    b.fill("#url", "rest:http://backup:url-secret-81@127.0.0.1:9/fleet")
+        .await;
+    b.fill("#password", "repo-secret-82").await;
+    b.fill(
+        "[data-testid=env-rows] input[name=env_key]",
+        "AWS_SECRET_ACCESS_KEY",
+    )
+    .await;
+    b.fill(
+        "[data-testid=env-rows] input[name=env_value]",
+        "env-secret-83",
+    )
+    .await;
+    b.click("[data-testid=repo-create-form] button[type=submit]")
+        .await;
+
+    assert_eq!(b.text("[data-testid=repo-name]").await, "offsite");
+    assert_eq!(
+        b.text("[data-testid=repo-url]").await,
+        "rest:http://backup:***@127.0.0.1:9/fleet"
+    );
+    assert_eq!(b.text("[data-testid=repo-kind]").await, "shared");
+    assert_eq!(b.text("[data-testid=password-state]").await, "set");
+    let html = b.c.source().await.expect("page source");
+    for secret in ["url-secret-81", "repo-secret-82", "env-secret-83"] {
+        assert!(!html.contains(secret), "the page shows {secret}");
+    }
+    // The edit form offers the variable's name, never its value.
+    let names = b
+        .js("return [...document.querySelectorAll('[data-testid=repo-edit-form] input[name=env_key]')].map(e => e.value)")
+        .await;
+    assert_eq!(names[0], "AWS_SECRET_ACCESS_KEY");
+
+    // A job on an offline host waits queued; its page can cancel it.
+    b.js(&format!(
+        "document.querySelector('#host_id').value = '{host_id}'; return true"
+    ))
+    .await;
+    b.js("document.querySelector('#kind').value = 'check'; return true")
+        .await;
+    b.click("[data-testid=repo-run-job]").await;
+    b.wait_css("[data-testid=job-cancel]").await;
+    assert!(
+        b.location().await.starts_with("/jobs/"),
+        "{}",
+        b.describe().await
+    );
+    assert_eq!(b.text("[data-testid=job-status]").await, "queued");
+    b.click("[data-testid=job-cancel]").await;
+    wait_text(&b, "[data-testid=job-status]", UI_WAIT, |t| {
+        t.first().is_some_and(|s| s == "cancelled")
+    })
+    .await;
+    let violations = b.csp_violations().await;
+    assert!(violations.is_empty(), "{violations:?}");
+    b.close().await;
+}
