@@ -113,6 +113,8 @@ impl Server {
                 .arg("--data-dir")
                 .arg(data)
                 .env("RM_BOOTSTRAP_ADMIN_PASSWORD", PASSWORD)
+                // Chatty, so the secrets test reads everything it logs.
+                .env("RUST_LOG", "info,restic_manager=debug")
                 .stdout(Stdio::null())
                 .stderr(log),
         );
@@ -266,7 +268,7 @@ impl Host {
 
     fn start(&mut self) {
         let script = format!(
-            "while [ ! -e '{stop}' ]; do '{bin}' run --config '{cfg}' >>'{log}' 2>&1; sleep 0.3; done",
+            "while [ ! -e '{stop}' ]; do RUST_LOG=debug '{bin}' run --config '{cfg}' >>'{log}' 2>&1; sleep 0.3; done",
             stop = self.dir.join("stop").display(),
             bin = self.bin().display(),
             cfg = self.dir.join("config.toml").display(),
@@ -549,4 +551,100 @@ async fn real_binaries_update_one_host_then_the_fleet() {
         h.stop();
     }
     server.stop().await;
+}
+
+/// Every file below `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            hits.extend(files_containing(&p, needle));
+        } else if let Ok(bytes) = std::fs::read(&p)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            hits.push(p);
+        }
+    }
+    hits
+}
+
+/// Real server and agent binaries run restic on a repository, with debug
+/// logging on both sides: its password and env value end up in no log,
+/// no database file and no agent file, only sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_binaries_run_restic_and_never_write_a_repository_secret_in_clear() {
+    restic_manager::install_crypto_provider();
+    let c = bins("c");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = Server::start(&c, &data, free_port()).await;
+    let mut host = Host::install(
+        &server,
+        tmp.path(),
+        "e2e-restic",
+        &c.join("restic-manager-agent"),
+    )
+    .await;
+    // The agent's restic cache under its own directory.
+    host.stop();
+    let cfg = host.dir.join("config.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "restic_cache_dir = {:?}\n",
+        host.dir.join("cache").display().to_string()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    host.start();
+    server
+        .until("restic reported", || async {
+            let h = server.host(host.id).await;
+            (h["online"] == true && h["restic_version"].is_string()).then_some(())
+        })
+        .await;
+
+    let secret_pw = "e2e-repo-password-7c41";
+    let secret_env = "e2e-env-value-39f2";
+    let repo_path = tmp.path().join("repo");
+    let (st, v) = server
+        .post(
+            "/api/repositories",
+            json!({
+                "name": "e2e",
+                "url": repo_path.display().to_string(),
+                "password": secret_pw,
+                "env": {"E2E_TOKEN": secret_env},
+            }),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let repo = v["id"].as_i64().unwrap();
+    for kind in ["init", "check", "snapshots", "stats"] {
+        let (st, v) = server
+            .post(
+                &format!("/api/repositories/{repo}/jobs"),
+                json!({"kind": kind, "host_id": host.id}),
+            )
+            .await;
+        assert_eq!(st, 202, "{kind}: {v}");
+        let id = v["job_ids"][0].as_i64().unwrap();
+        let j = server.job_done(id).await;
+        assert_eq!(j["status"], "succeeded", "{kind}: {j}");
+    }
+    assert!(
+        repo_path.join("config").is_file(),
+        "restic made the repository"
+    );
+    host.stop();
+    server.stop().await;
+    for secret in [secret_pw, secret_env] {
+        let hits = files_containing(tmp.path(), secret.as_bytes());
+        assert!(hits.is_empty(), "{secret} in clear in {hits:?}");
+    }
+    // The logs did record the runs (so an empty log cannot pass this test).
+    let agent_log = std::fs::read_to_string(host.dir.join("agent.log")).unwrap();
+    assert!(
+        agent_log.contains("restic"),
+        "the agent logged nothing about restic"
+    );
 }
