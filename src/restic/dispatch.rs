@@ -34,11 +34,20 @@ const SAFETY_TICK: Duration = Duration::from_secs(30);
 pub const AGENT_TOO_OLD: &str = "this host's agent is too old to run restic jobs: update the agent (Update agent on the host page), then run the job again";
 pub const RESTIC_MISSING: &str = "restic is not installed on this host (or not at the agent's restic_path): install restic 0.14 or newer; the agent reports it on its next connection";
 
+/// A running job whose agent has been away this long is given up: its
+/// restic died with the agent or is stuck, and it would hold its
+/// repository's exclusive jobs back forever.
+pub const AGENT_GONE_AFTER_MS: i64 = 3600 * 1000;
+pub const AGENT_GONE: &str = "the agent has been offline for an hour during the job: the run is given up; check the host, then run it again";
+
 pub fn spawn(state: AppState) {
     tokio::spawn(async move {
         loop {
             if let Err(e) = round(&state).await {
                 tracing::error!(error = %e, "restic dispatch round failed");
+            }
+            if let Err(e) = give_up_on_gone_agents(&state).await {
+                tracing::error!(error = %e, "checking jobs of offline agents failed");
             }
             tokio::select! {
                 () = state.restic.wake.notified() => {}
@@ -162,6 +171,26 @@ pub async fn round(state: &AppState) -> store::Result<()> {
             Err(e) => {
                 tracing::error!(job_id = job.id, error = %e, "dispatching a restic job failed");
             }
+        }
+    }
+    Ok(())
+}
+
+/// Fails running jobs whose host has been offline past
+/// [`AGENT_GONE_AFTER_MS`]. Public for tests.
+pub async fn give_up_on_gone_agents(state: &AppState) -> store::Result<()> {
+    let now = state.clock.now_ms();
+    for job in store::jobs::running_restic(&state.db).await? {
+        if state.hub.is_online(job.host_id) {
+            continue;
+        }
+        let last_seen = store::hosts::get(&state.db, job.host_id)
+            .await
+            .ok()
+            .and_then(|h| h.last_seen_at)
+            .unwrap_or(0);
+        if now - last_seen.max(job.started_at.unwrap_or(job.created_at)) > AGENT_GONE_AFTER_MS {
+            fail(state, &job, AGENT_GONE, Some("agent_gone")).await;
         }
     }
     Ok(())

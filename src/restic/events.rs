@@ -125,9 +125,19 @@ pub async fn agent_message(state: &AppState, host_id: i64, env: &Envelope) {
     }
 }
 
+/// Whether `job_id` is a running restic job of `host_id`. Answered from
+/// memory after the first time, so progress (once a second per job) costs
+/// no database read.
 async fn owns_running(state: &AppState, host_id: i64, job_id: i64) -> bool {
-    matches!(store::jobs::get(&state.db, job_id).await,
-        Ok(j) if j.host_id == host_id && j.status == JobStatus::Running && j.kind.is_restic())
+    if let Some(owner) = lock(&state.restic.owners).get(&job_id) {
+        return *owner == host_id;
+    }
+    let running = matches!(store::jobs::get(&state.db, job_id).await,
+        Ok(j) if j.host_id == host_id && j.status == JobStatus::Running && j.kind.is_restic());
+    if running {
+        lock(&state.restic.owners).insert(job_id, host_id);
+    }
+    running
 }
 
 /// A restic job's `job.finished`: records the outcome (once), then applies
@@ -147,7 +157,8 @@ pub async fn finished(state: &AppState, host_id: i64, m: &JobFinished) -> Option
         .result
         .as_ref()
         .map(|r| r.to_string())
-        .filter(|r| r.len() <= 64 * 1024);
+        // The frame limit already bounds it; this guards the column.
+        .filter(|r| r.len() <= wire::MAX_FRAME_BYTES);
     let outcome = Outcome {
         error: error.as_deref(),
         exit_code: m.exit_code,

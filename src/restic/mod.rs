@@ -26,6 +26,8 @@ use tokio::sync::Notify;
 pub struct Restic {
     progress: Mutex<HashMap<i64, JobProgress>>,
     parts: Mutex<HashMap<i64, Vec<SnapshotInfo>>>,
+    /// Running restic jobs' hosts, learnt from the first message of each.
+    owners: Mutex<HashMap<i64, i64>>,
     /// Wakes the dispatcher: a job was queued or ended, a host connected.
     wake: Notify,
 }
@@ -53,6 +55,7 @@ impl Restic {
     }
 
     fn clear(&self, job_id: i64) {
+        lock(&self.owners).remove(&job_id);
         lock(&self.progress).remove(&job_id);
         lock(&self.parts).remove(&job_id);
     }

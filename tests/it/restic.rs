@@ -1164,3 +1164,39 @@ async fn a_server_without_the_key_that_sealed_its_secrets_refuses_to_start() {
     .unwrap();
     assert_eq!(opened.password, "pw");
 }
+
+#[tokio::test]
+async fn a_job_whose_agent_stays_away_is_given_up_and_frees_its_repository() {
+    let app = TestApp::spawn().await;
+    let api = Api::new(&app).await;
+    let (host, _) = app.add_host_direct("gone").await;
+    let repo = api.repo("r", "rest:http://127.0.0.1:9/r", "pw").await;
+    let id = api.job(repo, "check", host).await;
+    // As if dispatched and started before the agent vanished.
+    store::jobs::mark_dispatched(app.db(), id, app.clock.now_ms())
+        .await
+        .unwrap();
+    store::jobs::start(app.db(), id, Some(host), app.clock.now_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    let state = app.state();
+    restic_manager::restic::dispatch::give_up_on_gone_agents(state)
+        .await
+        .unwrap();
+    assert_eq!(
+        api.status(id).await,
+        "running",
+        "a short absence is tolerated"
+    );
+    app.clock.advance(Duration::from_secs(2 * 3600));
+    restic_manager::restic::dispatch::give_up_on_gone_agents(state)
+        .await
+        .unwrap();
+    let j = api.get(&routes::api_job(id)).await;
+    assert_eq!(j["status"], "failed");
+    assert!(
+        j["error"].as_str().unwrap().contains("offline for an hour"),
+        "{j}"
+    );
+}
