@@ -1200,3 +1200,29 @@ async fn a_job_whose_agent_stays_away_is_given_up_and_frees_its_repository() {
         "{j}"
     );
 }
+
+#[tokio::test]
+async fn queued_jobs_survive_a_restart_and_start_in_order_when_the_host_connects() {
+    let lab = Lab::new();
+    let mut app = TestApp::spawn().await;
+    let cfg = app.enrolled_host("web-1").await;
+    let path = lab.path("repo");
+    let (init, check) = {
+        let api = Api::new(&app).await;
+        let repo = api.repo("r", path.to_str().unwrap(), "pw").await;
+        (
+            api.job(repo, "init", cfg.host_id).await,
+            api.job(repo, "check", cfg.host_id).await,
+        )
+    };
+    app.restart().await;
+    let api = Api::new(&app).await;
+    assert_eq!(api.status(init).await, "queued");
+    let agent = lab.agent(&cfg, &restic_bin());
+    let a = api.finished(init).await;
+    let b = api.finished(check).await;
+    assert_eq!(a["status"], "succeeded", "{}", api.log(init).await);
+    assert_eq!(b["status"], "succeeded", "{}", api.log(check).await);
+    assert!(b["started_at"].as_str().unwrap() >= a["finished_at"].as_str().unwrap());
+    agent.shutdown().await;
+}
