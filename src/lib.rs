@@ -100,6 +100,7 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
         App::new()
             .app_data(app_state.clone())
             .wrap(middleware::from_fn(web::cross_site_guard))
+            .wrap(middleware::from_fn(web::error::htmx_errors))
             .wrap(web::security_headers())
             .configure(web::configure)
             .default_service(aweb::to(not_found))

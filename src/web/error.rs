@@ -1,7 +1,16 @@
 //! One error type for handlers. `AppError` renders JSON
 //! (`{"error","message"}`) for the API; `PageError` renders the same error
-//! as a readable page (401 becomes a redirect to the login page).
-use actix_web::{HttpResponse, ResponseError, http::StatusCode, http::header};
+//! as a readable page (401 becomes a redirect to the login page), or, for an
+//! htmx request, as a banner fragment put into the page's error slot
+//! ([`htmx_errors`]).
+use actix_web::{
+    HttpResponse, ResponseError,
+    body::{BoxBody, MessageBody},
+    dev::{ServiceRequest, ServiceResponse},
+    http::StatusCode,
+    http::header,
+    middleware::Next,
+};
 use serde::Serialize;
 
 use crate::{store::StoreError, views};
@@ -163,5 +172,65 @@ impl ResponseError for PageError {
         HttpResponse::build(self.status_code())
             .content_type("text/html; charset=utf-8")
             .body(views::error_page(self.status_code(), &self.0.message()).into_string())
+    }
+}
+
+/// Where an htmx request's error banner goes: an element of every layout.
+pub const ERROR_SLOT_ID: &str = "page-error";
+
+impl PageError {
+    /// The error for an htmx request: the banner alone, swapped into the
+    /// page's error slot (`HX-Retarget`, `HX-Reswap`) with the error's status;
+    /// htmx would drop a whole error page. A missing login sends the browser
+    /// to the login page (`HX-Redirect`).
+    fn htmx_response(&self) -> HttpResponse {
+        let mut resp = HttpResponse::build(self.status_code());
+        if matches!(self.0, AppError::Unauthorized) {
+            return resp
+                .insert_header(("HX-Redirect", crate::routes::LOGIN))
+                .finish();
+        }
+        resp.insert_header(("HX-Retarget", format!("#{ERROR_SLOT_ID}")))
+            .insert_header(("HX-Reswap", "innerHTML"))
+            .content_type("text/html; charset=utf-8")
+            .body(
+                maud::html! { div class="mb-4" { (views::components::error_banner(&self.0.message())) } }
+                    .into_string(),
+            )
+    }
+}
+
+/// Middleware: a page error answering an htmx request becomes
+/// [`PageError::htmx_response`]. Everything else passes unchanged.
+pub async fn htmx_errors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    if !super::is_htmx(req.request()) || super::is_api(req.request()) {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
+    }
+    match next.call(req).await {
+        Ok(res) => {
+            let fragment = res
+                .response()
+                .error()
+                .and_then(|e| e.as_error::<PageError>())
+                .map(PageError::htmx_response);
+            Ok(match fragment {
+                Some(fragment) => res.into_response(fragment),
+                None => res.map_into_boxed_body(),
+            })
+        }
+        // An error from an inner middleware (the cross-site guard).
+        Err(e) => Err(match e.as_error::<PageError>() {
+            Some(pe) => {
+                actix_web::error::InternalError::from_response(pe.to_string(), pe.htmx_response())
+                    .into()
+            }
+            None => e,
+        }),
     }
 }
