@@ -48,9 +48,7 @@ impl Running {
 
 /// Installs the process-wide TLS crypto provider (ring) once; the workspace
 /// links more than one rustls user, and rustls refuses to guess.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use agent::install_crypto_provider;
 
 /// Starts the server with a fresh clock.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
@@ -141,33 +139,11 @@ async fn not_found(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(settings = ?settings, "starting");
     let running = start(settings).await?;
-    shutdown_signal().await;
+    agent::shutdown_signal().await;
     tracing::info!("shutting down");
     running.stop().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// On first start (no users) creates `admin` with `RM_BOOTSTRAP_ADMIN_PASSWORD`

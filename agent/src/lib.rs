@@ -7,6 +7,7 @@
 pub mod client;
 pub mod config;
 pub mod enroll;
+pub mod http;
 pub mod updater;
 pub mod version;
 pub mod wire;
@@ -23,5 +24,32 @@ pub fn install_crypto_provider() {
         // Losing a race against another installer is fine: any provider
         // being installed is all that matters.
         let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// Completes on SIGTERM (what supervisors send) or SIGINT (Ctrl-C): the
+/// server's and the agent's clean stop.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the process")
+            }
+        }
+    }
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        // Without any signal handler the process can only be killed; keep
+        // running rather than exiting at once.
+        tracing::warn!(error = %e, "cannot listen for SIGINT either");
+        std::future::pending::<()>().await;
     }
 }

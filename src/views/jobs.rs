@@ -20,7 +20,7 @@ pub fn status_pill(s: JobStatus) -> Markup {
         JobStatus::Failed => "pill-failed",
         JobStatus::Cancelled => "pill-cancelled",
     };
-    html! { span class=(cls) data-testid="job-status" { (s.as_str()) } }
+    super::components::pill(cls, "job-status", s.as_str())
 }
 
 fn when(ms: Option<i64>) -> Markup {

@@ -146,9 +146,7 @@ async fn render(
         let message = error.as_ref().map(AppError::message);
         views::alerts::alerts_page(&v, message.as_deref())
     };
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(markup.into_string()))
+    Ok(super::html(status, markup))
 }
 
 async fn alerts_page(

@@ -1,11 +1,11 @@
 //! Login and logout, for the API (JSON) and for the browser (form + cookie).
+use actix_web::http::StatusCode;
 use actix_web::{
     HttpRequest, HttpResponse,
     cookie::{Cookie, SameSite, time::Duration as CookieDuration},
     http::header,
     web,
 };
-use maud::Markup;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -216,13 +216,7 @@ async fn login_page(user: MaybeUser, q: web::Query<NextQuery>) -> HttpResponse {
             .insert_header((header::LOCATION, next))
             .finish();
     }
-    html_response(views::login::login(&next, None, ""))
-}
-
-fn html_response(m: Markup) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(m.into_string())
+    super::html(StatusCode::OK, views::login::login(&next, None, ""))
 }
 
 #[derive(Deserialize)]
@@ -245,9 +239,10 @@ async fn login_submit(
             .finish()),
         Err(e @ (AppError::BadCredentials(_) | AppError::TooManyRequests(..))) => {
             let status = actix_web::ResponseError::status_code(&e);
-            Ok(HttpResponse::build(status)
-                .content_type("text/html; charset=utf-8")
-                .body(views::login::login(&next, Some(&e.message()), &form.username).into_string()))
+            Ok(super::html(
+                status,
+                views::login::login(&next, Some(&e.message()), &form.username),
+            ))
         }
         Err(e) => Err(e.into()),
     }

@@ -169,14 +169,16 @@ impl ResponseError for PageError {
                 .insert_header((header::LOCATION, crate::routes::LOGIN))
                 .finish();
         }
-        HttpResponse::build(self.status_code())
-            .content_type("text/html; charset=utf-8")
-            .body(views::error_page(self.status_code(), &self.0.message()).into_string())
+        super::html(
+            self.status_code(),
+            views::error_page(self.status_code(), &self.0.message()),
+        )
     }
 }
 
 /// Where an htmx request's error banner goes: an element of every layout.
 pub const ERROR_SLOT_ID: &str = "page-error";
+const ERROR_SLOT: &str = "#page-error";
 
 impl PageError {
     /// The error for an htmx request: the banner alone, swapped into the
@@ -184,19 +186,26 @@ impl PageError {
     /// htmx would drop a whole error page. A missing login sends the browser
     /// to the login page (`HX-Redirect`).
     fn htmx_response(&self) -> HttpResponse {
-        let mut resp = HttpResponse::build(self.status_code());
         if matches!(self.0, AppError::Unauthorized) {
-            return resp
+            return HttpResponse::build(self.status_code())
                 .insert_header(("HX-Redirect", crate::routes::LOGIN))
                 .finish();
         }
-        resp.insert_header(("HX-Retarget", format!("#{ERROR_SLOT_ID}")))
-            .insert_header(("HX-Reswap", "innerHTML"))
-            .content_type("text/html; charset=utf-8")
-            .body(
-                maud::html! { div class="mb-4" { (views::components::error_banner(&self.0.message())) } }
-                    .into_string(),
-            )
+        let banner = views::components::error_banner(&self.0.message());
+        let mut resp = super::html(
+            self.status_code(),
+            maud::html! { div class="mb-4" { (banner) } },
+        );
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::HeaderName::from_static("hx-retarget"),
+            header::HeaderValue::from_static(ERROR_SLOT),
+        );
+        headers.insert(
+            header::HeaderName::from_static("hx-reswap"),
+            header::HeaderValue::from_static("innerHTML"),
+        );
+        resp
     }
 }
 

@@ -1,6 +1,8 @@
 //! Rolling fleet updates (admin): start with a typed host count, follow the
 //! run, cancel it; the JSON API; the running-run banner for every page.
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
+use maud::Markup;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -270,15 +272,13 @@ async fn render(
     };
     let status = error
         .map(|(e, _)| actix_web::ResponseError::status_code(e))
-        .unwrap_or(actix_web::http::StatusCode::OK);
+        .unwrap_or(StatusCode::OK);
     let body = if htmx {
         views::fleet::fleet_live(&v)
     } else {
         views::fleet::fleet_page(&v)
     };
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(body.into_string()))
+    Ok(super::html(status, body))
 }
 
 async fn fleet_page(
@@ -326,10 +326,7 @@ async fn fleet_cancel_submit(
 }
 
 /// The running-run banner, for every logged-in user's pages.
-async fn fleet_banner(
-    state: web::Data<AppState>,
-    _user: CurrentUser,
-) -> Result<HttpResponse, PageError> {
+async fn fleet_banner(state: web::Data<AppState>, _user: CurrentUser) -> Result<Markup, PageError> {
     let body = match store::fleet_updates::active(&state.db).await? {
         Some(run) => {
             let (_, hosts) = store::fleet_updates::get_with_hosts(&state.db, run.id).await?;
@@ -341,9 +338,7 @@ async fn fleet_banner(
         }
         None => views::fleet::running_banner(None),
     };
-    Ok(HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(body.into_string()))
+    Ok(body)
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

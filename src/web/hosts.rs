@@ -1,5 +1,6 @@
 //! Hosts: the JSON API, the dashboard, the host page and adding/removing
 //! hosts (admin).
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use maud::Markup;
 use serde::{Deserialize, Serialize};
@@ -199,18 +200,12 @@ async fn api_host_delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-fn html(m: Markup) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(m.into_string())
-}
-
 async fn dashboard(
     state: web::Data<AppState>,
     user: CurrentUser,
     htmx: Htmx,
     q: web::Query<ListQuery>,
-) -> Result<HttpResponse, PageError> {
+) -> Result<Markup, PageError> {
     let filter = q.filter()?;
     let page = q.page();
     let hosts = store::hosts::list(&state.db, &filter, page).await?;
@@ -238,11 +233,11 @@ async fn dashboard(
         count_online,
         now_ms: state.clock.now_ms(),
     };
-    Ok(html(if htmx.0 {
+    Ok(if htmx.0 {
         views::dashboard::dashboard_body(&v)
     } else {
         views::dashboard::dashboard(&v)
-    }))
+    })
 }
 
 async fn host_page(
@@ -250,28 +245,22 @@ async fn host_page(
     user: CurrentUser,
     htmx: Htmx,
     id: web::Path<i64>,
-) -> Result<HttpResponse, PageError> {
+) -> Result<Markup, PageError> {
     let h = store::hosts::get(&state.db, *id).await?;
     let now = state.clock.now_ms();
     if htmx.0 {
-        return Ok(html(views::host::host_status(&h, now)));
+        return Ok(views::host::host_status(&h, now));
     }
     let recent = super::jobs::recent_for_host(&state, h.id, 10).await?;
     let live_update = store::jobs::live_of_kind(&state.db, h.id, store::jobs::JobKind::Update)
         .await?
         .map(|j| j.id);
-    Ok(html(views::host::host_page(
-        &user,
-        &h,
-        &recent,
-        live_update,
-        now,
-    )))
+    Ok(views::host::host_page(&user, &h, &recent, live_update, now))
 }
 
-async fn host_new_page(user: CurrentUser) -> Result<HttpResponse, PageError> {
+async fn host_new_page(user: CurrentUser) -> Result<Markup, PageError> {
     user.require(Role::Admin)?;
-    Ok(html(views::host::add_host_page(&user, None, "")))
+    Ok(views::host::add_host_page(&user, None, ""))
 }
 
 #[derive(Deserialize)]
@@ -300,24 +289,24 @@ async fn host_new_submit(
                 serde_json::json!({"name": c.name}),
             )
             .await;
-            Ok(html(views::host::enroll_instructions(
-                &user,
-                c.host_id,
-                &c.name,
-                &c.enrollment_token,
-                c.expires_at,
-                &public_url(&state, &req),
-            )))
+            Ok(super::html(
+                StatusCode::OK,
+                views::host::enroll_instructions(
+                    &user,
+                    c.host_id,
+                    &c.name,
+                    &c.enrollment_token,
+                    c.expires_at,
+                    &public_url(&state, &req),
+                ),
+            ))
         }
         Err(e @ (store::StoreError::Invalid(..) | store::StoreError::Conflict(..))) => {
             let e = AppError::from(e);
-            Ok(
-                HttpResponse::build(actix_web::ResponseError::status_code(&e))
-                    .content_type("text/html; charset=utf-8")
-                    .body(
-                        views::host::add_host_page(&user, Some(&e.message()), name).into_string(),
-                    ),
-            )
+            Ok(super::html(
+                actix_web::ResponseError::status_code(&e),
+                views::host::add_host_page(&user, Some(&e.message()), name),
+            ))
         }
         Err(e) => Err(e.into()),
     }
@@ -328,7 +317,7 @@ async fn host_token_submit(
     user: CurrentUser,
     req: HttpRequest,
     id: web::Path<i64>,
-) -> Result<HttpResponse, PageError> {
+) -> Result<Markup, PageError> {
     user.require(Role::Admin)?;
     let h = store::hosts::get(&state.db, *id).await?;
     let t = provisioning::host_new_token(&state.db, h.id, state.clock.now_ms()).await?;
@@ -342,14 +331,14 @@ async fn host_token_submit(
         serde_json::json!({}),
     )
     .await;
-    Ok(html(views::host::enroll_instructions(
+    Ok(views::host::enroll_instructions(
         &user,
         h.id,
         &h.name,
         &t.token,
         t.expires_at,
         &public_url(&state, &req),
-    )))
+    ))
 }
 
 async fn host_delete_submit(

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, http::header, rt, web};
+use maud::Markup;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{broadcast::error::RecvError, mpsc};
@@ -151,7 +152,7 @@ async fn jobs_page(
     state: web::Data<AppState>,
     user: CurrentUser,
     q: web::Query<JobsQuery>,
-) -> Result<HttpResponse, PageError> {
+) -> Result<Markup, PageError> {
     let filter = q.filter()?;
     let page = Page::new(q.limit, q.offset);
     let jobs = store::jobs::list(&state.db, &filter, page).await?;
@@ -167,25 +168,24 @@ async fn jobs_page(
         limit: page.limit,
         total,
     };
-    Ok(HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(views::jobs::jobs_page(&v, state.clock.now_ms()).into_string()))
+    Ok(views::jobs::jobs_page(&v, state.clock.now_ms()))
 }
 
 async fn job_page(
     state: web::Data<AppState>,
     user: CurrentUser,
     id: web::Path<i64>,
-) -> Result<HttpResponse, PageError> {
+) -> Result<Markup, PageError> {
     let job = store::jobs::get(&state.db, *id).await?;
     let host = store::hosts::get(&state.db, job.host_id).await.ok();
     let lines = store::jobs::logs(&state.db, job.id, 0, 10_000).await?;
-    Ok(HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(
-            views::jobs::job_page(&user, &job, host.as_ref(), &lines, state.clock.now_ms())
-                .into_string(),
-        ))
+    Ok(views::jobs::job_page(
+        &user,
+        &job,
+        host.as_ref(),
+        &lines,
+        state.clock.now_ms(),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -210,9 +210,6 @@ impl CurrentUser {
             Err(AppError::Forbidden)
         }
     }
-    pub fn is_admin(&self) -> bool {
-        self.0.role == Role::Admin
-    }
 }
 
 impl std::ops::Deref for CurrentUser {
@@ -307,6 +304,15 @@ impl FromRequest for Htmx {
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         ready(Ok(Htmx(is_htmx(req))))
     }
+}
+
+/// An HTML page or fragment answered with `status`: the one place that
+/// sets the HTML content type (a handler whose only answer is a 200 page
+/// returns its `Markup`, which maud's actix responder serves the same way).
+pub fn html(status: actix_web::http::StatusCode, markup: maud::Markup) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type(header::ContentType::html())
+        .body(markup.into_string())
 }
 
 /// Redirect after a successful form post: `HX-Redirect` for htmx, 303 otherwise.

@@ -76,9 +76,7 @@ async fn render(
     } else {
         views::notifications::notifications_page(&v)
     };
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(markup.into_string()))
+    Ok(super::html(status, markup))
 }
 
 async fn notifications_page(

@@ -1,5 +1,7 @@
 //! User management (admin only): the JSON API and the settings page.
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
+use maud::Markup;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -229,7 +231,7 @@ async fn render(
     outcome: Result<String, AppError>,
 ) -> Result<HttpResponse, PageError> {
     let (status, error, notice) = match outcome {
-        Ok(n) => (actix_web::http::StatusCode::OK, None, Some(n)),
+        Ok(n) => (StatusCode::OK, None, Some(n)),
         Err(e @ AppError::Internal(_)) => return Err(PageError(e)),
         Err(e) => (
             actix_web::ResponseError::status_code(&e),
@@ -238,22 +240,16 @@ async fn render(
         ),
     };
     let list = users::list(&state.db).await?;
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(
-            views::users::users_page(me, &list, error.as_deref(), notice.as_deref()).into_string(),
-        ))
+    Ok(super::html(
+        status,
+        views::users::users_page(me, &list, error.as_deref(), notice.as_deref()),
+    ))
 }
 
-async fn users_page(
-    state: web::Data<AppState>,
-    user: CurrentUser,
-) -> Result<HttpResponse, PageError> {
+async fn users_page(state: web::Data<AppState>, user: CurrentUser) -> Result<Markup, PageError> {
     user.require(Role::Admin)?;
     let list = users::list(&state.db).await?;
-    Ok(HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(views::users::users_page(&user, &list, None, None).into_string()))
+    Ok(views::users::users_page(&user, &list, None, None))
 }
 
 async fn users_add_submit(

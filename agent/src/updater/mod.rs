@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::{self, ServerUrlError};
+use crate::http::snippet;
 use crate::wire::CommandUpdate;
 
 pub use handler::{ExitRequest, UPDATE_ALREADY_RUNNING, UpdateHandler};
@@ -54,8 +55,6 @@ const MAX_BINARY_BYTES: u64 = 1 << 30;
 const ERROR_BODY_MAX: usize = 64 * 1024;
 /// Upper bound on the staging time a server may grant (one day).
 const MAX_STAGE_SECS: u64 = 24 * 60 * 60;
-/// How much of an unexpected body or output to quote in an error.
-const SNIPPET_CHARS: usize = 200;
 
 /// `<bin>.new`: the download, until it is renamed over the binary.
 pub fn new_path(bin: &Path) -> PathBuf {
@@ -415,7 +414,7 @@ async fn download(
     let client = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
-        .user_agent(format!("restic-manager-agent/{}", crate::version::VERSION))
+        .user_agent(crate::http::user_agent())
         .build()
         .map_err(|e| failed(crate::client::error_chain(&e)))?;
     let mut response = client
@@ -531,40 +530,20 @@ async fn download(
 
 /// The server's `{"error","message"}` when it sent one, else a snippet.
 fn refusal(status: reqwest::StatusCode, body: &[u8]) -> UpdateError {
-    #[derive(Deserialize)]
-    struct ErrorBody {
-        error: String,
-        #[serde(default)]
-        message: String,
-    }
-    match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(err) => UpdateError::Refused {
-            status: status.as_u16(),
-            message: if err.message.is_empty() {
-                status.canonical_reason().unwrap_or("no message").into()
-            } else {
-                err.message
-            },
-            code: err.error,
+    match crate::http::refusal(status, body) {
+        crate::http::Refusal::Refused {
+            status,
+            code,
+            message,
+        } => UpdateError::Refused {
+            status,
+            code,
+            message,
         },
-        Err(_) => UpdateError::UnexpectedStatus {
-            status: status.as_u16(),
-            snippet: snippet(body),
-        },
+        crate::http::Refusal::Unexpected { status, snippet } => {
+            UpdateError::UnexpectedStatus { status, snippet }
+        }
     }
-}
-
-fn snippet(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    if text.is_empty() {
-        return "(empty)".into();
-    }
-    let mut out: String = text.chars().take(SNIPPET_CHARS).collect();
-    if text.chars().count() > SNIPPET_CHARS {
-        out.push('…');
-    }
-    out
 }
 
 fn set_executable(path: &Path) -> Result<(), UpdateError> {
