@@ -1,13 +1,22 @@
 //! The restic-manager agent as a library: wire protocol, config, enrollment
 //! and the connection loop. The `restic-manager-agent` binary is a thin CLI
 //! over it; the server reuses [`wire`], and integration tests drive real
-//! agents in-process through [`client::spawn`]. [`updater`] replaces the
+//! agents in-process through `client::spawn`. `updater` replaces the
 //! binary on the server's command and rolls a bad one back at boot.
+//!
+//! Everything but [`wire`], [`version`] and the two helpers below is behind
+//! the default `client` feature; the server turns it off and so links only
+//! the protocol.
 
+#[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "client")]
 pub mod config;
+#[cfg(feature = "client")]
 pub mod enroll;
+#[cfg(feature = "client")]
 pub mod http;
+#[cfg(feature = "client")]
 pub mod updater;
 pub mod version;
 pub mod wire;
