@@ -8,9 +8,7 @@ use serde_json::json;
 
 use super::{AppError, CurrentUser, Htmx, PageError, redirect};
 use crate::{
-    alerts,
-    audit::{self, Actor},
-    clock, routes,
+    alerts, audit, clock, routes,
     state::AppState,
     store::{
         self, Page,
@@ -78,14 +76,15 @@ async fn resolve_by_hand(
             "this alert is already resolved".into(),
         ));
     };
-    audit::record(
+    audit::record_logged(
         state,
-        Some(req),
-        Actor::User(user),
-        "alert.resolve",
-        "alert",
-        a.id,
-        json!({"kind": a.kind, "dedup_key": a.dedup_key}),
+        &super::actor(user, req),
+        audit::Entry::new(
+            "alert.resolve",
+            "alert",
+            a.id,
+            json!({"kind": a.kind, "dedup_key": a.dedup_key}),
+        ),
     )
     .await;
     Ok(a)

@@ -7,8 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AppError, CurrentUser, Htmx, PageError, public_url, redirect};
 use crate::{
-    audit::{self, Actor},
-    clock, provisioning, routes,
+    audit, clock, provisioning, routes,
     state::AppState,
     store::{
         self, Page,
@@ -125,14 +124,15 @@ async fn api_host_create(
     user.require(Role::Admin)?;
     let created = provisioning::host_add(&state.db, body.name.trim(), state.clock.now_ms()).await?;
     tracing::info!(host_id = created.host_id, by = %user.username, "host added");
-    audit::record(
+    audit::record_logged(
         &state,
-        Some(&req),
-        Actor::User(&user),
-        "host.add",
-        "host",
-        created.host_id,
-        serde_json::json!({"name": created.name}),
+        &super::actor(&user, &req),
+        audit::Entry::new(
+            "host.add",
+            "host",
+            created.host_id,
+            serde_json::json!({"name": created.name}),
+        ),
     )
     .await;
     Ok(HttpResponse::Created().json(serde_json::json!({
@@ -150,14 +150,10 @@ async fn api_host_token(
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
     let t = provisioning::host_new_token(&state.db, *id, state.clock.now_ms()).await?;
-    audit::record(
+    audit::record_logged(
         &state,
-        Some(&req),
-        Actor::User(&user),
-        "host.token_create",
-        "host",
-        *id,
-        serde_json::json!({}),
+        &super::actor(&user, &req),
+        audit::Entry::new("host.token_create", "host", *id, serde_json::json!({})),
     )
     .await;
     Ok(HttpResponse::Created().json(serde_json::json!({
@@ -176,14 +172,15 @@ async fn remove_host(
     let h = store::hosts::delete(&state.db, id).await?;
     state.hub.disconnect(id, "host removed");
     tracing::info!(host_id = h.id, by = %user.username, "host removed");
-    audit::record(
+    audit::record_logged(
         state,
-        Some(req),
-        Actor::User(user),
-        "host.remove",
-        "host",
-        h.id,
-        serde_json::json!({"name": h.name}),
+        &super::actor(user, req),
+        audit::Entry::new(
+            "host.remove",
+            "host",
+            h.id,
+            serde_json::json!({"name": h.name}),
+        ),
     )
     .await;
     Ok(h)
@@ -279,14 +276,15 @@ async fn host_new_submit(
     match provisioning::host_add(&state.db, name, state.clock.now_ms()).await {
         Ok(c) => {
             tracing::info!(host_id = c.host_id, by = %user.username, "host added");
-            audit::record(
+            audit::record_logged(
                 &state,
-                Some(&req),
-                Actor::User(&user),
-                "host.add",
-                "host",
-                c.host_id,
-                serde_json::json!({"name": c.name}),
+                &super::actor(&user, &req),
+                audit::Entry::new(
+                    "host.add",
+                    "host",
+                    c.host_id,
+                    serde_json::json!({"name": c.name}),
+                ),
             )
             .await;
             Ok(super::html(
@@ -321,14 +319,10 @@ async fn host_token_submit(
     user.require(Role::Admin)?;
     let h = store::hosts::get(&state.db, *id).await?;
     let t = provisioning::host_new_token(&state.db, h.id, state.clock.now_ms()).await?;
-    audit::record(
+    audit::record_logged(
         &state,
-        Some(&req),
-        Actor::User(&user),
-        "host.token_create",
-        "host",
-        h.id,
-        serde_json::json!({}),
+        &super::actor(&user, &req),
+        audit::Entry::new("host.token_create", "host", h.id, serde_json::json!({})),
     )
     .await;
     Ok(views::host::enroll_instructions(

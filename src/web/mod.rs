@@ -138,6 +138,16 @@ pub fn client_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
     req.peer_addr().map(|a| a.ip())
 }
 
+/// The client's address as the audit log stores it (empty when unknown).
+pub fn client_addr(req: &HttpRequest) -> String {
+    client_ip(req).map(|i| i.to_string()).unwrap_or_default()
+}
+
+/// The audit actor of a user's request.
+pub fn actor(user: &User, req: &HttpRequest) -> crate::audit::Actor {
+    crate::audit::Actor::user(user, client_addr(req))
+}
+
 /// The origin (`scheme://host`) this request was addressed to.
 pub fn request_origin(req: &HttpRequest) -> String {
     let info = req.connection_info();
