@@ -11,6 +11,7 @@ pub mod error;
 pub mod fleet;
 pub mod host_update;
 pub mod hosts;
+pub mod job_events;
 pub mod jobs;
 pub mod notifications;
 pub mod users;
@@ -89,6 +90,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     host_update::configure(cfg);
     fleet::configure(cfg);
     jobs::configure(cfg);
+    job_events::configure(cfg);
     users::configure(cfg);
     audit::configure(cfg);
     alerts::configure(cfg);
