@@ -1,6 +1,7 @@
 //! Credentials: argon2 password hashes, random tokens (sessions, agent
 //! secrets, enrollment tokens) stored only as SHA-256 hashes and compared in
-//! constant time, and login throttling. Never logs a secret.
+//! constant time, login throttling, and logging in ([`authenticate`]).
+//! Never logs a secret.
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -10,8 +11,16 @@ use std::{
 
 use argon2::{Argon2, PasswordHasher, PasswordVerifier, password_hash::phc::PasswordHash};
 use base64::Engine;
+use sea_orm::TransactionTrait;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use crate::{
+    audit::{self, Actor},
+    error::AppError,
+    state::AppState,
+    store::{self, users::User},
+};
 
 pub fn hash_password(password: &str) -> anyhow::Result<String> {
     Argon2::default()
@@ -193,6 +202,97 @@ impl LoginThrottle {
         };
         map.remove(user_key);
     }
+}
+
+/// Checks credentials with throttling; opens a session on success.
+pub async fn authenticate(
+    state: &AppState,
+    ip: Option<IpAddr>,
+    username: &str,
+    password: &str,
+) -> Result<(User, String), AppError> {
+    let addr = ip.map(|i| i.to_string()).unwrap_or_default();
+    let locked = || {
+        state.throttle.locked_for(username, ip).map(|secs| {
+            AppError::TooManyRequests(
+                "too_many_attempts",
+                format!("too many failed logins: wait {secs} seconds and try again"),
+                secs,
+            )
+        })
+    };
+    if let Some(e) = locked() {
+        return Err(e);
+    }
+    let Some(turn) = password_turn().await else {
+        return Err(AppError::TooManyRequests(
+            "server_busy",
+            "too many logins at once: try again in a few seconds".into(),
+            5,
+        ));
+    };
+    // Attempts sent together waited for this turn: earlier ones may have
+    // locked the login meanwhile.
+    if let Some(e) = locked() {
+        return Err(e);
+    }
+    // A name that could never be a user is not looked up (a NUL would even
+    // fail the query on Postgres), but costs the same time.
+    let found = match store::users::validate_username(username) {
+        Ok(()) => store::users::find_for_login(&state.db, username).await?,
+        Err(_) => None,
+    };
+    // Verify against a fixed hash when the user does not exist, so timing
+    // does not reveal which usernames exist.
+    let (user, hash) = match found {
+        Some((user, hash)) => (Some(user), hash),
+        None => (None, dummy_hash().to_string()),
+    };
+    let (ok, turn) = verify(password.to_string(), hash, turn).await;
+    let ok = ok && user.is_some();
+    let Some(user) = user.filter(|_| ok) else {
+        // Counted before the turn is given up, so the next in line sees it.
+        state.throttle.record_failure(username, ip);
+        drop(turn);
+        // What was typed, made fit to log and store.
+        let shown = crate::text::one_line(username, 64);
+        tracing::info!(username = %shown, ip = ?ip, "failed login");
+        audit::record_logged(
+            state,
+            &Actor::named(&shown, addr.clone()),
+            audit::Entry::new("login.failed", "user", &shown, serde_json::json!({})),
+        )
+        .await;
+        return Err(AppError::BadCredentials(
+            "wrong username or password".into(),
+        ));
+    };
+    state.throttle.record_success(username);
+    drop(turn);
+    // The session and its audit row commit together (both writes: SQLite
+    // needs a transaction to write before it reads).
+    let now = state.clock.now_ms();
+    let absolute = state.settings.session_absolute.as_millis() as i64;
+    let txn = state.db.begin().await?;
+    let session = store::sessions::create(&txn, user.id, &addr, now, absolute).await?;
+    let entry = audit::Entry::new("login", "user", user.id, serde_json::json!({}));
+    audit::record(&txn, now, &Actor::user(&user, addr), entry).await?;
+    txn.commit().await?;
+    tracing::info!(username = %user.username, "login");
+    Ok((user, session.token))
+}
+
+/// argon2 is deliberately slow: it runs on the blocking pool, in `turn`.
+async fn verify(password: String, hash: String, turn: Turn) -> (bool, Option<Turn>) {
+    match in_turn(turn, move || verify_password(&password, &hash)).await {
+        Some((ok, turn)) => (ok, Some(turn)),
+        None => (false, None),
+    }
+}
+
+fn dummy_hash() -> &'static str {
+    static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    H.get_or_init(|| hash_password("not-a-real-password").unwrap_or_default())
 }
 
 #[cfg(test)]

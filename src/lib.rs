@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod entities;
+pub mod error;
 pub mod fleet;
 pub mod hub;
 pub mod jobs;
@@ -21,6 +22,7 @@ pub mod store;
 pub mod telemetry;
 pub mod text;
 pub mod updates;
+pub mod users;
 pub mod version;
 pub mod views;
 pub mod web;
@@ -50,9 +52,7 @@ impl Running {
 
 /// Installs the process-wide TLS crypto provider (ring) once; the workspace
 /// links more than one rustls user, and rustls refuses to guess.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use agent::install_crypto_provider;
 
 /// Starts the server with a fresh clock.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
@@ -114,6 +114,7 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
         App::new()
             .app_data(app_state.clone())
             .wrap(middleware::from_fn(web::cross_site_guard))
+            .wrap(middleware::from_fn(web::error::htmx_errors))
             .wrap(web::security_headers())
             .configure(web::configure)
             .default_service(aweb::to(not_found))
@@ -154,33 +155,11 @@ async fn not_found(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(settings = ?settings, "starting");
     let running = start(settings).await?;
-    shutdown_signal().await;
+    agent::shutdown_signal().await;
     tracing::info!("shutting down");
     running.stop().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// On first start (no users) creates `admin` with `RM_BOOTSTRAP_ADMIN_PASSWORD`

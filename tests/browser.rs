@@ -921,6 +921,19 @@ async fn admin_sees_the_out_of_date_chip_tile_and_update_button_and_a_viewer_no_
         None,
         "enabled for an online, out-of-date host"
     );
+    // A refusal (the agent went away since the page was drawn) shows as a
+    // banner in the page's error slot, the page staying as it was.
+    agent.shutdown().await;
+    eventually("the host is offline", || async {
+        (!app.host_row(cfg.host_id).await?.online).then_some(())
+    })
+    .await;
+    b.click("[data-testid=update-agent]").await;
+    let banner = b.text("#page-error [data-testid=error-banner]").await;
+    assert!(banner.contains("offline"), "{banner}");
+    assert!(b.location().await.starts_with("/hosts/"));
+    let agent = app.agent(&cfg, "v0.0.1-old");
+    wait_acked(&agent).await;
     // Clicking dispatches and htmx takes the admin to the live job page.
     b.click("[data-testid=update-agent]").await;
     let deadline = Instant::now() + UI_WAIT;

@@ -7,15 +7,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{self, AgentConfig, ServerUrlError};
+use crate::http;
 
 /// Endpoint, relative to the server URL.
 pub const ENROLL_PATH: &str = "agent/enroll";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How much of an unexpected (non-JSON) error body to quote back: enough to
-/// recognise a proxy's error page, not enough to flood a terminal.
-const BODY_SNIPPET_CHARS: usize = 200;
 
 #[derive(Debug, Serialize)]
 struct EnrollRequest<'a> {
@@ -27,14 +25,6 @@ struct EnrollRequest<'a> {
 struct EnrollResponse {
     host_id: i64,
     secret: String,
-}
-
-/// The server's JSON error shape, `{"error":code,"message":text}`.
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: String,
-    #[serde(default)]
-    message: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +76,7 @@ pub async fn enroll(
     let client = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
-        .user_agent(format!("restic-manager-agent/{}", crate::version::VERSION))
+        .user_agent(http::user_agent())
         .build()
         .map_err(EnrollError::Client)?;
     let request_err = |source| EnrollError::Request {
@@ -104,20 +94,19 @@ pub async fn enroll(
     let body = response.bytes().await.map_err(request_err)?;
 
     if !status.is_success() {
-        return Err(match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(err) => EnrollError::Refused {
-                status: status.as_u16(),
-                message: if err.message.is_empty() {
-                    status.canonical_reason().unwrap_or("no message").into()
-                } else {
-                    err.message
-                },
-                code: err.error,
+        return Err(match http::refusal(status, &body) {
+            http::Refusal::Refused {
+                status,
+                code,
+                message,
+            } => EnrollError::Refused {
+                status,
+                code,
+                message,
             },
-            Err(_) => EnrollError::UnexpectedStatus {
-                status: status.as_u16(),
-                snippet: snippet(&body),
-            },
+            http::Refusal::Unexpected { status, snippet } => {
+                EnrollError::UnexpectedStatus { status, snippet }
+            }
         });
     }
 
@@ -135,19 +124,6 @@ pub async fn enroll(
     config.validate().map_err(EnrollError::BadAnswer)?;
     tracing::info!(host_id = config.host_id, "enrolled");
     Ok(config)
-}
-
-fn snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    if text.is_empty() {
-        return "(empty body)".into();
-    }
-    let mut out: String = text.chars().take(BODY_SNIPPET_CHARS).collect();
-    if text.chars().count() > BODY_SNIPPET_CHARS {
-        out.push('…');
-    }
-    out
 }
 
 #[cfg(test)]

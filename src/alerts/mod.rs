@@ -165,14 +165,6 @@ pub async fn raise_fleet_update_halted(state: &AppState, fleet_update_id: i64, r
     );
 }
 
-/// The halted run was dealt with (e.g. a new fleet update finished).
-pub async fn resolve_fleet_update_halted(state: &AppState, fleet_update_id: i64) {
-    log_failure(
-        resolve(state, &fleet_update_halted_key(fleet_update_id)).await,
-        "resolving fleet_update_halted",
-    );
-}
-
 /// What one sweep did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Swept {

@@ -5,6 +5,10 @@
 //! resumes a run left `running` by a previous server without dispatching
 //! any host twice (a host whose update job is still live is adopted, not
 //! dispatched again).
+mod service;
+
+pub use service::{cancel, candidates, start};
+
 use std::{future::Future, sync::Arc, time::Duration};
 
 use sea_orm::{DatabaseConnection, TransactionTrait};

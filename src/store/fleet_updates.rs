@@ -3,7 +3,7 @@
 //! conditional so a finished run never changes again.
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait, sea_query::Expr,
+    QueryOrder, QuerySelect, TransactionSession, TransactionTrait, sea_query::Expr,
 };
 use serde::Serialize;
 
@@ -140,8 +140,8 @@ pub fn already_running() -> StoreError {
 /// Creates a running fleet update with its hosts pending, in order.
 /// Loses cleanly (`already_running`) against another running one, even
 /// when two starts race.
-pub async fn create(
-    db: &sea_orm::DatabaseConnection,
+pub async fn create<C: TransactionTrait>(
+    db: &C,
     started_by_user_id: Option<i64>,
     started_by: &str,
     target_version: &str,

@@ -168,6 +168,22 @@ fn other_admins_exist() -> sea_orm::sea_query::SimpleExpr {
     Expr::cust("(SELECT COUNT(*) FROM users WHERE role = 'admin') > 1")
 }
 
+/// Takes the user's row for writing before anything is read in `txn`: on
+/// SQLite a transaction that read first cannot take the write lock once
+/// another connection has written (it fails at once, without waiting). A
+/// no-op update, so an unknown user is simply not found next.
+pub async fn lock<C: ConnectionTrait>(txn: &C, id: i64) -> Result<()> {
+    users::Entity::update_many()
+        .col_expr(
+            users::Column::UpdatedAt,
+            Expr::col(users::Column::UpdatedAt),
+        )
+        .filter(users::Column::Id.eq(id))
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
 pub async fn set_role<C: ConnectionTrait>(db: &C, id: i64, role: Role, now: i64) -> Result<User> {
     let current = get(db, id).await?;
     if current.role == role {

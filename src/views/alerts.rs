@@ -57,7 +57,7 @@ pub fn severity_pill(s: Severity) -> Markup {
         Severity::Warning => "pill-pending",
         Severity::Info => "pill-queued",
     };
-    html! { span class=(cls) data-testid="severity" { (s.as_str()) } }
+    super::components::pill(cls, "severity", s.as_str())
 }
 
 fn host_cell(a: &Alert, names: &HashMap<i64, String>) -> Markup {

@@ -3,13 +3,17 @@ use maud::{Markup, html};
 
 use crate::clock;
 
+/// The one status pill: `class` is a whole `pill-*` class name (Tailwind
+/// scans for whole names), `testid` names what the status is of.
+pub fn pill(class: &str, testid: &str, label: &str) -> Markup {
+    html! { span class=(class) data-testid=(testid) { (label) } }
+}
+
 pub fn online_pill(online: bool) -> Markup {
-    html! {
-        @if online {
-            span class="pill-online" data-testid="status" { "online" }
-        } @else {
-            span class="pill-offline" data-testid="status" { "offline" }
-        }
+    if online {
+        pill("pill-online", "status", "online")
+    } else {
+        pill("pill-offline", "status", "offline")
     }
 }
 

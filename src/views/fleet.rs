@@ -5,7 +5,7 @@ use maud::{Markup, html};
 
 use super::{
     Nav,
-    components::{error_banner, last_seen},
+    components::{error_banner, last_seen, pill},
     page,
 };
 use crate::{
@@ -26,7 +26,7 @@ fn host_pill(s: HostStatus) -> Markup {
         HostStatus::Failed => "pill-failed",
         HostStatus::Skipped => "pill-skipped",
     };
-    html! { span class=(cls) data-testid="fleet-host-status" { (s.as_str()) } }
+    pill(cls, "fleet-host-status", s.as_str())
 }
 
 fn run_pill(s: FleetStatus) -> Markup {
@@ -36,7 +36,7 @@ fn run_pill(s: FleetStatus) -> Markup {
         FleetStatus::Halted => "pill-failed",
         FleetStatus::Cancelled => "pill-cancelled",
     };
-    html! { span class=(cls) data-testid="fleet-status" { (s.as_str()) } }
+    pill(cls, "fleet-status", s.as_str())
 }
 
 pub struct FleetView<'a> {

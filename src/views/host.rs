@@ -47,7 +47,7 @@ pub fn update_button(h: &Host, live_update_job: Option<i64>) -> Markup {
         None
     };
     html! {
-        form method="post" action=(routes::host_update(h.id)) hx-post=(routes::host_update(h.id)) hx-target="#update-result" hx-swap="innerHTML" {
+        form method="post" action=(routes::host_update(h.id)) hx-post=(routes::host_update(h.id)) {
             button class="btn btn-amber w-full" type="submit" data-testid="update-agent" disabled[reason.is_some()] title=[reason.as_deref()] { "Update agent" }
         }
         @if let Some(r) = &reason {
@@ -56,7 +56,6 @@ pub fn update_button(h: &Host, live_update_job: Option<i64>) -> Markup {
                 @if let Some(j) = live_update_job { " · " a class="link" href=(routes::job(j)) { "watch it" } }
             }
         }
-        div id="update-result" {}
     }
 }
 

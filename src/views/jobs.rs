@@ -21,7 +21,7 @@ pub fn status_pill(s: JobStatus) -> Markup {
         JobStatus::Cancelled => "pill-cancelled",
         JobStatus::Skipped => "pill-skipped",
     };
-    html! { span class=(cls) data-testid="job-status" { (s.as_str()) } }
+    super::components::pill(cls, "job-status", s.as_str())
 }
 
 fn when(ms: Option<i64>) -> Markup {

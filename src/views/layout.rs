@@ -28,7 +28,9 @@ fn head(title: &str) -> Markup {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
             // htmx's injected indicator <style> would be blocked by our CSP.
-            meta name="htmx-config" content=r#"{"includeIndicatorStyles":false,"allowEval":false}"#;
+            // Error answers (4xx/5xx) are swapped too: the server sends htmx
+            // an error as a banner for the error slot (web::error::htmx_errors).
+            meta name="htmx-config" content=r#"{"includeIndicatorStyles":false,"allowEval":false,"responseHandling":[{"code":"204","swap":false},{"code":"[23]..","swap":true},{"code":"[45]..","swap":true,"error":true},{"code":"...","swap":false}]}"#;
             title { (title) " · restic-manager" }
             link rel="icon" href=(routes::asset("favicon.svg")) type="image/svg+xml";
             link rel="stylesheet" href=(routes::asset("app.css"));
@@ -37,6 +39,11 @@ fn head(title: &str) -> Markup {
             script src=(routes::asset("app.js")) defer {}
         }
     }
+}
+
+/// Where htmx puts an error banner (see `web::error::htmx_errors`).
+fn error_slot() -> Markup {
+    html! { div id=(crate::web::error::ERROR_SLOT_ID) {} }
 }
 
 /// A full page for a logged-in user.
@@ -77,6 +84,7 @@ pub fn page(title: &str, user: &User, active: Nav, body: Markup) -> Markup {
                     }
                 }
                 main class="max-w-7xl mx-auto px-4 py-6" {
+                    (error_slot())
                     // A running fleet update shows on every page.
                     div id="fleet-banner" hx-get=(routes::FLEET_BANNER) hx-trigger="load, every 10s" hx-swap="innerHTML" {}
                     (body)
@@ -96,7 +104,7 @@ pub fn bare(title: &str, body: Markup) -> Markup {
         html lang="en" {
             (head(title))
             body class="bg-gray-50 text-gray-900 min-h-screen" {
-                main class="max-w-7xl mx-auto px-4 py-6" { (body) }
+                main class="max-w-7xl mx-auto px-4 py-6" { (error_slot()) (body) }
             }
         }
     }

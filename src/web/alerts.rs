@@ -8,9 +8,7 @@ use serde_json::json;
 
 use super::{AppError, CurrentUser, Htmx, PageError, redirect};
 use crate::{
-    alerts,
-    audit::{self, Actor},
-    clock, routes,
+    alerts, audit, clock, routes,
     state::AppState,
     store::{
         self, Page,
@@ -78,14 +76,15 @@ async fn resolve_by_hand(
             "this alert is already resolved".into(),
         ));
     };
-    audit::record(
+    audit::record_logged(
         state,
-        Some(req),
-        Actor::User(user),
-        "alert.resolve",
-        "alert",
-        a.id,
-        json!({"kind": a.kind, "dedup_key": a.dedup_key}),
+        &super::actor(user, req),
+        audit::Entry::new(
+            "alert.resolve",
+            "alert",
+            a.id,
+            json!({"kind": a.kind, "dedup_key": a.dedup_key}),
+        ),
     )
     .await;
     Ok(a)
@@ -146,9 +145,7 @@ async fn render(
         let message = error.as_ref().map(AppError::message);
         views::alerts::alerts_page(&v, message.as_deref())
     };
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(markup.into_string()))
+    Ok(super::html(status, markup))
 }
 
 async fn alerts_page(

@@ -1,5 +1,6 @@
 //! The audit log, for admins: `GET /api/audit` and the `/audit` page.
 use actix_web::{HttpResponse, web};
+use maud::Markup;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -69,7 +70,7 @@ async fn audit_page(
     state: web::Data<AppState>,
     user: CurrentUser,
     q: web::Query<AuditQuery>,
-) -> Result<HttpResponse, PageError> {
+) -> Result<Markup, PageError> {
     user.require(Role::Admin)?;
     let filter = q.filter()?;
     let page = Page::new(q.limit, q.offset);
@@ -84,9 +85,7 @@ async fn audit_page(
         limit: page.limit,
         total,
     };
-    Ok(HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(views::audit::audit_page(&v).into_string()))
+    Ok(views::audit::audit_page(&v))
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -49,14 +49,15 @@ async fn agent_enroll(
     state.hub.disconnect(host_id, "host re-enrolled");
     let hostname = crate::text::one_line(&body.hostname, 64);
     tracing::info!(host_id, %hostname, "agent enrolled");
-    audit::record(
+    audit::record_logged(
         &state,
-        Some(&req),
-        Actor::Named("agent"),
-        "host.enroll",
-        "host",
-        host_id,
-        serde_json::json!({"hostname": hostname}),
+        &Actor::named("agent", super::client_addr(&req)),
+        audit::Entry::new(
+            "host.enroll",
+            "host",
+            host_id,
+            serde_json::json!({"hostname": hostname}),
+        ),
     )
     .await;
     Ok(HttpResponse::Ok().json(json!({"host_id": host_id, "secret": secret})))

@@ -1,119 +1,25 @@
 //! One error type for handlers. `AppError` renders JSON
 //! (`{"error","message"}`) for the API; `PageError` renders the same error
-//! as a readable page (401 becomes a redirect to the login page).
-use actix_web::{HttpResponse, ResponseError, http::StatusCode, http::header};
+//! as a readable page (401 becomes a redirect to the login page), or, for an
+//! htmx request, as a banner fragment put into the page's error slot
+//! ([`htmx_errors`]).
+use actix_web::{
+    HttpResponse, ResponseError,
+    body::{BoxBody, MessageBody},
+    dev::{ServiceRequest, ServiceResponse},
+    http::StatusCode,
+    http::header,
+    middleware::Next,
+};
 use serde::Serialize;
 
+pub use crate::error::AppError;
 use crate::{store::StoreError, views};
-
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error("{1}")]
-    BadRequest(&'static str, String),
-    #[error("log in first")]
-    Unauthorized,
-    #[error("{0}")]
-    BadCredentials(String),
-    /// A credential other than a session (agent secret, enrollment token).
-    #[error("{1}")]
-    Unauthenticated(&'static str, String),
-    #[error("your role does not allow this: ask an admin")]
-    Forbidden,
-    #[error("{1}")]
-    NotFound(&'static str, String),
-    #[error("{1}")]
-    Conflict(&'static str, String),
-    #[error("{1}")]
-    TooManyRequests(&'static str, String, u64),
-    #[error("cross-site request refused: submit the form from this server's own pages")]
-    CrossSite,
-    #[error("internal error")]
-    Internal(#[from] anyhow::Error),
-}
 
 #[derive(Serialize)]
 struct Body<'a> {
     error: &'a str,
     message: String,
-}
-
-impl AppError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            AppError::BadRequest(c, _)
-            | AppError::NotFound(c, _)
-            | AppError::Conflict(c, _)
-            | AppError::TooManyRequests(c, _, _)
-            | AppError::Unauthenticated(c, _) => c,
-            AppError::Unauthorized => "unauthorized",
-            AppError::BadCredentials(_) => "invalid_credentials",
-            AppError::Forbidden => "forbidden",
-            AppError::CrossSite => "cross_site",
-            AppError::Internal(_) => "internal",
-        }
-    }
-
-    /// What a person reads: says what happened and what to do.
-    pub fn message(&self) -> String {
-        match self {
-            AppError::Internal(_) => {
-                "something went wrong on the server; the details are in its log".into()
-            }
-            other => other.to_string(),
-        }
-    }
-
-    pub fn not_found(what: &'static str) -> Self {
-        let code = match what {
-            "host" => "host_not_found",
-            "user" => "user_not_found",
-            "job" => "job_not_found",
-            "alert" => "alert_not_found",
-            "fleet update" => "fleet_update_not_found",
-            "repository" => "repository_not_found",
-            "snapshot" => "snapshot_not_found",
-            _ => "not_found",
-        };
-        AppError::NotFound(code, format!("no such {what}: it may have been removed"))
-    }
-}
-
-impl From<StoreError> for AppError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(what) => AppError::not_found(what),
-            StoreError::Conflict(code, msg) => AppError::Conflict(code, msg),
-            StoreError::Invalid(code, msg) => AppError::BadRequest(code, msg),
-            StoreError::Db(e) => AppError::Internal(anyhow::Error::new(e)),
-        }
-    }
-}
-
-impl From<crate::restic::repositories::RepoError> for AppError {
-    fn from(e: crate::restic::repositories::RepoError) -> Self {
-        use crate::restic::repositories::RepoError;
-        match e {
-            RepoError::Invalid(msg) => AppError::BadRequest("invalid_input", msg),
-            RepoError::Store(s) => s.into(),
-            RepoError::Secret(s) => AppError::Internal(anyhow::Error::new(s)),
-        }
-    }
-}
-
-impl From<crate::restic::jobs::QueueError> for AppError {
-    fn from(e: crate::restic::jobs::QueueError) -> Self {
-        use crate::restic::jobs::QueueError;
-        match e {
-            QueueError::Invalid(msg) => AppError::BadRequest("invalid_input", msg),
-            QueueError::Store(s) => s.into(),
-        }
-    }
-}
-
-impl From<sea_orm::DbErr> for AppError {
-    fn from(e: sea_orm::DbErr) -> Self {
-        AppError::Internal(anyhow::Error::new(e))
-    }
 }
 
 impl ResponseError for AppError {
@@ -183,8 +89,77 @@ impl ResponseError for PageError {
                 .insert_header((header::LOCATION, crate::routes::LOGIN))
                 .finish();
         }
-        HttpResponse::build(self.status_code())
-            .content_type("text/html; charset=utf-8")
-            .body(views::error_page(self.status_code(), &self.0.message()).into_string())
+        super::html(
+            self.status_code(),
+            views::error_page(self.status_code(), &self.0.message()),
+        )
+    }
+}
+
+/// Where an htmx request's error banner goes: an element of every layout.
+pub const ERROR_SLOT_ID: &str = "page-error";
+const ERROR_SLOT: &str = "#page-error";
+
+impl PageError {
+    /// The error for an htmx request: the banner alone, swapped into the
+    /// page's error slot (`HX-Retarget`, `HX-Reswap`) with the error's status;
+    /// htmx would drop a whole error page. A missing login sends the browser
+    /// to the login page (`HX-Redirect`).
+    fn htmx_response(&self) -> HttpResponse {
+        if matches!(self.0, AppError::Unauthorized) {
+            return HttpResponse::build(self.status_code())
+                .insert_header(("HX-Redirect", crate::routes::LOGIN))
+                .finish();
+        }
+        let banner = views::components::error_banner(&self.0.message());
+        let mut resp = super::html(
+            self.status_code(),
+            maud::html! { div class="mb-4" { (banner) } },
+        );
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::HeaderName::from_static("hx-retarget"),
+            header::HeaderValue::from_static(ERROR_SLOT),
+        );
+        headers.insert(
+            header::HeaderName::from_static("hx-reswap"),
+            header::HeaderValue::from_static("innerHTML"),
+        );
+        resp
+    }
+}
+
+/// Middleware: a page error answering an htmx request becomes
+/// [`PageError::htmx_response`]. Everything else passes unchanged.
+pub async fn htmx_errors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    if !super::is_htmx(req.request()) || super::is_api(req.request()) {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
+    }
+    match next.call(req).await {
+        Ok(res) => {
+            let fragment = res
+                .response()
+                .error()
+                .and_then(|e| e.as_error::<PageError>())
+                .map(PageError::htmx_response);
+            Ok(match fragment {
+                Some(fragment) => res.into_response(fragment),
+                None => res.map_into_boxed_body(),
+            })
+        }
+        // An error from an inner middleware (the cross-site guard).
+        Err(e) => Err(match e.as_error::<PageError>() {
+            Some(pe) => {
+                actix_web::error::InternalError::from_response(pe.to_string(), pe.htmx_response())
+                    .into()
+            }
+            None => e,
+        }),
     }
 }

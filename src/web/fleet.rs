@@ -1,137 +1,22 @@
 //! Rolling fleet updates (admin): start with a typed host count, follow the
 //! run, cancel it; the JSON API; the running-run banner for every page.
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
+use maud::Markup;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{AppError, CurrentUser, Htmx, PageError, redirect};
 use crate::{
-    audit::{self, Actor},
     clock, routes,
     state::AppState,
     store::{
         self, Page, StoreError,
-        fleet_updates::{FleetHost, FleetStatus, FleetUpdate, HostStatus, PlannedHost},
-        hosts::{Host, HostFilter, Status},
+        fleet_updates::{FleetHost, FleetStatus, FleetUpdate, HostStatus},
         users::{Role, User},
     },
-    version,
     views::{self, fleet::FleetView},
 };
-
-/// Online hosts whose agent is behind the server, in the order a run takes.
-async fn candidates(state: &AppState) -> Result<Vec<Host>, AppError> {
-    Ok(store::hosts::list_all(
-        &state.db,
-        &HostFilter {
-            status: Some(Status::Online),
-            behind: Some(version::VERSION.to_string()),
-        },
-    )
-    .await?)
-}
-
-async fn start(
-    state: &AppState,
-    req: &HttpRequest,
-    user: &User,
-    target: Option<&str>,
-    confirm_count: Option<&str>,
-) -> Result<FleetUpdate, AppError> {
-    let target = target.filter(|t| !t.is_empty()).unwrap_or(version::VERSION);
-    if target != version::VERSION {
-        return Err(AppError::BadRequest(
-            "invalid_target",
-            format!(
-                "this server can only update agents to its own version {}, not {target}",
-                version::VERSION
-            ),
-        ));
-    }
-    let hosts = candidates(state).await?;
-    if hosts.is_empty() {
-        return Err(AppError::Conflict(
-            "nothing_to_update",
-            "no online host runs an older agent: nothing to update".into(),
-        ));
-    }
-    if let Some(typed) = confirm_count {
-        let n = hosts.len();
-        if typed.trim().parse::<usize>().ok() != Some(n) {
-            return Err(AppError::BadRequest(
-                "count_mismatch",
-                format!(
-                    "you typed {:?} but {n} hosts would be updated: check the list and type {n} to confirm",
-                    typed.trim()
-                ),
-            ));
-        }
-    }
-    let planned: Vec<PlannedHost> = hosts
-        .iter()
-        .map(|h| PlannedHost {
-            host_id: h.id,
-            hostname: if h.hostname.is_empty() {
-                h.name.clone()
-            } else {
-                h.hostname.clone()
-            },
-            from_version: h.agent_version.clone(),
-        })
-        .collect();
-    let run = store::fleet_updates::create(
-        &state.db,
-        Some(user.id),
-        &user.username,
-        target,
-        &planned,
-        state.clock.now_ms(),
-    )
-    .await?;
-    tracing::info!(fleet_update_id = run.id, hosts = planned.len(), by = %user.username, "fleet update started");
-    audit::record(
-        state,
-        Some(req),
-        Actor::User(user),
-        "fleet.start",
-        "fleet_update",
-        run.id,
-        json!({"target_version": target, "hosts": planned.len()}),
-    )
-    .await;
-    state.fleet.kick();
-    Ok(run)
-}
-
-async fn cancel(state: &AppState, req: &HttpRequest, user: &User, id: i64) -> Result<(), AppError> {
-    store::fleet_updates::get(&state.db, id)
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound(_) => {
-                AppError::NotFound("fleet_update_not_found", "no such fleet update".into())
-            }
-            other => other.into(),
-        })?;
-    if !store::fleet_updates::cancel(&state.db, id, state.clock.now_ms()).await? {
-        return Err(AppError::Conflict(
-            "not_running",
-            "this fleet update is not running any more".into(),
-        ));
-    }
-    tracing::info!(fleet_update_id = id, by = %user.username, "fleet update cancelled");
-    audit::record(
-        state,
-        Some(req),
-        Actor::User(user),
-        "fleet.cancel",
-        "fleet_update",
-        id,
-        json!({}),
-    )
-    .await;
-    state.fleet.kick();
-    Ok(())
-}
 
 fn run_json(r: &FleetUpdate) -> serde_json::Value {
     json!({
@@ -187,10 +72,9 @@ async fn api_fleet_start(
         serde_json::Value::String(s) => s,
         other => other.to_string(),
     });
-    let run = start(
+    let run = crate::fleet::start(
         &state,
-        &req,
-        &user,
+        &super::actor(&user, &req),
         body.target_version.as_deref(),
         count.as_deref(),
     )
@@ -231,7 +115,7 @@ async fn api_fleet_cancel(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
-    cancel(&state, &req, &user, *id).await?;
+    crate::fleet::cancel(&state, &super::actor(&user, &req), *id).await?;
     Ok(HttpResponse::Ok().json(json!({"fleet_update_id": *id, "status": "cancelled"})))
 }
 
@@ -252,7 +136,7 @@ async fn render(
     let cands = if running {
         vec![]
     } else {
-        candidates(state).await?
+        crate::fleet::candidates(state).await?
     };
     let msg = error.map(|(e, _)| e.message());
     let v = FleetView {
@@ -270,15 +154,13 @@ async fn render(
     };
     let status = error
         .map(|(e, _)| actix_web::ResponseError::status_code(e))
-        .unwrap_or(actix_web::http::StatusCode::OK);
+        .unwrap_or(StatusCode::OK);
     let body = if htmx {
         views::fleet::fleet_live(&v)
     } else {
         views::fleet::fleet_page(&v)
     };
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(body.into_string()))
+    Ok(super::html(status, body))
 }
 
 async fn fleet_page(
@@ -303,7 +185,14 @@ async fn fleet_start_submit(
     form: web::Form<StartForm>,
 ) -> Result<HttpResponse, PageError> {
     user.require(Role::Admin)?;
-    match start(&state, &req, &user, None, Some(&form.confirm_count)).await {
+    match crate::fleet::start(
+        &state,
+        &super::actor(&user, &req),
+        None,
+        Some(&form.confirm_count),
+    )
+    .await
+    {
         Ok(_) => Ok(redirect(htmx.0, routes::FLEET_UPDATE_PAGE)),
         Err(e @ AppError::Internal(_)) => Err(e.into()),
         Err(e) => render(&state, &user, false, Some((&e, &form.confirm_count))).await,
@@ -318,7 +207,7 @@ async fn fleet_cancel_submit(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, PageError> {
     user.require(Role::Admin)?;
-    match cancel(&state, &req, &user, *id).await {
+    match crate::fleet::cancel(&state, &super::actor(&user, &req), *id).await {
         Ok(()) => Ok(redirect(htmx.0, routes::FLEET_UPDATE_PAGE)),
         Err(e @ AppError::Conflict(..)) => render(&state, &user, false, Some((&e, ""))).await,
         Err(e) => Err(e.into()),
@@ -326,10 +215,7 @@ async fn fleet_cancel_submit(
 }
 
 /// The running-run banner, for every logged-in user's pages.
-async fn fleet_banner(
-    state: web::Data<AppState>,
-    _user: CurrentUser,
-) -> Result<HttpResponse, PageError> {
+async fn fleet_banner(state: web::Data<AppState>, _user: CurrentUser) -> Result<Markup, PageError> {
     let body = match store::fleet_updates::active(&state.db).await? {
         Some(run) => {
             let (_, hosts) = store::fleet_updates::get_with_hosts(&state.db, run.id).await?;
@@ -341,9 +227,7 @@ async fn fleet_banner(
         }
         None => views::fleet::running_banner(None),
     };
-    Ok(HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(body.into_string()))
+    Ok(body)
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

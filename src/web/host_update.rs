@@ -1,5 +1,6 @@
 //! Dispatching an agent update to one host (admin): the JSON API and the
-//! htmx form on the host page.
+//! htmx form on the host page (a refusal is the page error, which htmx shows
+//! as a banner).
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
@@ -9,7 +10,6 @@ use crate::{
     state::AppState,
     store::{jobs::ActorKind, users::Role},
     updates::{self, DispatchError, Requester},
-    views,
 };
 
 impl From<DispatchError> for AppError {
@@ -50,15 +50,10 @@ async fn host_update_submit(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, PageError> {
     user.require(Role::Admin)?;
-    match updates::dispatch(&state, *id, &requester(&user, &req)).await {
-        Ok(job) => Ok(redirect(htmx.0, &routes::job(job.id))),
-        Err(DispatchError::HostNotFound) => Err(AppError::not_found("host").into()),
-        Err(DispatchError::Store(e)) => Err(e.into()),
-        Err(e) if htmx.0 => Ok(HttpResponse::Ok()
-            .content_type("text/html; charset=utf-8")
-            .body(views::components::error_banner(&e.to_string()).into_string())),
-        Err(e) => Err(PageError(AppError::Conflict(e.code(), e.to_string()))),
-    }
+    let job = updates::dispatch(&state, *id, &requester(&user, &req))
+        .await
+        .map_err(AppError::from)?;
+    Ok(redirect(htmx.0, &routes::job(job.id)))
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

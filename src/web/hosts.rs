@@ -1,13 +1,13 @@
 //! Hosts: the JSON API, the dashboard, the host page and adding/removing
 //! hosts (admin).
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use maud::Markup;
 use serde::{Deserialize, Serialize};
 
 use super::{AppError, CurrentUser, Htmx, PageError, public_url, redirect};
 use crate::{
-    audit::{self, Actor},
-    clock, provisioning, routes,
+    audit, clock, provisioning, routes,
     state::AppState,
     store::{
         self, Page,
@@ -128,14 +128,15 @@ async fn api_host_create(
     user.require(Role::Admin)?;
     let created = provisioning::host_add(&state.db, body.name.trim(), state.clock.now_ms()).await?;
     tracing::info!(host_id = created.host_id, by = %user.username, "host added");
-    audit::record(
+    audit::record_logged(
         &state,
-        Some(&req),
-        Actor::User(&user),
-        "host.add",
-        "host",
-        created.host_id,
-        serde_json::json!({"name": created.name}),
+        &super::actor(&user, &req),
+        audit::Entry::new(
+            "host.add",
+            "host",
+            created.host_id,
+            serde_json::json!({"name": created.name}),
+        ),
     )
     .await;
     Ok(HttpResponse::Created().json(serde_json::json!({
@@ -153,14 +154,10 @@ async fn api_host_token(
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
     let t = provisioning::host_new_token(&state.db, *id, state.clock.now_ms()).await?;
-    audit::record(
+    audit::record_logged(
         &state,
-        Some(&req),
-        Actor::User(&user),
-        "host.token_create",
-        "host",
-        *id,
-        serde_json::json!({}),
+        &super::actor(&user, &req),
+        audit::Entry::new("host.token_create", "host", *id, serde_json::json!({})),
     )
     .await;
     Ok(HttpResponse::Created().json(serde_json::json!({
@@ -179,14 +176,15 @@ async fn remove_host(
     let h = store::hosts::delete(&state.db, id).await?;
     state.hub.disconnect(id, "host removed");
     tracing::info!(host_id = h.id, by = %user.username, "host removed");
-    audit::record(
+    audit::record_logged(
         state,
-        Some(req),
-        Actor::User(user),
-        "host.remove",
-        "host",
-        h.id,
-        serde_json::json!({"name": h.name}),
+        &super::actor(user, req),
+        audit::Entry::new(
+            "host.remove",
+            "host",
+            h.id,
+            serde_json::json!({"name": h.name}),
+        ),
     )
     .await;
     Ok(h)
@@ -203,18 +201,12 @@ async fn api_host_delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-fn html(m: Markup) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(m.into_string())
-}
-
 async fn dashboard(
     state: web::Data<AppState>,
     user: CurrentUser,
     htmx: Htmx,
     q: web::Query<ListQuery>,
-) -> Result<HttpResponse, PageError> {
+) -> Result<Markup, PageError> {
     let filter = q.filter()?;
     let page = q.page();
     let hosts = store::hosts::list(&state.db, &filter, page).await?;
@@ -242,11 +234,11 @@ async fn dashboard(
         count_online,
         now_ms: state.clock.now_ms(),
     };
-    Ok(html(if htmx.0 {
+    Ok(if htmx.0 {
         views::dashboard::dashboard_body(&v)
     } else {
         views::dashboard::dashboard(&v)
-    }))
+    })
 }
 
 async fn host_page(
@@ -254,28 +246,22 @@ async fn host_page(
     user: CurrentUser,
     htmx: Htmx,
     id: web::Path<i64>,
-) -> Result<HttpResponse, PageError> {
+) -> Result<Markup, PageError> {
     let h = store::hosts::get(&state.db, *id).await?;
     let now = state.clock.now_ms();
     if htmx.0 {
-        return Ok(html(views::host::host_status(&h, now)));
+        return Ok(views::host::host_status(&h, now));
     }
     let recent = super::jobs::recent_for_host(&state, h.id, 10).await?;
     let live_update = store::jobs::live_of_kind(&state.db, h.id, store::jobs::JobKind::Update)
         .await?
         .map(|j| j.id);
-    Ok(html(views::host::host_page(
-        &user,
-        &h,
-        &recent,
-        live_update,
-        now,
-    )))
+    Ok(views::host::host_page(&user, &h, &recent, live_update, now))
 }
 
-async fn host_new_page(user: CurrentUser) -> Result<HttpResponse, PageError> {
+async fn host_new_page(user: CurrentUser) -> Result<Markup, PageError> {
     user.require(Role::Admin)?;
-    Ok(html(views::host::add_host_page(&user, None, "")))
+    Ok(views::host::add_host_page(&user, None, ""))
 }
 
 #[derive(Deserialize)]
@@ -294,34 +280,35 @@ async fn host_new_submit(
     match provisioning::host_add(&state.db, name, state.clock.now_ms()).await {
         Ok(c) => {
             tracing::info!(host_id = c.host_id, by = %user.username, "host added");
-            audit::record(
+            audit::record_logged(
                 &state,
-                Some(&req),
-                Actor::User(&user),
-                "host.add",
-                "host",
-                c.host_id,
-                serde_json::json!({"name": c.name}),
+                &super::actor(&user, &req),
+                audit::Entry::new(
+                    "host.add",
+                    "host",
+                    c.host_id,
+                    serde_json::json!({"name": c.name}),
+                ),
             )
             .await;
-            Ok(html(views::host::enroll_instructions(
-                &user,
-                c.host_id,
-                &c.name,
-                &c.enrollment_token,
-                c.expires_at,
-                &public_url(&state, &req),
-            )))
+            Ok(super::html(
+                StatusCode::OK,
+                views::host::enroll_instructions(
+                    &user,
+                    c.host_id,
+                    &c.name,
+                    &c.enrollment_token,
+                    c.expires_at,
+                    &public_url(&state, &req),
+                ),
+            ))
         }
         Err(e @ (store::StoreError::Invalid(..) | store::StoreError::Conflict(..))) => {
             let e = AppError::from(e);
-            Ok(
-                HttpResponse::build(actix_web::ResponseError::status_code(&e))
-                    .content_type("text/html; charset=utf-8")
-                    .body(
-                        views::host::add_host_page(&user, Some(&e.message()), name).into_string(),
-                    ),
-            )
+            Ok(super::html(
+                actix_web::ResponseError::status_code(&e),
+                views::host::add_host_page(&user, Some(&e.message()), name),
+            ))
         }
         Err(e) => Err(e.into()),
     }
@@ -332,28 +319,24 @@ async fn host_token_submit(
     user: CurrentUser,
     req: HttpRequest,
     id: web::Path<i64>,
-) -> Result<HttpResponse, PageError> {
+) -> Result<Markup, PageError> {
     user.require(Role::Admin)?;
     let h = store::hosts::get(&state.db, *id).await?;
     let t = provisioning::host_new_token(&state.db, h.id, state.clock.now_ms()).await?;
-    audit::record(
+    audit::record_logged(
         &state,
-        Some(&req),
-        Actor::User(&user),
-        "host.token_create",
-        "host",
-        h.id,
-        serde_json::json!({}),
+        &super::actor(&user, &req),
+        audit::Entry::new("host.token_create", "host", h.id, serde_json::json!({})),
     )
     .await;
-    Ok(html(views::host::enroll_instructions(
+    Ok(views::host::enroll_instructions(
         &user,
         h.id,
         &h.name,
         &t.token,
         t.expires_at,
         &public_url(&state, &req),
-    )))
+    ))
 }
 
 async fn host_delete_submit(

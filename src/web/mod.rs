@@ -11,6 +11,7 @@ pub mod error;
 pub mod fleet;
 pub mod host_update;
 pub mod hosts;
+pub mod job_events;
 pub mod jobs;
 pub mod notifications;
 pub mod repositories;
@@ -90,6 +91,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     host_update::configure(cfg);
     fleet::configure(cfg);
     jobs::configure(cfg);
+    job_events::configure(cfg);
     repositories::configure(cfg);
     users::configure(cfg);
     audit::configure(cfg);
@@ -139,6 +141,16 @@ pub fn is_htmx(req: &HttpRequest) -> bool {
 /// forwarded headers are not trusted by default).
 pub fn client_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
     req.peer_addr().map(|a| a.ip())
+}
+
+/// The client's address as the audit log stores it (empty when unknown).
+pub fn client_addr(req: &HttpRequest) -> String {
+    client_ip(req).map(|i| i.to_string()).unwrap_or_default()
+}
+
+/// The audit actor of a user's request.
+pub fn actor(user: &User, req: &HttpRequest) -> crate::audit::Actor {
+    crate::audit::Actor::user(user, client_addr(req))
 }
 
 /// The origin (`scheme://host`) this request was addressed to.
@@ -212,9 +224,6 @@ impl CurrentUser {
         } else {
             Err(AppError::Forbidden)
         }
-    }
-    pub fn is_admin(&self) -> bool {
-        self.0.role == Role::Admin
     }
 }
 
@@ -310,6 +319,15 @@ impl FromRequest for Htmx {
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         ready(Ok(Htmx(is_htmx(req))))
     }
+}
+
+/// An HTML page or fragment answered with `status`: the one place that
+/// sets the HTML content type (a handler whose only answer is a 200 page
+/// returns its `Markup`, which maud's actix responder serves the same way).
+pub fn html(status: actix_web::http::StatusCode, markup: maud::Markup) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type(header::ContentType::html())
+        .body(markup.into_string())
 }
 
 /// Redirect after a successful form post: `HX-Redirect` for htmx, 303 otherwise.

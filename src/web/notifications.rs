@@ -9,8 +9,7 @@ use serde_json::json;
 use super::{AppError, CurrentUser, Htmx, PageError};
 use crate::{
     alerts::notify,
-    audit::{self, Actor},
-    routes,
+    audit, routes,
     state::AppState,
     store::{
         self,
@@ -76,9 +75,7 @@ async fn render(
     } else {
         views::notifications::notifications_page(&v)
     };
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(markup.into_string()))
+    Ok(super::html(status, markup))
 }
 
 async fn notifications_page(
@@ -113,16 +110,12 @@ async fn target_add(
         .and_then(|u| u.host_str().map(str::to_string))
         .unwrap_or_default();
     tracing::info!(target_id = t.id, by = %user.username, "notification target added");
-    audit::record(
-        state,
-        Some(req),
-        Actor::User(user),
-        "notification.target_add",
-        "notification_target",
-        t.id,
-        json!({"name": t.name, "host": host, "secret": if t.has_secret() { "set" } else { "none" }}),
-    )
-    .await;
+    audit::record_logged(
+state,
+&super::actor(user, req),
+audit::Entry::new("notification.target_add", "notification_target", t.id, json!({"name": t.name, "host": host, "secret": if t.has_secret() { "set" } else { "none" }})),
+)
+.await;
     Ok(t)
 }
 
@@ -150,14 +143,15 @@ async fn target_remove_submit(
     let outcome = match targets::delete_target(&state.db, *id).await {
         Ok(t) => {
             tracing::info!(target_id = t.id, by = %user.username, "notification target removed");
-            audit::record(
+            audit::record_logged(
                 &state,
-                Some(&req),
-                Actor::User(&user),
-                "notification.target_remove",
-                "notification_target",
-                t.id,
-                json!({"name": t.name}),
+                &super::actor(&user, &req),
+                audit::Entry::new(
+                    "notification.target_remove",
+                    "notification_target",
+                    t.id,
+                    json!({"name": t.name}),
+                ),
             )
             .await;
             Outcome::Notice(format!("removed webhook {}", t.name))
@@ -180,14 +174,15 @@ async fn target_test_submit(
                 .await
                 .map(|t| t.name)
                 .unwrap_or_default();
-            audit::record(
+            audit::record_logged(
                 &state,
-                Some(&req),
-                Actor::User(&user),
-                "notification.test",
-                "notification_target",
-                d.target_id,
-                json!({"name": name, "delivery_id": d.id}),
+                &super::actor(&user, &req),
+                audit::Entry::new(
+                    "notification.test",
+                    "notification_target",
+                    d.target_id,
+                    json!({"name": name, "delivery_id": d.id}),
+                ),
             )
             .await;
             Outcome::Notice(format!(

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{AppError, CurrentUser, Htmx, PageError, redirect};
 use crate::{
-    audit::{self, Actor},
+    audit::{self, Entry},
     clock,
     restic::{
         self,
@@ -95,14 +95,15 @@ async fn create(
     let r = restic::repositories::create(&state.db, &state.secrets, input, state.clock.now_ms())
         .await?;
     tracing::info!(repository_id = r.id, name = %r.name, url = %r.url_masked, by = %user.username, "repository added");
-    audit::record(
+    audit::record_logged(
         state,
-        Some(req),
-        Actor::User(user),
-        "repository.create",
-        "repository",
-        r.id,
-        json!({"name": r.name, "url": r.url_masked, "env_keys": r.env_keys}),
+        &super::actor(user, req),
+        Entry::new(
+            "repository.create",
+            "repository",
+            r.id,
+            json!({"name": r.name, "url": r.url_masked, "env_keys": r.env_keys}),
+        ),
     )
     .await;
     Ok(r)
@@ -142,14 +143,15 @@ async fn update(
         restic::repositories::update(&state.db, &state.secrets, id, input, state.clock.now_ms())
             .await?;
     tracing::info!(repository_id = r.id, fields = ?changed, by = %user.username, "repository changed");
-    audit::record(
+    audit::record_logged(
         state,
-        Some(req),
-        Actor::User(user),
-        "repository.update",
-        "repository",
-        r.id,
-        json!({"name": r.name, "changed": changed}),
+        &super::actor(user, req),
+        Entry::new(
+            "repository.update",
+            "repository",
+            r.id,
+            json!({"name": r.name, "changed": changed}),
+        ),
     )
     .await;
     Ok(r)
@@ -163,14 +165,15 @@ async fn remove(
 ) -> Result<Repository, AppError> {
     let r = store::repositories::delete(&state.db, id).await?;
     tracing::info!(repository_id = r.id, by = %user.username, "repository removed");
-    audit::record(
+    audit::record_logged(
         state,
-        Some(req),
-        Actor::User(user),
-        "repository.delete",
-        "repository",
-        r.id,
-        json!({"name": r.name}),
+        &super::actor(user, req),
+        Entry::new(
+            "repository.delete",
+            "repository",
+            r.id,
+            json!({"name": r.name}),
+        ),
     )
     .await;
     Ok(r)
@@ -286,16 +289,12 @@ async fn run_job(
     let mut ids = Vec::with_capacity(hosts.len());
     for host in hosts {
         let job = restic::jobs::enqueue(state, &who, &repo, host, kind, None, &options).await?;
-        audit::record(
-            state,
-            Some(req),
-            Actor::User(user),
-            "repository.job",
-            "job",
-            job.id,
-            json!({"repository_id": repo.id, "kind": kind, "host_id": host, "remove_all": r.remove_all}),
-        )
-        .await;
+        audit::record_logged(
+        state,
+        &super::actor(user, req),
+        Entry::new("repository.job", "job", job.id, json!({"repository_id": repo.id, "kind": kind, "host_id": host, "remove_all": r.remove_all})),
+    )
+    .await;
         ids.push(job.id);
     }
     Ok(ids)

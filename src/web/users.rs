@@ -1,17 +1,16 @@
-//! User management (admin only): the JSON API and the settings page.
+//! User management (admin only): the JSON API and the settings page, both
+//! thin wrappers over the services in `crate::users`.
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
+use maud::Markup;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{AppError, CurrentUser, PageError};
 use crate::{
-    audit::{self, Actor},
-    auth, clock, routes,
+    clock, routes,
     state::AppState,
-    store::{
-        self,
-        users::{self, Role, User},
-    },
+    store::users::{self, Role, User},
     views,
 };
 
@@ -24,129 +23,6 @@ pub struct NewUser {
     username: String,
     password: String,
     role: String,
-}
-
-fn parse_role(s: &str) -> Result<Role, AppError> {
-    Role::parse(s).ok_or_else(|| {
-        AppError::BadRequest(
-            "invalid_role",
-            format!("role must be viewer, operator or admin, not {s:?}"),
-        )
-    })
-}
-
-async fn hash(password: &str) -> Result<String, AppError> {
-    users::validate_password(password)?;
-    let pw = password.to_string();
-    auth::password_work(move || auth::hash_password(&pw))
-        .await
-        .ok_or_else(|| {
-            AppError::TooManyRequests(
-                "server_busy",
-                "the server is busy checking passwords: try again in a few seconds".into(),
-                5,
-            )
-        })?
-        .map_err(AppError::Internal)
-}
-
-async fn add_user(
-    state: &AppState,
-    req: &HttpRequest,
-    by: &User,
-    username: &str,
-    password: &str,
-    role: &str,
-) -> Result<User, AppError> {
-    let role = parse_role(role)?;
-    users::validate_username(username)?;
-    let h = hash(password).await?;
-    let u = users::create(&state.db, username, &h, role, state.clock.now_ms()).await?;
-    tracing::info!(user = %u.username, role = role.as_str(), by = %by.username, "user added");
-    audit::record(
-        state,
-        Some(req),
-        Actor::User(by),
-        "user.add",
-        "user",
-        u.id,
-        serde_json::json!({"username": u.username, "role": role}),
-    )
-    .await;
-    Ok(u)
-}
-
-async fn change_role(
-    state: &AppState,
-    req: &HttpRequest,
-    by: &User,
-    id: i64,
-    role: &str,
-) -> Result<User, AppError> {
-    let role = parse_role(role)?;
-    let u = users::set_role(&state.db, id, role, state.clock.now_ms()).await?;
-    // Sessions carry no role (it is read per request), so nothing to revoke.
-    tracing::info!(user = %u.username, role = role.as_str(), by = %by.username, "role changed");
-    audit::record(
-        state,
-        Some(req),
-        Actor::User(by),
-        "user.role_change",
-        "user",
-        u.id,
-        serde_json::json!({"username": u.username, "role": role}),
-    )
-    .await;
-    Ok(u)
-}
-
-async fn reset_password(
-    state: &AppState,
-    req: &HttpRequest,
-    by: &User,
-    id: i64,
-    password: &str,
-) -> Result<User, AppError> {
-    let h = hash(password).await?;
-    let u = users::get(&state.db, id).await?;
-    users::set_password_hash(&state.db, id, &h, state.clock.now_ms()).await?;
-    // A reset ends the user's other sessions, unless it is one's own.
-    if u.id != by.id {
-        store::sessions::delete_for_user(&state.db, id).await?;
-    }
-    tracing::info!(user = %u.username, by = %by.username, "password reset");
-    audit::record(
-        state,
-        Some(req),
-        Actor::User(by),
-        "user.password_reset",
-        "user",
-        u.id,
-        serde_json::json!({"username": u.username}),
-    )
-    .await;
-    Ok(u)
-}
-
-async fn remove_user(
-    state: &AppState,
-    req: &HttpRequest,
-    by: &User,
-    id: i64,
-) -> Result<User, AppError> {
-    let u = users::delete(&state.db, id).await?;
-    tracing::info!(user = %u.username, by = %by.username, "user removed");
-    audit::record(
-        state,
-        Some(req),
-        Actor::User(by),
-        "user.remove",
-        "user",
-        u.id,
-        serde_json::json!({"username": u.username}),
-    )
-    .await;
-    Ok(u)
 }
 
 async fn api_users_list(
@@ -165,10 +41,9 @@ async fn api_user_create(
     body: web::Json<NewUser>,
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
-    let u = add_user(
+    let u = crate::users::add(
         &state,
-        &req,
-        &user,
+        &super::actor(&user, &req),
         body.username.trim(),
         &body.password,
         &body.role,
@@ -195,7 +70,7 @@ async fn api_user_role(
     body: web::Json<RoleBody>,
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
-    let u = change_role(&state, &req, &user, *id, &body.role).await?;
+    let u = crate::users::change_role(&state, &super::actor(&user, &req), *id, &body.role).await?;
     Ok(HttpResponse::Ok().json(user_json(&u)))
 }
 
@@ -207,7 +82,7 @@ async fn api_user_password(
     body: web::Json<PasswordBody>,
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
-    reset_password(&state, &req, &user, *id, &body.password).await?;
+    crate::users::reset_password(&state, &super::actor(&user, &req), *id, &body.password).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -218,7 +93,7 @@ async fn api_user_delete(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
-    remove_user(&state, &req, &user, *id).await?;
+    crate::users::remove(&state, &super::actor(&user, &req), *id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -229,7 +104,7 @@ async fn render(
     outcome: Result<String, AppError>,
 ) -> Result<HttpResponse, PageError> {
     let (status, error, notice) = match outcome {
-        Ok(n) => (actix_web::http::StatusCode::OK, None, Some(n)),
+        Ok(n) => (StatusCode::OK, None, Some(n)),
         Err(e @ AppError::Internal(_)) => return Err(PageError(e)),
         Err(e) => (
             actix_web::ResponseError::status_code(&e),
@@ -238,22 +113,16 @@ async fn render(
         ),
     };
     let list = users::list(&state.db).await?;
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(
-            views::users::users_page(me, &list, error.as_deref(), notice.as_deref()).into_string(),
-        ))
+    Ok(super::html(
+        status,
+        views::users::users_page(me, &list, error.as_deref(), notice.as_deref()),
+    ))
 }
 
-async fn users_page(
-    state: web::Data<AppState>,
-    user: CurrentUser,
-) -> Result<HttpResponse, PageError> {
+async fn users_page(state: web::Data<AppState>, user: CurrentUser) -> Result<Markup, PageError> {
     user.require(Role::Admin)?;
     let list = users::list(&state.db).await?;
-    Ok(HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(views::users::users_page(&user, &list, None, None).into_string()))
+    Ok(views::users::users_page(&user, &list, None, None))
 }
 
 async fn users_add_submit(
@@ -263,10 +132,9 @@ async fn users_add_submit(
     form: web::Form<NewUser>,
 ) -> Result<HttpResponse, PageError> {
     user.require(Role::Admin)?;
-    let r = add_user(
+    let r = crate::users::add(
         &state,
-        &req,
-        &user,
+        &super::actor(&user, &req),
         form.username.trim(),
         &form.password,
         &form.role,
@@ -284,7 +152,7 @@ async fn users_role_submit(
     form: web::Form<RoleBody>,
 ) -> Result<HttpResponse, PageError> {
     user.require(Role::Admin)?;
-    let r = change_role(&state, &req, &user, *id, &form.role)
+    let r = crate::users::change_role(&state, &super::actor(&user, &req), *id, &form.role)
         .await
         .map(|u| format!("{} is now {}", u.username, u.role.as_str()));
     render(&state, &user, r).await
@@ -298,7 +166,7 @@ async fn users_password_submit(
     form: web::Form<PasswordBody>,
 ) -> Result<HttpResponse, PageError> {
     user.require(Role::Admin)?;
-    let r = reset_password(&state, &req, &user, *id, &form.password)
+    let r = crate::users::reset_password(&state, &super::actor(&user, &req), *id, &form.password)
         .await
         .map(|u| format!("password of {} reset", u.username));
     render(&state, &user, r).await
@@ -311,7 +179,7 @@ async fn users_delete_submit(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, PageError> {
     user.require(Role::Admin)?;
-    let r = remove_user(&state, &req, &user, *id)
+    let r = crate::users::remove(&state, &super::actor(&user, &req), *id)
         .await
         .map(|u| format!("removed {}", u.username));
     render(&state, &user, r).await

@@ -710,3 +710,66 @@ async fn wss_and_https_fail_with_tls_errors_not_a_crypto_provider_panic() {
     assert_eq!(s.connects, 0);
     handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_failed_htmx_request_gets_a_banner_for_the_error_slot_and_a_plain_one_a_page() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let viewer = app.as_role(Role::Viewer).await;
+    // (client, method, path, extra header, status, words of the message)
+    let cases = [
+        (
+            &admin,
+            "GET",
+            routes::host(424242),
+            None,
+            404,
+            "no such host",
+        ),
+        (
+            &viewer,
+            "GET",
+            routes::USERS_PAGE.to_string(),
+            None,
+            403,
+            "your role",
+        ),
+        (
+            &admin,
+            "POST",
+            routes::HOST_NEW.to_string(),
+            Some(("Origin", "http://evil.example")),
+            403,
+            "cross-site",
+        ),
+    ];
+    for (client, method, path, extra, status, words) in cases {
+        for htmx in [true, false] {
+            let mut req = client.request(method.parse().unwrap(), app.at(&path));
+            if htmx {
+                req = req.header("HX-Request", "true");
+            }
+            if let Some((k, v)) = extra {
+                req = req.header(k, v);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), status, "{method} {path} htmx={htmx}");
+            let retarget = r.headers().get("HX-Retarget").cloned();
+            let body = r.text().await.unwrap();
+            assert!(body.contains(words), "{method} {path}: {body}");
+            if htmx {
+                assert_eq!(retarget.unwrap(), "#page-error", "{method} {path}");
+                assert!(
+                    body.contains("data-testid=\"error-banner\"") && !body.contains("<html"),
+                    "{method} {path}: not a banner fragment: {body}"
+                );
+            } else {
+                assert!(retarget.is_none(), "{method} {path}");
+                assert!(
+                    body.contains("<html"),
+                    "{method} {path}: not a page: {body}"
+                );
+            }
+        }
+    }
+}

@@ -492,19 +492,23 @@ async fn the_form_redirects_htmx_to_the_job_or_shows_an_inline_banner() {
     sim::stage_binary(&app, VERSION).await;
     let cfg = app.enrolled_host("web-1").await;
     let admin = app.admin().await;
-    // Offline: an inline banner, no job.
+    // Offline: an inline banner for the page's error slot, no job.
     let r = admin
         .post(app.at(&routes::host_update(cfg.host_id)))
         .header("HX-Request", "true")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.headers()["HX-Retarget"], "#page-error");
+    assert_eq!(r.headers()["HX-Reswap"], "innerHTML");
     let body = r.text().await.unwrap();
     assert!(
         body.contains("error-banner") && body.contains("offline"),
         "{body}"
     );
+    assert!(!body.contains("<html"), "a fragment, not a page: {body}");
+    assert_eq!(app.count("jobs").await, 0);
     let (a, _cmds) = sim::catching_updates(&cfg, OLD, None);
     wait_acked(&a).await;
     let r = admin

@@ -7,7 +7,10 @@
 //! Until the swap, every failure removes `<bin>.new` and leaves the running
 //! binary untouched; errors are written for the person reading the job log.
 
+mod download;
+mod files;
 pub mod handler;
+mod marker;
 pub mod watchdog;
 
 #[cfg(unix)]
@@ -20,20 +23,20 @@ mod windows;
 #[cfg(windows)]
 use windows as platform;
 
-use std::ffi::OsString;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
-
 use crate::config::{self, ServerUrlError};
+use crate::http::snippet;
 use crate::wire::CommandUpdate;
 
+use download::download;
+pub use files::{marker_path, new_path, old_path};
+pub(crate) use files::{parent_dir, remove_quietly, sync_dir, with_suffix};
 pub use handler::{ExitRequest, UPDATE_ALREADY_RUNNING, UpdateHandler};
+pub use marker::{MarkerState, UpdateMarker};
 
 /// The download endpoint, relative to the server URL.
 pub const BINARY_PATH: &str = "agent/binary";
@@ -45,39 +48,10 @@ pub const VERSION_PREFIX: &str = "restic-manager-agent ";
 
 /// How long `<bin>.new --version` may take.
 pub const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest silence between two chunks of the download.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// A sanity bound on `size`: an agent is a few MB, never a gigabyte.
 const MAX_BINARY_BYTES: u64 = 1 << 30;
-/// Most of a refusal's body read.
-const ERROR_BODY_MAX: usize = 64 * 1024;
 /// Upper bound on the staging time a server may grant (one day).
 const MAX_STAGE_SECS: u64 = 24 * 60 * 60;
-/// How much of an unexpected body or output to quote in an error.
-const SNIPPET_CHARS: usize = 200;
-
-/// `<bin>.new`: the download, until it is renamed over the binary.
-pub fn new_path(bin: &Path) -> PathBuf {
-    with_suffix(bin, ".new")
-}
-
-/// `<bin>.old`: a copy of the binary that ran before the swap; the boot
-/// watchdog puts it back when the new one fails.
-pub fn old_path(bin: &Path) -> PathBuf {
-    with_suffix(bin, ".old")
-}
-
-/// `<bin>.update-marker`: see [`UpdateMarker`].
-pub fn marker_path(bin: &Path) -> PathBuf {
-    with_suffix(bin, ".update-marker")
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = OsString::from(path.as_os_str());
-    name.push(suffix);
-    PathBuf::from(name)
-}
 
 /// Why an update did not happen. The `Display` text is what goes into the
 /// job's error, so it is written for a person, not for a log parser.
@@ -185,97 +159,6 @@ pub fn check_own_binary(exe: &Path) -> Result<PathBuf, UpdateError> {
         return Err(refuse(&real, "is not a regular file"));
     }
     Ok(real)
-}
-
-/// What a marker says about the update it describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MarkerState {
-    /// The new binary was renamed into place; it has not yet proven itself.
-    Swapped,
-    /// The boot watchdog put `<bin>.old` back.
-    RolledBack,
-}
-
-/// `<bin>.update-marker`, JSON. Written before the swap, read by the boot
-/// watchdog at every start, deleted once a hello carrying its outcome was
-/// acknowledged. `boots` counts starts of the new binary without such an
-/// acknowledgement; `reason` says why a rollback happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpdateMarker {
-    pub job_id: i64,
-    pub from_version: String,
-    pub to_version: String,
-    pub state: MarkerState,
-    #[serde(default)]
-    pub boots: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-impl UpdateMarker {
-    /// `Ok(None)` when there is no marker.
-    pub fn load(path: &Path) -> Result<Option<Self>, UpdateError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_error("read the update marker", path)(e)),
-        };
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| UpdateError::Marker {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })
-    }
-
-    /// Writes atomically (temp file, fsync, rename, fsync the directory):
-    /// a crash leaves the previous marker or this one, never half of one.
-    pub fn save(&self, path: &Path) -> Result<(), UpdateError> {
-        let tmp = with_suffix(path, ".tmp");
-        let text = serde_json::to_string_pretty(self).unwrap_or_default();
-        let written = (|| {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            drop(file);
-            std::fs::rename(&tmp, path)?;
-            sync_dir(parent_dir(path))
-        })();
-        if written.is_err() {
-            remove_quietly(&tmp);
-        }
-        written.map_err(io_error("write the update marker", path))
-    }
-}
-
-/// Removes a file, ignoring "already gone" and logging anything else.
-pub(crate) fn remove_quietly(path: &Path) {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove a file"),
-    }
-}
-
-pub(crate) fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-/// Makes renames in `dir` durable; without it a power cut can undo them.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::fs::File::open(dir)?.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Ok(())
-    }
 }
 
 /// Everything but exiting: download to `<bin>.new`, verify, preflight,
@@ -398,173 +281,6 @@ async fn stage(
     let line = preflight(staged, &command.target_version).await?;
     log(format!("new binary runs and reports {line:?}"));
     Ok(())
-}
-
-async fn download(
-    url: &url::Url,
-    secret: &str,
-    staged: &Path,
-    command: &CommandUpdate,
-) -> Result<(), UpdateError> {
-    let failed = |reason: String| UpdateError::Download {
-        url: url.to_string(),
-        reason,
-    };
-    // reqwest is built without a default TLS provider and panics without one.
-    crate::install_crypto_provider();
-    let client = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .read_timeout(READ_TIMEOUT)
-        .user_agent(format!("restic-manager-agent/{}", crate::version::VERSION))
-        .build()
-        .map_err(|e| failed(crate::client::error_chain(&e)))?;
-    let mut response = client
-        .get(url.clone())
-        .bearer_auth(secret)
-        .send()
-        .await
-        .map_err(|e| failed(crate::client::error_chain(&e)))?;
-
-    let status = response.status();
-    if !status.is_success() {
-        // Only its start is shown: read no more than 64 KiB of it (a proxy
-        // may answer with a large page); a failure only costs detail.
-        let mut body = Vec::new();
-        while body.len() < ERROR_BODY_MAX {
-            match response.chunk().await {
-                Ok(Some(c)) => body.extend_from_slice(&c),
-                _ => break,
-            }
-        }
-        body.truncate(ERROR_BODY_MAX);
-        return Err(refusal(status, &body));
-    }
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .map(str::to_string)
-    };
-    if let Some(offered) = header(SHA256_HEADER)
-        && !offered.eq_ignore_ascii_case(&command.sha256)
-    {
-        return Err(UpdateError::Offered {
-            what: "a binary with sha256",
-            offered: offered.to_ascii_lowercase(),
-            expected: command.sha256.to_ascii_lowercase(),
-        });
-    }
-    if let Some(offered) = header(VERSION_HEADER)
-        && offered != command.target_version
-    {
-        return Err(UpdateError::Offered {
-            what: "version",
-            offered,
-            expected: command.target_version.clone(),
-        });
-    }
-    if response
-        .content_length()
-        .is_some_and(|len| len > command.size)
-    {
-        return Err(UpdateError::TooLarge {
-            expected: command.size,
-        });
-    }
-
-    // A leftover from an interrupted update is stale: start afresh, and
-    // create the file private until it is verified.
-    remove_quietly(staged);
-    let mut options = tokio::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut file = options
-        .open(staged)
-        .await
-        .map_err(io_error("create", staged))?;
-
-    let mut hasher = Sha256::new();
-    let mut got: u64 = 0;
-    loop {
-        let chunk = match response.chunk().await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(e) => {
-                return Err(UpdateError::Truncated {
-                    got,
-                    expected: command.size,
-                    detail: format!(": {}", crate::client::error_chain(&e)),
-                });
-            }
-        };
-        got += chunk.len() as u64;
-        if got > command.size {
-            return Err(UpdateError::TooLarge {
-                expected: command.size,
-            });
-        }
-        hasher.update(&chunk);
-        file.write_all(&chunk)
-            .await
-            .map_err(io_error("write", staged))?;
-    }
-    if got < command.size {
-        return Err(UpdateError::Truncated {
-            got,
-            expected: command.size,
-            detail: String::new(),
-        });
-    }
-    let digest = hex::encode(hasher.finalize());
-    if !digest.eq_ignore_ascii_case(&command.sha256) {
-        return Err(UpdateError::Checksum {
-            expected: command.sha256.to_ascii_lowercase(),
-            got: digest,
-        });
-    }
-    file.sync_all().await.map_err(io_error("fsync", staged))?;
-    Ok(())
-}
-
-/// The server's `{"error","message"}` when it sent one, else a snippet.
-fn refusal(status: reqwest::StatusCode, body: &[u8]) -> UpdateError {
-    #[derive(Deserialize)]
-    struct ErrorBody {
-        error: String,
-        #[serde(default)]
-        message: String,
-    }
-    match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(err) => UpdateError::Refused {
-            status: status.as_u16(),
-            message: if err.message.is_empty() {
-                status.canonical_reason().unwrap_or("no message").into()
-            } else {
-                err.message
-            },
-            code: err.error,
-        },
-        Err(_) => UpdateError::UnexpectedStatus {
-            status: status.as_u16(),
-            snippet: snippet(body),
-        },
-    }
-}
-
-fn snippet(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    if text.is_empty() {
-        return "(empty)".into();
-    }
-    let mut out: String = text.chars().take(SNIPPET_CHARS).collect();
-    if text.chars().count() > SNIPPET_CHARS {
-        out.push('…');
-    }
-    out
 }
 
 fn set_executable(path: &Path) -> Result<(), UpdateError> {
