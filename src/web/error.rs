@@ -25,6 +25,12 @@ pub enum AppError {
     Conflict(&'static str, String),
     #[error("{1}")]
     TooManyRequests(&'static str, String, u64),
+    /// The agent answered with a failure (502).
+    #[error("{1}")]
+    BadGateway(&'static str, String),
+    /// The agent did not answer in time (504).
+    #[error("{1}")]
+    GatewayTimeout(&'static str, String),
     #[error("cross-site request refused: submit the form from this server's own pages")]
     CrossSite,
     #[error("internal error")]
@@ -44,6 +50,8 @@ impl AppError {
             | AppError::NotFound(c, _)
             | AppError::Conflict(c, _)
             | AppError::TooManyRequests(c, _, _)
+            | AppError::BadGateway(c, _)
+            | AppError::GatewayTimeout(c, _)
             | AppError::Unauthenticated(c, _) => c,
             AppError::Unauthorized => "unauthorized",
             AppError::BadCredentials(_) => "invalid_credentials",
@@ -127,6 +135,8 @@ impl ResponseError for AppError {
             AppError::NotFound(..) => StatusCode::NOT_FOUND,
             AppError::Conflict(..) => StatusCode::CONFLICT,
             AppError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
+            AppError::BadGateway(..) => StatusCode::BAD_GATEWAY,
+            AppError::GatewayTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -264,12 +264,19 @@ async fn host_page(
     let live_update = store::jobs::live_of_kind(&state.db, h.id, store::jobs::JobKind::Update)
         .await?
         .map(|j| j.id);
+    // Snapshots and the restore flow (web/restore.rs).
+    let snapshots = views::restore::host_snapshots_section(
+        h.id,
+        &super::restore::host_snapshots(&state, h.id).await?,
+        user.role >= Role::Operator,
+    );
     Ok(html(views::host::host_page(
         &user,
         &h,
         &recent,
         live_update,
         now,
+        snapshots,
     )))
 }
 

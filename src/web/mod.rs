@@ -14,6 +14,7 @@ pub mod hosts;
 pub mod jobs;
 pub mod notifications;
 pub mod repositories;
+pub mod restore;
 pub mod users;
 pub mod version;
 
@@ -91,6 +92,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     fleet::configure(cfg);
     jobs::configure(cfg);
     repositories::configure(cfg);
+    restore::configure(cfg);
     users::configure(cfg);
     audit::configure(cfg);
     alerts::configure(cfg);

@@ -16,4 +16,5 @@ mod audit;
 mod fleet;
 mod jobs;
 mod restic;
+mod restore;
 mod updates;
