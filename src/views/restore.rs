@@ -92,7 +92,7 @@ pub fn restore_panel(v: &PanelView) -> Markup {
                     legend class="label" { "What to restore" }
                     p class="text-xs text-gray-500 mb-2" { "Open folders to look inside; tick files or folders. Nothing ticked restores the whole snapshot." }
                     div class="border rounded p-2 max-h-96 overflow-auto text-sm" data-testid="browser"
-                        hx-get=(routes::host_browse(v.host.id, v.repo.id, &s.snapshot_id, "/")) hx-trigger="load" hx-swap="innerHTML" {
+                        hx-get=(routes::host_browse(v.host.id, v.repo.id, &s.snapshot_id, "/")) hx-trigger="load" hx-target="this" hx-swap="innerHTML" {
                         span class="text-gray-500" { "Listing the snapshot…" }
                     }
                 }
