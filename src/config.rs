@@ -39,6 +39,9 @@ pub struct Settings {
     pub stage_sibling_agent: bool,
     /// Key for repository secrets at rest (`secrets.rs`).
     pub secret_key_file: PathBuf,
+    /// How long browsing a snapshot waits for the agent's `ls` before
+    /// answering 504 `agent_timeout`.
+    pub browse_timeout: Duration,
 }
 
 impl Settings {
@@ -68,6 +71,7 @@ impl Settings {
                 .unwrap_or(2),
             stage_sibling_agent: true,
             secret_key_file,
+            browse_timeout: Duration::from_secs(30),
         }
     }
 

@@ -23,6 +23,12 @@ pub enum AppError {
     Conflict(&'static str, String),
     #[error("{1}")]
     TooManyRequests(&'static str, String, u64),
+    /// The agent answered with a failure (502).
+    #[error("{1}")]
+    BadGateway(&'static str, String),
+    /// The agent did not answer in time (504).
+    #[error("{1}")]
+    GatewayTimeout(&'static str, String),
     #[error("cross-site request refused: submit the form from this server's own pages")]
     CrossSite,
     #[error("internal error")]
@@ -36,6 +42,8 @@ impl AppError {
             | AppError::NotFound(c, _)
             | AppError::Conflict(c, _)
             | AppError::TooManyRequests(c, _, _)
+            | AppError::BadGateway(c, _)
+            | AppError::GatewayTimeout(c, _)
             | AppError::Unauthenticated(c, _) => c,
             AppError::Unauthorized => "unauthorized",
             AppError::BadCredentials(_) => "invalid_credentials",

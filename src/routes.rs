@@ -29,6 +29,11 @@ pub const REPOSITORY_PAGE: &str = "/repositories/{id}";
 pub const REPOSITORY_DELETE: &str = "/repositories/{id}/delete";
 pub const REPOSITORY_JOBS: &str = "/repositories/{id}/jobs";
 
+/// The restore flow on a host page: the panel (GET) and its form (POST).
+pub const HOST_RESTORE: &str = "/hosts/{id}/restore";
+/// One directory of a snapshot, as the restore panel's browser shows it.
+pub const HOST_BROWSE: &str = "/hosts/{id}/browse";
+
 pub const USERS_PAGE: &str = "/settings/users";
 pub const USER_ROLE: &str = "/settings/users/{id}/role";
 pub const USER_PASSWORD: &str = "/settings/users/{id}/password";
@@ -67,6 +72,9 @@ pub const API_JOB_CANCEL: &str = "/api/jobs/{id}/cancel";
 pub const API_REPOSITORIES: &str = "/api/repositories";
 pub const API_REPOSITORY: &str = "/api/repositories/{id}";
 pub const API_REPOSITORY_JOBS: &str = "/api/repositories/{id}/jobs";
+pub const API_SNAPSHOTS: &str = "/api/snapshots";
+pub const API_SNAPSHOT_LS: &str = "/api/repositories/{id}/snapshots/{snapshot_id}/ls";
+pub const API_RESTORES: &str = "/api/restores";
 pub const API_ALERTS: &str = "/api/alerts";
 pub const API_ALERT_RESOLVE: &str = "/api/alerts/{id}/resolve";
 pub const API_FLEET_UPDATE: &str = "/api/fleet/update";
@@ -168,11 +176,18 @@ pub const ALL: &[Route] = &[
     row(Get, REPOSITORY_PAGE, VIEWER),
     row(Get, API_REPOSITORIES, VIEWER),
     row(Get, API_REPOSITORY, VIEWER),
+    row(Get, API_SNAPSHOTS, VIEWER),
     // Operator (RESTIC.md "Roles"; some kinds need admin, checked per request).
     row(Post, JOB_CANCEL, OPERATOR),
     row(Post, API_JOB_CANCEL, OPERATOR),
     row(Post, REPOSITORY_JOBS, OPERATOR),
     row(Post, API_REPOSITORY_JOBS, OPERATOR),
+    // Browse and restore (onto another host or in place: admin, per request).
+    row(Get, API_SNAPSHOT_LS, OPERATOR),
+    row(Post, API_RESTORES, OPERATOR),
+    row(Get, HOST_RESTORE, OPERATOR),
+    row(Post, HOST_RESTORE, OPERATOR),
+    row(Get, HOST_BROWSE, OPERATOR),
     // Admin.
     row(Get, HOST_NEW, ADMIN),
     row(Post, HOST_NEW, ADMIN),
@@ -308,6 +323,38 @@ pub fn api_repository(id: i64) -> String {
 pub fn api_repository_jobs(id: i64) -> String {
     with_id(API_REPOSITORY_JOBS, id)
 }
+/// The ls API for one directory of a snapshot (`path` URL-encoded).
+pub fn api_snapshot_ls(repository_id: i64, snapshot_id: &str, path: &str) -> String {
+    format!(
+        "{}?path={}",
+        with_id(API_SNAPSHOT_LS, repository_id).replacen(
+            "{snapshot_id}",
+            &urlencoding::encode(snapshot_id),
+            1
+        ),
+        urlencoding::encode(path)
+    )
+}
+pub fn host_restore(id: i64) -> String {
+    with_id(HOST_RESTORE, id)
+}
+/// The restore panel for one snapshot.
+pub fn host_restore_snapshot(id: i64, repository_id: i64, snapshot_id: &str) -> String {
+    format!(
+        "{}?repository_id={repository_id}&snapshot_id={}",
+        host_restore(id),
+        urlencoding::encode(snapshot_id)
+    )
+}
+/// One directory of a snapshot in the restore panel (`path` URL-encoded).
+pub fn host_browse(id: i64, repository_id: i64, snapshot_id: &str, path: &str) -> String {
+    format!(
+        "{}?repository_id={repository_id}&snapshot_id={}&path={}",
+        with_id(HOST_BROWSE, id),
+        urlencoding::encode(snapshot_id),
+        urlencoding::encode(path)
+    )
+}
 pub fn alert_resolve(id: i64) -> String {
     with_id(ALERT_RESOLVE, id)
 }
@@ -353,5 +400,9 @@ mod tests {
         assert_eq!(host(7), "/hosts/7");
         assert_eq!(api_fleet_run_cancel(3), "/api/fleet-updates/3/cancel");
         assert_eq!(job_events_after(5, 9), "/jobs/5/events?after=9");
+        assert_eq!(
+            api_snapshot_ls(2, "ab12", "/srv/a dir/ü&x"),
+            "/api/repositories/2/snapshots/ab12/ls?path=%2Fsrv%2Fa%20dir%2F%C3%BC%26x"
+        );
     }
 }

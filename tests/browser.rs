@@ -1193,3 +1193,265 @@ async fn admin_adds_a_repository_whose_secrets_never_come_back_and_runs_a_job() 
     assert!(violations.is_empty(), "{violations:?}");
     b.close().await;
 }
+
+/// A job through the admin API, once it ended.
+async fn finished_job(app: &TestApp, admin: &reqwest::Client, id: i64) -> Value {
+    eventually_within(
+        Duration::from_secs(120),
+        &format!("job {id} ends"),
+        || async {
+            let j: Value = admin
+                .get(app.at(&restic_manager::routes::api_job(id)))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (!matches!(j["status"].as_str(), Some("queued" | "running"))).then_some(j)
+        },
+    )
+    .await
+}
+
+/// Every regular file below `root` (relative path → sha256).
+fn tree_hashes(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use sha2::Digest;
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.insert(
+                    rel,
+                    hex::encode(sha2::Sha256::digest(std::fs::read(&p).unwrap())),
+                );
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// The restore flow as an admin does it on the host page: pick the
+/// snapshot, open folders down to a name with a space and one with
+/// non-ASCII letters, tick two of them, ask for an in-place restore and be
+/// refused a wrong typed name (nothing queued), then restore into a new
+/// directory and land on the job page, which goes live to its result. The
+/// restored files match the source byte for byte.
+#[tokio::test]
+async fn restore_flow_browses_ticks_confirms_and_lands_on_the_live_job() {
+    use agent::restic::{ResticHandler, ResticSettings};
+    use restic_manager::{
+        restic::jobs::{Requester, enqueue},
+        routes,
+        store::{self, jobs::ActorKind, jobs::JobKind},
+    };
+    let restic = std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("restic"))
+                .find(|p| p.is_file())
+        })
+        .expect("restic is not installed: this test needs it (apt-get install restic)");
+    let lab = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let cfg = app.enrolled_host("web-1").await;
+    let host = cfg.host_id;
+    let mut opts = common::sim::agent_options(&cfg, "v-restic");
+    std::fs::create_dir_all(lab.path().join("secrets")).unwrap();
+    opts.handler = std::sync::Arc::new(ResticHandler::new(ResticSettings {
+        restic_path: restic,
+        cache_dir: lab.path().join("cache"),
+        cancel_grace: Duration::from_secs(5),
+        secrets_dir: Some(lab.path().join("secrets")),
+    }));
+    let agent = agent::client::spawn(cfg.clone(), opts);
+    wait_acked(&agent).await;
+    eventually("restic version reported", || async {
+        app.host_json(host).await["restic_version"]
+            .as_str()
+            .map(|_| ())
+    })
+    .await;
+
+    // A local repository with one backup of a small tree.
+    let data = lab.path().join("data");
+    std::fs::create_dir_all(data.join("sub dir/ünï")).unwrap();
+    std::fs::write(data.join("hello.txt"), b"hello restic\n").unwrap();
+    std::fs::write(data.join("sub dir/with space.txt"), b"spaced out\n").unwrap();
+    std::fs::write(data.join("sub dir/ünï/naïve.bin"), [7u8; 4096]).unwrap();
+    let r = admin
+        .post(app.at(routes::API_REPOSITORIES))
+        .json(&json!({"name": "local", "url": lab.path().join("repo"), "password": "pw-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let repo_id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let r = admin
+        .post(app.at(&routes::api_repository_jobs(repo_id)))
+        .json(&json!({"kind": "init", "host_id": host}))
+        .send()
+        .await
+        .unwrap();
+    let init = r.json::<Value>().await.unwrap()["job_ids"][0]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        finished_job(&app, &admin, init).await["status"],
+        "succeeded"
+    );
+    let repo = store::repositories::get(app.db(), repo_id).await.unwrap();
+    let who = Requester {
+        kind: ActorKind::User,
+        id: None,
+        name: "test".into(),
+    };
+    let options = agent::wire::ResticOptions {
+        paths: vec![data.display().to_string()],
+        host: Some("web-1".into()),
+        ..Default::default()
+    };
+    let b = enqueue(
+        app.state(),
+        &who,
+        &repo,
+        host,
+        JobKind::Backup,
+        None,
+        &options,
+    )
+    .await
+    .unwrap();
+    let j = finished_job(&app, &admin, b.id).await;
+    assert_eq!(j["status"], "succeeded", "{j}");
+    let snap = j["result"]["snapshot_id"].as_str().unwrap().to_string();
+
+    let b = Browser::open(&app).await;
+    b.login("admin", ADMIN_PASSWORD).await;
+    b.goto(&routes::host(host)).await;
+    assert!(
+        b.text("[data-testid=host-snapshot-row]")
+            .await
+            .contains(&snap[..8])
+    );
+    b.click("[data-testid=restore-snapshot]").await;
+    b.wait_css("[data-testid=restore-panel] [data-testid=browse-list]")
+        .await;
+    assert_eq!(
+        b.attr("[data-testid=restore-target]", "value").await,
+        Some(format!("/var/tmp/restore-{}", &snap[..8]))
+    );
+    // Down the folders to the data, one htmx listing each.
+    let mut sel = String::from("[data-testid=browser]");
+    let components: Vec<String> = data
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .chain(["sub dir".to_string(), "ünï".to_string()])
+        .collect();
+    for name in &components {
+        let entry = format!("{sel} [data-testid=browse-entry][data-name=\"{name}\"]");
+        b.click(&format!("{entry} > [data-testid=open-dir]")).await;
+        sel = format!("{entry} > .browse-children");
+        b.wait_css(&format!("{sel} [data-testid=browse-list]"))
+            .await;
+    }
+    // Inside "ünï": one file; its parent "sub dir" has the spaced file.
+    let inner = b.texts(&format!("{sel} [data-testid=browse-entry]")).await;
+    assert_eq!(inner.len(), 1, "{inner:?}");
+    assert!(inner[0].contains("naïve.bin"), "{inner:?}");
+    let sub = "[data-testid=browse-entry][data-name=\"sub dir\"] > .browse-children";
+    let listed = b
+        .texts(&format!("{sub} > ul > [data-testid=browse-entry]"))
+        .await;
+    assert_eq!(listed.len(), 2, "one level only: {listed:?}");
+    b.click(&format!(
+        "{sub} [data-testid=browse-entry][data-name=\"with space.txt\"] > input"
+    ))
+    .await;
+    b.click(&format!(
+        "{sel} [data-testid=browse-entry][data-name=\"naïve.bin\"] > input"
+    ))
+    .await;
+    b.js("document.querySelector('[data-testid=restore-panel]').scrollIntoView(); return null")
+        .await;
+    b.screenshot("restore-browse.png").await;
+
+    // In place: the review asks for the host's name; a wrong one is refused.
+    b.click("[data-testid=restore-in-place]").await;
+    b.click("[data-testid=restore-review]").await;
+    b.wait_css("[data-testid=restore-confirm] [data-testid=confirm-name]")
+        .await;
+    assert!(
+        b.text("[data-testid=confirm-paths]")
+            .await
+            .contains("2 selected")
+    );
+    b.fill("[data-testid=confirm-name]", "web-1").await;
+    b.screenshot("restore-confirm.png").await;
+    b.fill("[data-testid=confirm-name]", "web-2").await;
+    b.click("[data-testid=confirm-restore]").await;
+    assert!(
+        b.text("#restore-confirm-result [data-testid=error-banner]")
+            .await
+            .contains("web-1")
+    );
+    let restores = || async {
+        app.query_one("SELECT CAST(COUNT(*) AS TEXT) FROM jobs WHERE kind = 'restore'")
+            .await
+    };
+    assert_eq!(restores().await.as_deref(), Some("0"));
+
+    // Into a new directory instead: review, confirm, the job page.
+    let target = lab.path().join("restored");
+    b.click("[data-testid=restore-in-place]").await;
+    b.fill("[data-testid=restore-target]", target.to_str().unwrap())
+        .await;
+    b.click("[data-testid=restore-review]").await;
+    let deadline = Instant::now() + UI_WAIT;
+    let into = target.to_str().unwrap();
+    while !b.text("[data-testid=confirm-target]").await.contains(into) {
+        assert!(Instant::now() < deadline, "{}", b.describe().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        b.c.find(Locator::Css("[data-testid=confirm-name]"))
+            .await
+            .is_err()
+    );
+    b.click("[data-testid=confirm-restore]").await;
+    let deadline = Instant::now() + UI_WAIT;
+    while !b.location().await.starts_with("/jobs/") {
+        assert!(Instant::now() < deadline, "{}", b.describe().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let job_id: i64 = b.location().await["/jobs/".len()..].parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while b.texts("#job-summary [data-testid=job-status]").await != ["succeeded"] {
+        assert!(Instant::now() < deadline, "{}", b.describe().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let result = b.text("[data-testid=job-result]").await;
+    assert!(result.starts_with("2 files"), "{result}");
+    let j = finished_job(&app, &admin, job_id).await;
+    assert_eq!(j["kind"], "restore");
+    assert_eq!(j["result"]["files_restored"], 2);
+    let source: std::collections::BTreeMap<_, _> = tree_hashes(&data)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("sub dir/"))
+        .collect();
+    assert_eq!(
+        tree_hashes(&target.join(data.strip_prefix("/").unwrap())),
+        source
+    );
+    b.close().await;
+    agent.shutdown().await;
+}

@@ -10,6 +10,7 @@ pub mod events;
 pub mod jobs;
 pub mod repo_url;
 pub mod repositories;
+pub mod restore;
 pub mod schedule;
 
 use std::{

@@ -65,6 +65,7 @@ pub fn host_page(
     recent_jobs: &[(crate::store::jobs::Job, String)],
     live_update_job: Option<i64>,
     now_ms: i64,
+    snapshots: Markup,
 ) -> Markup {
     let admin = user.role == crate::store::users::Role::Admin;
     page(
@@ -101,6 +102,8 @@ pub fn host_page(
                 }
                 div class="card p-0 overflow-x-auto" data-testid="recent-jobs" { (super::jobs::jobs_table(recent_jobs, now_ms)) }
             }
+            // Snapshots and the restore flow (views/restore.rs).
+            (snapshots)
         },
     )
 }

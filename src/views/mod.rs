@@ -11,6 +11,7 @@ pub mod layout;
 pub mod login;
 pub mod notifications;
 pub mod repositories;
+pub mod restore;
 pub mod users;
 
 use actix_web::http::StatusCode;

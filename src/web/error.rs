@@ -33,6 +33,8 @@ impl ResponseError for AppError {
             AppError::NotFound(..) => StatusCode::NOT_FOUND,
             AppError::Conflict(..) => StatusCode::CONFLICT,
             AppError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
+            AppError::BadGateway(..) => StatusCode::BAD_GATEWAY,
+            AppError::GatewayTimeout(..) => StatusCode::GATEWAY_TIMEOUT,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

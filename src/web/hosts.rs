@@ -256,7 +256,20 @@ async fn host_page(
     let live_update = store::jobs::live_of_kind(&state.db, h.id, store::jobs::JobKind::Update)
         .await?
         .map(|j| j.id);
-    Ok(views::host::host_page(&user, &h, &recent, live_update, now))
+    // Snapshots and the restore flow (web/restore.rs).
+    let snapshots = views::restore::host_snapshots_section(
+        h.id,
+        &super::restore::host_snapshots(&state, h.id).await?,
+        user.role >= Role::Operator,
+    );
+    Ok(views::host::host_page(
+        &user,
+        &h,
+        &recent,
+        live_update,
+        now,
+        snapshots,
+    ))
 }
 
 async fn host_new_page(user: CurrentUser) -> Result<Markup, PageError> {

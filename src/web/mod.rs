@@ -15,6 +15,7 @@ pub mod job_events;
 pub mod jobs;
 pub mod notifications;
 pub mod repositories;
+pub mod restore;
 pub mod users;
 pub mod version;
 
@@ -93,6 +94,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     jobs::configure(cfg);
     job_events::configure(cfg);
     repositories::configure(cfg);
+    restore::configure(cfg);
     users::configure(cfg);
     audit::configure(cfg);
     alerts::configure(cfg);

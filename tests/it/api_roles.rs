@@ -125,6 +125,35 @@ fn table() -> Vec<Route> {
         r("POST", "/repositories/{repo}/jobs", OPERATOR, false, 303).form("kind=snapshots"),
         r("POST", "/api/jobs/{rjob}/cancel", OPERATOR, true, 200),
         r("POST", "/jobs/{rjob}/cancel", OPERATOR, false, 303),
+        // Browse and restore: the fixture host is offline, so browsing says
+        // host_offline (409, in place on the page) and restores queue.
+        r("GET", routes::API_SNAPSHOTS, VIEWER, true, 200),
+        r(
+            "GET",
+            "/api/repositories/{repo}/snapshots/{snap}/ls?path=%2Fsrv",
+            OPERATOR,
+            true,
+            409,
+        ),
+        r("POST", routes::API_RESTORES, OPERATOR, true, 202).json(
+            r#"{"repository_id":{repo},"snapshot_id":"{snap}","host_id":{rhost},"target":"/var/tmp/rm-restore-{n}"}"#,
+        ),
+        r(
+            "GET",
+            "/hosts/{rhost}/restore?repository_id={repo}&snapshot_id={snap}",
+            OPERATOR,
+            false,
+            200,
+        ),
+        r("POST", "/hosts/{rhost}/restore", OPERATOR, false, 200)
+            .form("repository_id={repo}&snapshot_id={snap}&target=%2Fvar%2Ftmp%2Frm-{n}"),
+        r(
+            "GET",
+            "/hosts/{rhost}/browse?repository_id={repo}&snapshot_id={snap}&path=%2F",
+            OPERATOR,
+            false,
+            200,
+        ),
         // Admin.
         r("POST", routes::API_REPOSITORIES, ADMIN, true, 201)
             .json(r#"{"name":"api-repo-{n}","url":"/tmp/rm-api-repo-{n}","password":"pw-{n}"}"#),
@@ -285,6 +314,39 @@ impl Runner {
             .await
             .unwrap();
             path = path.replace("{repo}", &repo.id.to_string());
+            if path.contains("{snap}") {
+                // A snapshot the fixture host made (as a backup would index it).
+                let snap = format!("{n:08x}{}", "0".repeat(56));
+                restic_manager::store::snapshots::upsert(
+                    self.app.db(),
+                    &restic_manager::store::snapshots::NewSnapshot {
+                        repository_id: repo.id,
+                        scope_host_id: 0,
+                        snap: restic_manager::store::snapshots::Snapshot {
+                            repository_id: repo.id,
+                            host_id: Some(host_id),
+                            plan_id: None,
+                            snapshot_id: snap.clone(),
+                            short_id: snap[..8].to_string(),
+                            time: self.app.clock.now_ms(),
+                            hostname: format!("repo-host-{n}"),
+                            paths: vec!["/srv".into()],
+                            tags: vec![],
+                            job_id: None,
+                            files_new: None,
+                            files_changed: None,
+                            data_added: None,
+                            total_bytes_processed: None,
+                            duration_ms: None,
+                        },
+                    },
+                )
+                .await
+                .unwrap();
+                path = path
+                    .replace("{snap}", &snap)
+                    .replace("{rhost}", &host_id.to_string());
+            }
             if path.contains("{rjob}") {
                 let who = restic_manager::restic::jobs::Requester {
                     kind: jobs::ActorKind::System,
@@ -361,7 +423,29 @@ impl Runner {
     }
 
     async fn check(&mut self, route: &Route) {
-        let path = self.concrete(route.path).await;
+        // Fixtures a body names: made once, with the path's placeholders.
+        let body_text = match route.body {
+            Body::Json(b) | Body::Form(b) => b,
+            Body::None => "",
+        };
+        let mut template = route.path.to_string();
+        let body_keys = ["{repo}", "{snap}", "{rhost}"];
+        let in_body: Vec<&str> = body_keys
+            .into_iter()
+            .filter(|k| body_text.contains(k))
+            .collect();
+        if !in_body.is_empty() {
+            // Carry the body's placeholders through the path's fixture step.
+            template.push('#');
+            template.push_str(&in_body.join("|"));
+        }
+        let filled = self.concrete(&template).await;
+        let (path, carried) = match filled.split_once('#') {
+            Some((p, c)) => (p.to_string(), c.split('|').map(str::to_string).collect()),
+            None => (filled, Vec::<String>::new()),
+        };
+        let fixtures: Vec<(String, String)> =
+            in_body.iter().map(|k| k.to_string()).zip(carried).collect();
         let n = self.n.to_string();
         let client = self.app.with_session(self.token.as_deref());
         let mut url = self.app.at(&path);
@@ -375,14 +459,21 @@ impl Runner {
             "PATCH" => client.patch(&url),
             other => panic!("method {other} not in the runner"),
         };
+        // A body naming fixtures gets them (the path's, when it has some).
+        let fill = |b: &str| {
+            let b = b.replace("{n}", &n);
+            let mut out = b.clone();
+            for (k, v) in &fixtures {
+                out = out.replace(k.as_str(), v);
+            }
+            out
+        };
         req = match route.body {
             Body::None => req,
-            Body::Json(b) => req
-                .header("Content-Type", "application/json")
-                .body(b.replace("{n}", &n)),
+            Body::Json(b) => req.header("Content-Type", "application/json").body(fill(b)),
             Body::Form(b) => req
                 .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(b.replace("{n}", &n)),
+                .body(fill(b)),
         };
         let before = self.app.snapshot().await;
         let resp = req.send().await.unwrap();
@@ -567,6 +658,8 @@ async fn admin_may_do_everything_but_use_agent_endpoints_with_a_session() {
 fn normalize(path: &str) -> String {
     let mut out = String::new();
     let mut in_param = false;
+    // The query the table sends is no part of the route.
+    let path = path.split('?').next().unwrap_or(path);
     for c in path.chars() {
         match c {
             '{' => {

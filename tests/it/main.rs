@@ -17,4 +17,5 @@ mod fleet;
 mod jobs;
 mod migrations;
 mod restic;
+mod restore;
 mod updates;
