@@ -39,6 +39,8 @@ pub struct Settings {
     pub stage_sibling_agent: bool,
     /// Key for repository secrets at rest (`secrets.rs`).
     pub secret_key_file: PathBuf,
+    /// Plans without a time zone and maintenance schedules run in this one.
+    pub timezone: chrono_tz::Tz,
 }
 
 impl Settings {
@@ -68,6 +70,7 @@ impl Settings {
                 .unwrap_or(2),
             stage_sibling_agent: true,
             secret_key_file,
+            timezone: chrono_tz::Tz::UTC,
         }
     }
 
@@ -94,6 +97,7 @@ impl std::fmt::Debug for Settings {
             .field("update_timeout", &self.update_timeout)
             .field("update_min_healthy", &self.update_min_healthy)
             .field("offline_alert_after", &self.offline_alert_after)
+            .field("timezone", &self.timezone)
             .finish_non_exhaustive()
     }
 }

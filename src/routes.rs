@@ -29,6 +29,14 @@ pub const REPOSITORY_PAGE: &str = "/repositories/{id}";
 pub const REPOSITORY_DELETE: &str = "/repositories/{id}/delete";
 pub const REPOSITORY_JOBS: &str = "/repositories/{id}/jobs";
 
+pub const PLANS_PAGE: &str = "/plans";
+pub const PLAN_PREVIEW: &str = "/plans/preview";
+pub const PLAN_PAGE: &str = "/plans/{id}";
+pub const PLAN_DELETE: &str = "/plans/{id}/delete";
+pub const PLAN_RUN: &str = "/plans/{id}/run";
+pub const HOST_PLANS: &str = "/hosts/{id}/plans";
+pub const HOST_LABELS: &str = "/hosts/{id}/labels";
+
 pub const USERS_PAGE: &str = "/settings/users";
 pub const USER_ROLE: &str = "/settings/users/{id}/role";
 pub const USER_PASSWORD: &str = "/settings/users/{id}/password";
@@ -67,6 +75,9 @@ pub const API_JOB_CANCEL: &str = "/api/jobs/{id}/cancel";
 pub const API_REPOSITORIES: &str = "/api/repositories";
 pub const API_REPOSITORY: &str = "/api/repositories/{id}";
 pub const API_REPOSITORY_JOBS: &str = "/api/repositories/{id}/jobs";
+pub const API_PLANS: &str = "/api/plans";
+pub const API_PLAN: &str = "/api/plans/{id}";
+pub const API_PLAN_RUN: &str = "/api/plans/{id}/run";
 pub const API_ALERTS: &str = "/api/alerts";
 pub const API_ALERT_RESOLVE: &str = "/api/alerts/{id}/resolve";
 pub const API_FLEET_UPDATE: &str = "/api/fleet/update";
@@ -168,11 +179,19 @@ pub const ALL: &[Route] = &[
     row(Get, REPOSITORY_PAGE, VIEWER),
     row(Get, API_REPOSITORIES, VIEWER),
     row(Get, API_REPOSITORY, VIEWER),
+    row(Get, PLANS_PAGE, VIEWER),
+    row(Get, PLAN_PREVIEW, VIEWER),
+    row(Get, PLAN_PAGE, VIEWER),
+    row(Get, HOST_PLANS, VIEWER),
+    row(Get, API_PLANS, VIEWER),
+    row(Get, API_PLAN, VIEWER),
     // Operator (RESTIC.md "Roles"; some kinds need admin, checked per request).
     row(Post, JOB_CANCEL, OPERATOR),
     row(Post, API_JOB_CANCEL, OPERATOR),
     row(Post, REPOSITORY_JOBS, OPERATOR),
     row(Post, API_REPOSITORY_JOBS, OPERATOR),
+    row(Post, PLAN_RUN, OPERATOR),
+    row(Post, API_PLAN_RUN, OPERATOR),
     // Admin.
     row(Get, HOST_NEW, ADMIN),
     row(Post, HOST_NEW, ADMIN),
@@ -214,6 +233,14 @@ pub const ALL: &[Route] = &[
     row(Post, API_REPOSITORIES, ADMIN),
     row(Patch, API_REPOSITORY, ADMIN),
     row(Delete, API_REPOSITORY, ADMIN),
+    row(Post, PLANS_PAGE, ADMIN),
+    row(Post, PLAN_PAGE, ADMIN),
+    row(Post, PLAN_DELETE, ADMIN),
+    row(Post, API_PLANS, ADMIN),
+    row(Patch, API_PLAN, ADMIN),
+    row(Delete, API_PLAN, ADMIN),
+    row(Patch, API_HOST, ADMIN),
+    row(Post, HOST_LABELS, ADMIN),
 ];
 
 /// The row of `ALL` for `method path` (`path` as the pattern constant).
@@ -307,6 +334,27 @@ pub fn api_repository(id: i64) -> String {
 }
 pub fn api_repository_jobs(id: i64) -> String {
     with_id(API_REPOSITORY_JOBS, id)
+}
+pub fn plan(id: i64) -> String {
+    with_id(PLAN_PAGE, id)
+}
+pub fn plan_delete(id: i64) -> String {
+    with_id(PLAN_DELETE, id)
+}
+pub fn plan_run(id: i64) -> String {
+    with_id(PLAN_RUN, id)
+}
+pub fn host_plans(id: i64) -> String {
+    with_id(HOST_PLANS, id)
+}
+pub fn host_labels(id: i64) -> String {
+    with_id(HOST_LABELS, id)
+}
+pub fn api_plan(id: i64) -> String {
+    with_id(API_PLAN, id)
+}
+pub fn api_plan_run(id: i64) -> String {
+    with_id(API_PLAN_RUN, id)
 }
 pub fn alert_resolve(id: i64) -> String {
     with_id(ALERT_RESOLVE, id)

@@ -8,9 +8,11 @@
 pub mod dispatch;
 pub mod events;
 pub mod jobs;
+pub mod plans;
 pub mod repo_url;
 pub mod repositories;
 pub mod schedule;
+pub mod scheduler;
 
 use std::{
     collections::HashMap,
@@ -28,6 +30,8 @@ pub struct Restic {
     parts: Mutex<HashMap<i64, Vec<SnapshotInfo>>>,
     /// Wakes the dispatcher: a job was queued or ended, a host connected.
     wake: Notify,
+    /// Wakes the scheduler: plans, labels, hosts or repositories changed.
+    scheduler: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -42,6 +46,11 @@ impl Restic {
     /// Asks the dispatcher to look at the queue again.
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Asks the scheduler to re-read plans and coverage.
+    pub fn wake_scheduler(&self) {
+        self.scheduler.notify_one();
     }
 
     pub fn progress(&self, job_id: i64) -> Option<JobProgress> {

@@ -13,6 +13,7 @@ pub mod host_update;
 pub mod hosts;
 pub mod jobs;
 pub mod notifications;
+pub mod plans;
 pub mod repositories;
 pub mod users;
 pub mod version;
@@ -91,6 +92,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     fleet::configure(cfg);
     jobs::configure(cfg);
     repositories::configure(cfg);
+    plans::configure(cfg);
     users::configure(cfg);
     audit::configure(cfg);
     alerts::configure(cfg);
