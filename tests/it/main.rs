@@ -15,5 +15,6 @@ mod api_roles;
 mod audit;
 mod fleet;
 mod jobs;
+mod plans;
 mod restic;
 mod updates;

@@ -26,13 +26,13 @@ use serde_json::{Value, json};
 
 use crate::common::{sim::agent_options, *};
 
-const JOB_WAIT: Duration = Duration::from_secs(180);
+pub(crate) const JOB_WAIT: Duration = Duration::from_secs(180);
 
-fn restic_bin() -> PathBuf {
+pub(crate) fn restic_bin() -> PathBuf {
     which("restic").expect("restic is not installed: these tests need it (apt-get install restic)")
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|d| d.join(name))
@@ -41,24 +41,24 @@ fn which(name: &str) -> Option<PathBuf> {
 }
 
 /// Per test: a temp dir for repositories, data, caches and secrets.
-struct Lab {
+pub(crate) struct Lab {
     dir: tempfile::TempDir,
 }
 
 impl Lab {
-    fn new() -> Lab {
+    pub(crate) fn new() -> Lab {
         restic_bin();
         Lab {
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
     /// An in-process agent that runs real restic.
-    fn agent(&self, cfg: &AgentConfig, restic: &Path) -> AgentHandle {
+    pub(crate) fn agent(&self, cfg: &AgentConfig, restic: &Path) -> AgentHandle {
         let mut opts = agent_options(cfg, "v-restic");
         let name = format!("agent-{}", cfg.host_id);
         opts.handler = Arc::new(ResticHandler::new(ResticSettings {
@@ -73,7 +73,7 @@ impl Lab {
 
     /// A tree of files with a space and a non-ASCII name; `big_mb` of
     /// incompressible data on top (for runs that must take a while).
-    fn data(&self, name: &str, big_mb: usize) -> PathBuf {
+    pub(crate) fn data(&self, name: &str, big_mb: usize) -> PathBuf {
         let root = self.path(name);
         std::fs::create_dir_all(root.join("sub dir/ünï")).unwrap();
         std::fs::write(root.join("hello.txt"), b"hello restic\n").unwrap();
@@ -98,20 +98,20 @@ impl Lab {
 }
 
 /// An admin client kept for the whole test (logging in per call is slow).
-struct Api<'a> {
-    app: &'a TestApp,
-    c: reqwest::Client,
+pub(crate) struct Api<'a> {
+    pub(crate) app: &'a TestApp,
+    pub(crate) c: reqwest::Client,
 }
 
 impl<'a> Api<'a> {
-    async fn new(app: &'a TestApp) -> Api<'a> {
+    pub(crate) async fn new(app: &'a TestApp) -> Api<'a> {
         Api {
             app,
             c: app.admin().await,
         }
     }
 
-    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> reqwest::Response {
         self.c
             .post(self.app.at(path))
             .json(&body)
@@ -120,13 +120,13 @@ impl<'a> Api<'a> {
             .unwrap()
     }
 
-    async fn get(&self, path: &str) -> Value {
+    pub(crate) async fn get(&self, path: &str) -> Value {
         let r = self.c.get(self.app.at(path)).send().await.unwrap();
         assert_eq!(r.status(), 200, "GET {path}");
         r.json().await.unwrap()
     }
 
-    async fn repo(&self, name: &str, url: &str, password: &str) -> i64 {
+    pub(crate) async fn repo(&self, name: &str, url: &str, password: &str) -> i64 {
         let r = self
             .post(
                 routes::API_REPOSITORIES,
@@ -138,7 +138,7 @@ impl<'a> Api<'a> {
     }
 
     /// Queues a repository job; returns its id.
-    async fn job(&self, repo: i64, kind: &str, host: i64) -> i64 {
+    pub(crate) async fn job(&self, repo: i64, kind: &str, host: i64) -> i64 {
         let r = self
             .post(
                 &routes::api_repository_jobs(repo),
@@ -152,7 +152,7 @@ impl<'a> Api<'a> {
     }
 
     /// Waits for a job to end; returns it.
-    async fn finished(&self, id: i64) -> Value {
+    pub(crate) async fn finished(&self, id: i64) -> Value {
         eventually_within(JOB_WAIT, &format!("job {id} ends"), || async {
             let j = self.get(&routes::api_job(id)).await;
             let s = j["status"].as_str().unwrap_or("").to_string();
@@ -161,14 +161,14 @@ impl<'a> Api<'a> {
         .await
     }
 
-    async fn status(&self, id: i64) -> String {
+    pub(crate) async fn status(&self, id: i64) -> String {
         self.get(&routes::api_job(id)).await["status"]
             .as_str()
             .unwrap()
             .to_string()
     }
 
-    async fn log(&self, id: i64) -> String {
+    pub(crate) async fn log(&self, id: i64) -> String {
         let lines = self.get(&routes::api_job_logs(id)).await;
         lines
             .as_array()
@@ -211,7 +211,12 @@ async fn backup(app: &TestApp, repo: i64, host: i64, paths: &[&Path]) -> i64 {
 }
 
 /// restic itself, with the password in a file, against `url`.
-fn restic_cli(lab: &Lab, url: &str, password: &str, args: &[&str]) -> std::process::Output {
+pub(crate) fn restic_cli(
+    lab: &Lab,
+    url: &str,
+    password: &str,
+    args: &[&str],
+) -> std::process::Output {
     let pw = lab.path("cli-password");
     std::fs::write(&pw, password).unwrap();
     Command::new(restic_bin())
