@@ -80,10 +80,10 @@ pub fn progress_bar(p: Option<&agent::wire::JobProgress>) -> Markup {
                 None => p class="text-sm text-gray-500" { "Waiting for the first progress report…" },
                 Some(p) => {
                     @let pct = p.percent.clamp(0.0, 100.0);
-                    div class="w-full bg-gray-200 rounded h-3 overflow-hidden" role="progressbar"
-                        aria-valuemin="0" aria-valuemax="100" aria-valuenow=(format!("{pct:.0}")) {
-                        div class="bg-blue-600 h-3" style=(format!("width: {pct:.1}%")) data-testid="job-progress-fill" {}
-                    }
+                    // A native bar: the CSP forbids inline styles, so a
+                    // width set in a style attribute would never show.
+                    progress class="w-full" max="100" value=(format!("{pct:.1}"))
+                        aria-valuenow=(format!("{pct:.0}")) data-testid="job-progress-fill" { (format!("{pct:.0}%")) }
                     p class="text-sm text-gray-600 mt-2" data-testid="job-progress-text" {
                         (format!("{pct:.1}%")) " · " (bytes(p.bytes_done)) " of " (bytes(p.total_bytes))
                         " · " (p.files_done) " of " (p.total_files) " files"
