@@ -40,3 +40,15 @@ pub fn ago(now_ms: i64, then_ms: i64) -> String {
         _ => format!("{} d ago", s / 86_400),
     }
 }
+
+/// `ms` as wall-clock time in the IANA zone `tz` (UTC if unknown).
+pub fn in_zone(ms: i64, tz: &str) -> String {
+    let zone: chrono_tz::Tz = tz.parse().unwrap_or(chrono_tz::Tz::UTC);
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| {
+            t.with_timezone(&zone)
+                .format("%a %Y-%m-%d %H:%M:%S %Z")
+                .to_string()
+        })
+        .unwrap_or_default()
+}

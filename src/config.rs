@@ -42,6 +42,8 @@ pub struct Settings {
     /// How long browsing a snapshot waits for the agent's `ls` before
     /// answering 504 `agent_timeout`.
     pub browse_timeout: Duration,
+    /// Plans without a time zone and maintenance schedules run in this one.
+    pub timezone: chrono_tz::Tz,
 }
 
 impl Settings {
@@ -72,6 +74,7 @@ impl Settings {
             stage_sibling_agent: true,
             secret_key_file,
             browse_timeout: Duration::from_secs(30),
+            timezone: chrono_tz::Tz::UTC,
         }
     }
 
@@ -98,6 +101,7 @@ impl std::fmt::Debug for Settings {
             .field("update_timeout", &self.update_timeout)
             .field("update_min_healthy", &self.update_min_healthy)
             .field("offline_alert_after", &self.offline_alert_after)
+            .field("timezone", &self.timezone)
             .finish_non_exhaustive()
     }
 }

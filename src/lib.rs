@@ -107,6 +107,7 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
     };
     alerts::spawn_sweeper(state.clone());
     restic::dispatch::spawn(state.clone());
+    restic::scheduler::spawn(state.clone());
     updates::spawn_watcher(state.clone());
     fleet::spawn(state.clone());
     let app_state = aweb::Data::new(state.clone());

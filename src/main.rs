@@ -82,6 +82,14 @@ struct ServeArgs {
     /// Back it up apart from the database: without it those secrets are lost.
     #[arg(long, env = "RM_SECRET_KEY_FILE")]
     secret_key_file: Option<PathBuf>,
+    /// IANA time zone for plan schedules that name none and for repository
+    /// maintenance schedules (e.g. Europe/Berlin).
+    #[arg(long, env = "RM_TIMEZONE", default_value = "UTC", value_parser = parse_timezone)]
+    timezone: chrono_tz::Tz,
+}
+
+fn parse_timezone(s: &str) -> Result<chrono_tz::Tz, String> {
+    restic_manager::restic::schedule::parse_tz(s)
 }
 
 #[derive(Subcommand)]
@@ -176,6 +184,7 @@ fn settings(cli: &Cli) -> Settings {
     if let Some(p) = &a.secret_key_file {
         s.secret_key_file = p.clone();
     }
+    s.timezone = a.timezone;
     s
 }
 

@@ -33,6 +33,13 @@ pub const REPOSITORY_JOBS: &str = "/repositories/{id}/jobs";
 pub const HOST_RESTORE: &str = "/hosts/{id}/restore";
 /// One directory of a snapshot, as the restore panel's browser shows it.
 pub const HOST_BROWSE: &str = "/hosts/{id}/browse";
+pub const PLANS_PAGE: &str = "/plans";
+pub const PLAN_PREVIEW: &str = "/plans/preview";
+pub const PLAN_PAGE: &str = "/plans/{id}";
+pub const PLAN_DELETE: &str = "/plans/{id}/delete";
+pub const PLAN_RUN: &str = "/plans/{id}/run";
+pub const HOST_PLANS: &str = "/hosts/{id}/plans";
+pub const HOST_LABELS: &str = "/hosts/{id}/labels";
 
 pub const USERS_PAGE: &str = "/settings/users";
 pub const USER_ROLE: &str = "/settings/users/{id}/role";
@@ -75,6 +82,9 @@ pub const API_REPOSITORY_JOBS: &str = "/api/repositories/{id}/jobs";
 pub const API_SNAPSHOTS: &str = "/api/snapshots";
 pub const API_SNAPSHOT_LS: &str = "/api/repositories/{id}/snapshots/{snapshot_id}/ls";
 pub const API_RESTORES: &str = "/api/restores";
+pub const API_PLANS: &str = "/api/plans";
+pub const API_PLAN: &str = "/api/plans/{id}";
+pub const API_PLAN_RUN: &str = "/api/plans/{id}/run";
 pub const API_ALERTS: &str = "/api/alerts";
 pub const API_ALERT_RESOLVE: &str = "/api/alerts/{id}/resolve";
 pub const API_FLEET_UPDATE: &str = "/api/fleet/update";
@@ -177,6 +187,12 @@ pub const ALL: &[Route] = &[
     row(Get, API_REPOSITORIES, VIEWER),
     row(Get, API_REPOSITORY, VIEWER),
     row(Get, API_SNAPSHOTS, VIEWER),
+    row(Get, PLANS_PAGE, VIEWER),
+    row(Get, PLAN_PREVIEW, VIEWER),
+    row(Get, PLAN_PAGE, VIEWER),
+    row(Get, HOST_PLANS, VIEWER),
+    row(Get, API_PLANS, VIEWER),
+    row(Get, API_PLAN, VIEWER),
     // Operator (RESTIC.md "Roles"; some kinds need admin, checked per request).
     row(Post, JOB_CANCEL, OPERATOR),
     row(Post, API_JOB_CANCEL, OPERATOR),
@@ -188,6 +204,8 @@ pub const ALL: &[Route] = &[
     row(Get, HOST_RESTORE, OPERATOR),
     row(Post, HOST_RESTORE, OPERATOR),
     row(Get, HOST_BROWSE, OPERATOR),
+    row(Post, PLAN_RUN, OPERATOR),
+    row(Post, API_PLAN_RUN, OPERATOR),
     // Admin.
     row(Get, HOST_NEW, ADMIN),
     row(Post, HOST_NEW, ADMIN),
@@ -229,6 +247,14 @@ pub const ALL: &[Route] = &[
     row(Post, API_REPOSITORIES, ADMIN),
     row(Patch, API_REPOSITORY, ADMIN),
     row(Delete, API_REPOSITORY, ADMIN),
+    row(Post, PLANS_PAGE, ADMIN),
+    row(Post, PLAN_PAGE, ADMIN),
+    row(Post, PLAN_DELETE, ADMIN),
+    row(Post, API_PLANS, ADMIN),
+    row(Patch, API_PLAN, ADMIN),
+    row(Delete, API_PLAN, ADMIN),
+    row(Patch, API_HOST, ADMIN),
+    row(Post, HOST_LABELS, ADMIN),
 ];
 
 /// The row of `ALL` for `method path` (`path` as the pattern constant).
@@ -354,6 +380,27 @@ pub fn host_browse(id: i64, repository_id: i64, snapshot_id: &str, path: &str) -
         urlencoding::encode(snapshot_id),
         urlencoding::encode(path)
     )
+}
+pub fn plan(id: i64) -> String {
+    with_id(PLAN_PAGE, id)
+}
+pub fn plan_delete(id: i64) -> String {
+    with_id(PLAN_DELETE, id)
+}
+pub fn plan_run(id: i64) -> String {
+    with_id(PLAN_RUN, id)
+}
+pub fn host_plans(id: i64) -> String {
+    with_id(HOST_PLANS, id)
+}
+pub fn host_labels(id: i64) -> String {
+    with_id(HOST_LABELS, id)
+}
+pub fn api_plan(id: i64) -> String {
+    with_id(API_PLAN, id)
+}
+pub fn api_plan_run(id: i64) -> String {
+    with_id(API_PLAN_RUN, id)
 }
 pub fn alert_resolve(id: i64) -> String {
     with_id(ALERT_RESOLVE, id)

@@ -1455,3 +1455,137 @@ async fn restore_flow_browses_ticks_confirms_and_lands_on_the_live_job() {
     b.close().await;
     agent.shutdown().await;
 }
+
+/// An in-process agent running real restic, for the backup pages.
+fn restic_agent(cfg: &agent::config::AgentConfig, dir: &Path) -> agent::client::AgentHandle {
+    use agent::restic::{ResticHandler, ResticSettings};
+    let restic = std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("restic"))
+                .find(|p| p.is_file())
+        })
+        .expect("restic is not installed (apt-get install restic)");
+    let mut opts = common::sim::agent_options(cfg, "v-restic");
+    std::fs::create_dir_all(dir.join("secrets")).unwrap();
+    opts.handler = std::sync::Arc::new(ResticHandler::new(ResticSettings {
+        restic_path: restic,
+        cache_dir: dir.join("cache"),
+        cancel_grace: Duration::from_secs(5),
+        secrets_dir: Some(dir.join("secrets")),
+    }));
+    agent::client::spawn(cfg.clone(), opts)
+}
+
+/// `mb` MiB of incompressible bytes (a backup that takes a few seconds).
+fn big_file(path: &Path, mb: usize) {
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut block = vec![0u8; 1 << 20];
+    let mut f = std::fs::File::create(path).unwrap();
+    for _ in 0..mb {
+        for chunk in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        f.write_all(&block).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn admin_creates_a_plan_through_the_form_and_watches_a_backup_progress() {
+    let app = TestApp::spawn().await;
+    let work = tempfile::tempdir().unwrap();
+    let cfg = app.enrolled_host("web-1").await;
+    let agent = restic_agent(&cfg, &work.path().join("agent"));
+    wait_acked(&agent).await;
+    let admin = app.admin().await;
+    let repo_path = work.path().join("repo");
+    let r = admin
+        .post(app.at(restic_manager::routes::API_REPOSITORIES))
+        .json(&json!({"name": "local", "url": repo_path, "password": "pw-browser"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let repo = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let r = admin
+        .post(app.at(&restic_manager::routes::api_repository_jobs(repo)))
+        .json(&json!({"kind": "init", "host_id": cfg.host_id}))
+        .send()
+        .await
+        .unwrap();
+    let init = r.json::<Value>().await.unwrap()["job_ids"][0]
+        .as_i64()
+        .unwrap();
+    assert_eq!(app.wait_job(init, "succeeded").await["status"], "succeeded");
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    big_file(&data.join("big.bin"), 300);
+
+    let b = Browser::open(&app).await;
+    b.login("admin", ADMIN_PASSWORD).await;
+    b.goto("/plans").await;
+    assert!(b.nav_labels().await.contains(&"Plans".to_string()));
+    b.fill("#name", "nightly").await;
+    b.fill("#paths", &format!("{}\n", data.display())).await;
+    b.fill("#excludes", "*.tmp").await;
+    b.fill("#schedule", "30 2 * * *").await;
+    // The preview follows what is typed.
+    let deadline = Instant::now() + UI_WAIT;
+    loop {
+        let runs = b.texts("[data-testid=preview-run]").await;
+        if runs.len() == 5 && runs.iter().all(|r| r.contains("02:30:00")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "preview: {runs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.fill("#schedule", "nonsense").await;
+    let deadline = Instant::now() + UI_WAIT;
+    while b.texts("[data-testid=preview-error]").await.is_empty() {
+        assert!(Instant::now() < deadline, "no preview error");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.fill("#schedule", "30 2 * * *").await;
+    b.fill("#keep_daily", "7").await;
+    b.click(&format!("input[name=hosts][value='{}']", cfg.host_id))
+        .await;
+    b.click("[data-testid=plan-create]").await;
+    b.wait_css("[data-testid=covered-row]").await;
+    assert_eq!(b.text("[data-testid=plan-name]").await, "nightly");
+    assert!(b.text("[data-testid=covered-row]").await.contains("web-1"));
+    b.screenshot("plan.png").await;
+
+    b.click("[data-testid=covered-row] [data-testid=backup-now]")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen: Vec<String> = Vec::new();
+    let mut shot = false;
+    loop {
+        let texts = b.texts("[data-testid=job-progress-text]").await;
+        if let Some(t) = texts.first()
+            && seen.last() != Some(t)
+        {
+            seen.push(t.clone());
+            if !shot && seen.len() >= 2 {
+                b.screenshot("backup-progress.png").await;
+                shot = true;
+            }
+        }
+        let status = b.texts("#job-summary [data-testid=job-status]").await;
+        if status == ["succeeded"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && status != ["failed"],
+            "backup did not finish: {status:?} {}",
+            b.describe().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen.len() >= 2, "the progress bar did not move: {seen:?}");
+    b.close().await;
+    agent.shutdown().await;
+}

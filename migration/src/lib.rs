@@ -9,6 +9,7 @@ mod m0004_alerts_notifications;
 mod m0005_one_live_update_per_host;
 mod m0006_fleet_updates;
 mod m0007_restic_core;
+mod m0008_plans;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0005_one_live_update_per_host::Migration),
             Box::new(m0006_fleet_updates::Migration),
             Box::new(m0007_restic_core::Migration),
+            Box::new(m0008_plans::Migration),
         ]
     }
 }

@@ -196,6 +196,7 @@ pub async fn finished(state: &AppState, host_id: i64, m: &JobFinished) -> Option
         tracing::error!(error = %e, job_id = job.id, "updating the snapshot index failed");
     }
     ended(state, &job);
+    super::plans::on_job_end(state, &job).await;
     Some(job)
 }
 
@@ -219,6 +220,7 @@ pub async fn finish_from_server(
     {
         Ok(t) if t.changed => {
             ended(state, &t.job);
+            super::plans::on_job_end(state, &t.job).await;
             Ok(Some(t.job))
         }
         _ => Ok(None),

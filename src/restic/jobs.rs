@@ -44,6 +44,14 @@ pub const REPOSITORY_KINDS: &[JobKind] = &[
 
 /// Hosts that used a repository (ran a job on it), oldest use first.
 pub async fn hosts_using(state: &AppState, repository_id: i64) -> Result<Vec<i64>, StoreError> {
+    hosts_using_in(&state.db, repository_id).await
+}
+
+/// [`hosts_using`] over any connection.
+pub async fn hosts_using_in<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    repository_id: i64,
+) -> Result<Vec<i64>, StoreError> {
     let rows: Vec<(i64, i64)> = job_rows::Entity::find()
         .select_only()
         .column(job_rows::Column::HostId)
@@ -52,7 +60,7 @@ pub async fn hosts_using(state: &AppState, repository_id: i64) -> Result<Vec<i64
         .group_by(job_rows::Column::HostId)
         .order_by_asc(job_rows::Column::Id.min())
         .into_tuple()
-        .all(&state.db)
+        .all(db)
         .await?;
     Ok(rows.into_iter().map(|(h, _)| h).collect())
 }
@@ -61,7 +69,15 @@ pub async fn hosts_using(state: &AppState, repository_id: i64) -> Result<Vec<i64
 /// maintenance host (else the first host that used it) for a shared
 /// repository, every host that uses it for a local one.
 pub async fn default_hosts(state: &AppState, repo: &Repository) -> Result<Vec<i64>, QueueError> {
-    let using = hosts_using(state, repo.id).await?;
+    default_hosts_in(&state.db, repo).await
+}
+
+/// [`default_hosts`] over any connection.
+pub async fn default_hosts_in<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    repo: &Repository,
+) -> Result<Vec<i64>, QueueError> {
+    let using = hosts_using_in(db, repo.id).await?;
     let hosts = if repo.local {
         using
     } else {

@@ -8,10 +8,12 @@
 pub mod dispatch;
 pub mod events;
 pub mod jobs;
+pub mod plans;
 pub mod repo_url;
 pub mod repositories;
 pub mod restore;
 pub mod schedule;
+pub mod scheduler;
 
 use std::{
     collections::HashMap,
@@ -31,6 +33,8 @@ pub struct Restic {
     owners: Mutex<HashMap<i64, i64>>,
     /// Wakes the dispatcher: a job was queued or ended, a host connected.
     wake: Notify,
+    /// Wakes the scheduler: plans, labels, hosts or repositories changed.
+    scheduler: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -45,6 +49,11 @@ impl Restic {
     /// Asks the dispatcher to look at the queue again.
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Asks the scheduler to re-read plans and coverage.
+    pub fn wake_scheduler(&self) {
+        self.scheduler.notify_one();
     }
 
     pub fn progress(&self, job_id: i64) -> Option<JobProgress> {

@@ -9,6 +9,7 @@ pub mod fleet_updates;
 pub mod hosts;
 pub mod jobs;
 pub mod notifications;
+pub mod plans;
 pub mod repositories;
 pub mod sessions;
 pub mod snapshots;

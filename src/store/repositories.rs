@@ -193,10 +193,23 @@ pub async fn list<C: ConnectionTrait>(db: &C, page: Page) -> Result<Vec<Reposito
         .collect())
 }
 
-/// Deletes a repository that no live job uses. (Plans hold theirs with a
-/// foreign key once they exist; the service checks them first.)
+/// Deletes a repository that no plan and no live job uses (plans also hold
+/// theirs with a foreign key).
 pub async fn delete<C: ConnectionTrait>(db: &C, id: i64) -> Result<Repository> {
     let m = model(db, id).await?;
+    if let Some(p) = crate::entities::plans::Entity::find()
+        .filter(crate::entities::plans::Column::RepositoryId.eq(id))
+        .one(db)
+        .await?
+    {
+        return Err(StoreError::Conflict(
+            "in_use",
+            format!(
+                "plan {:?} backs up into this repository: delete the plan or move it to another repository first",
+                p.name
+            ),
+        ));
+    }
     let live = jobs::Entity::find()
         .filter(jobs::Column::RepositoryId.eq(id))
         .filter(jobs::Column::Status.is_in(["queued", "running"]))

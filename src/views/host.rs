@@ -95,6 +95,8 @@ pub fn host_page(
                     }
                 }
             }
+            // Plans, Back up now and labels (issue 13), loaded by htmx.
+            (super::plans::host_section_slot(h.id))
             section class="mt-6" {
                 div class="flex items-baseline justify-between mb-2" {
                     h2 class="font-semibold" { "Recent jobs" }

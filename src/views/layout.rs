@@ -13,6 +13,7 @@ pub enum Nav {
     Dashboard,
     Jobs,
     Repositories,
+    Plans,
     AddHost,
     Users,
     Audit,
@@ -67,6 +68,7 @@ pub fn page(title: &str, user: &User, active: Nav, body: Markup) -> Markup {
                         (item(Nav::Dashboard, routes::DASHBOARD, "Hosts"))
                         (item(Nav::Jobs, routes::JOBS_PAGE, "Jobs"))
                         (item(Nav::Repositories, routes::REPOSITORIES_PAGE, "Repositories"))
+                        (item(Nav::Plans, routes::PLANS_PAGE, "Plans"))
                         (item(Nav::Alerts, routes::ALERTS_PAGE, "Alerts"))
                         @if user.role == Role::Admin {
                             (item(Nav::AddHost, routes::HOST_NEW, "Add host"))

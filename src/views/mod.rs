@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod layout;
 pub mod login;
 pub mod notifications;
+pub mod plans;
 pub mod repositories;
 pub mod restore;
 pub mod users;

@@ -14,6 +14,7 @@ pub mod hosts;
 pub mod job_events;
 pub mod jobs;
 pub mod notifications;
+pub mod plans;
 pub mod repositories;
 pub mod restore;
 pub mod users;
@@ -95,6 +96,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     job_events::configure(cfg);
     repositories::configure(cfg);
     restore::configure(cfg);
+    plans::configure(cfg);
     users::configure(cfg);
     audit::configure(cfg);
     alerts::configure(cfg);

@@ -95,6 +95,7 @@ async fn create(
     let r = restic::repositories::create(&state.db, &state.secrets, input, state.clock.now_ms())
         .await?;
     tracing::info!(repository_id = r.id, name = %r.name, url = %r.url_masked, by = %user.username, "repository added");
+    state.restic.wake_scheduler();
     audit::record_logged(
         state,
         &super::actor(user, req),
@@ -143,6 +144,7 @@ async fn update(
         restic::repositories::update(&state.db, &state.secrets, id, input, state.clock.now_ms())
             .await?;
     tracing::info!(repository_id = r.id, fields = ?changed, by = %user.username, "repository changed");
+    state.restic.wake_scheduler();
     audit::record_logged(
         state,
         &super::actor(user, req),
@@ -272,29 +274,45 @@ async fn run_job(
         }
         None => restic::jobs::default_hosts(state, &repo).await?,
     };
-    if kind == JobKind::Forget {
-        // Forget follows each plan's retention (--tag rm-plan:<id>); with
-        // no plan on the repository there is no rule to apply.
-        return Err(QueueError::Invalid(
-            "kind: forget applies the retention of each plan using this repository, and no plan uses it yet".into(),
-        )
-        .into());
-    }
+    // Forget follows each plan's retention (--tag rm-plan:<id> --group-by
+    // host,paths): one job per plan using the repository.
+    let runs: Vec<(Option<i64>, agent::wire::ResticOptions)> = if kind == JobKind::Forget {
+        let plans = restic::plans::retention_plans(&state.db, repo.id).await?;
+        if plans.is_empty() {
+            return Err(QueueError::Invalid(
+                "kind: forget applies the retention of each plan using this repository, and no plan with a retention uses it".into(),
+            )
+            .into());
+        }
+        plans
+            .iter()
+            .map(|p| (Some(p.id), restic::plans::forget_options(p, None)))
+            .collect()
+    } else {
+        vec![(
+            None,
+            restic::jobs::repository_options(kind, &repo, r.remove_all),
+        )]
+    };
     let who = Requester {
         kind: ActorKind::User,
         id: Some(user.id),
         name: user.username.clone(),
     };
-    let options = restic::jobs::repository_options(kind, &repo, r.remove_all);
     let mut ids = Vec::with_capacity(hosts.len());
-    for host in hosts {
-        let job = restic::jobs::enqueue(state, &who, &repo, host, kind, None, &options).await?;
+    for (host, (plan_id, options)) in hosts.iter().flat_map(|h| runs.iter().map(move |r| (*h, r))) {
+        let job = restic::jobs::enqueue(state, &who, &repo, host, kind, *plan_id, options).await?;
         audit::record_logged(
-        state,
-        &super::actor(user, req),
-        Entry::new("repository.job", "job", job.id, json!({"repository_id": repo.id, "kind": kind, "host_id": host, "remove_all": r.remove_all})),
-    )
-    .await;
+            state,
+            &super::actor(user, req),
+            Entry::new(
+                "repository.job",
+                "job",
+                job.id,
+                json!({"repository_id": repo.id, "kind": kind, "host_id": host, "remove_all": r.remove_all}),
+            ),
+        )
+        .await;
         ids.push(job.id);
     }
     Ok(ids)

@@ -120,6 +120,12 @@ fn table() -> Vec<Route> {
         r("GET", "/repositories/{repo}", VIEWER, false, 200),
         r("GET", routes::API_REPOSITORIES, VIEWER, true, 200),
         r("GET", "/api/repositories/{repo}", VIEWER, true, 200),
+        r("GET", routes::PLANS_PAGE, VIEWER, false, 200),
+        r("GET", routes::PLAN_PREVIEW, VIEWER, false, 200),
+        r("GET", "/plans/{plan}", VIEWER, false, 200),
+        r("GET", "/hosts/{host}/plans", VIEWER, false, 200),
+        r("GET", routes::API_PLANS, VIEWER, true, 200),
+        r("GET", "/api/plans/{plan}", VIEWER, true, 200),
         // Operator (restic jobs; the fixture host is offline, so they queue).
         r("POST", "/api/repositories/{repo}/jobs", OPERATOR, true, 202).json(r#"{"kind":"check"}"#),
         r("POST", "/repositories/{repo}/jobs", OPERATOR, false, 303).form("kind=snapshots"),
@@ -154,11 +160,27 @@ fn table() -> Vec<Route> {
             false,
             200,
         ),
+        // The plan's host is offline: the backup queues.
+        r("POST", "/api/plans/{plan}/run", OPERATOR, true, 202),
+        r("POST", "/plans/{plan}/run", OPERATOR, false, 303),
         // Admin.
         r("POST", routes::API_REPOSITORIES, ADMIN, true, 201)
             .json(r#"{"name":"api-repo-{n}","url":"/tmp/rm-api-repo-{n}","password":"pw-{n}"}"#),
         r("PATCH", "/api/repositories/{repo}", ADMIN, true, 200).json(r#"{"prune":false}"#),
         r("DELETE", "/api/repositories/{repo}", ADMIN, true, 204),
+        // Repository 1 is made by the runner.
+        r("POST", routes::API_PLANS, ADMIN, true, 201).json(
+            r#"{"name":"api-plan-{n}","repository_id":1,"paths":["/srv"],"schedule":"@daily"}"#,
+        ),
+        r("PATCH", "/api/plans/{plan}", ADMIN, true, 200).json(r#"{"enabled":false}"#),
+        r("DELETE", "/api/plans/{plan}", ADMIN, true, 204),
+        r("POST", routes::PLANS_PAGE, ADMIN, false, 303)
+            .form("name=form-plan-{n}&repository_id=1&paths=%2Fsrv&schedule=%40daily&enabled=on"),
+        r("POST", "/plans/{plan}", ADMIN, false, 303)
+            .form("name=plan-renamed-{n}&repository_id=1&paths=%2Fsrv&schedule=%40hourly"),
+        r("POST", "/plans/{plan}/delete", ADMIN, false, 303),
+        r("PATCH", "/api/hosts/{host}", ADMIN, true, 200).json(r#"{"labels":["db","eu"]}"#),
+        r("POST", "/hosts/{host}/labels", ADMIN, false, 303).form("labels=db%2C+eu"),
         r("POST", routes::REPOSITORIES_PAGE, ADMIN, false, 303)
             .form("name=form-repo-{n}&url=%2Ftmp%2Frm-form-{n}&password=pw"),
         r("POST", "/repositories/{repo}", ADMIN, false, 303)
@@ -250,6 +272,21 @@ impl Runner {
     async fn new(who: Option<Role>) -> Runner {
         let app = TestApp::spawn().await;
         app.user("probe", Role::Viewer).await;
+        // Repository 1, for plan bodies that name one.
+        let first = restic_manager::restic::repositories::create(
+            app.db(),
+            &app.state().secrets,
+            restic_manager::restic::repositories::RepositoryInput {
+                name: Some("first".into()),
+                url: Some("rest:http://127.0.0.1:9/first".into()),
+                password: Some("pw".into()),
+                ..Default::default()
+            },
+            app.clock.now_ms(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(first.id, 1);
         let token = match who {
             Some(role) => Some(app.role_token(role).await),
             None => None,
@@ -366,6 +403,25 @@ impl Runner {
                 .unwrap();
                 path = path.replace("{rjob}", &job.id.to_string());
             }
+        }
+        if path.contains("{plan}") {
+            let (host_id, _) = self.app.add_host_direct(&format!("plan-host-{n}")).await;
+            let plan = restic_manager::restic::plans::create(
+                self.app.db(),
+                restic_manager::restic::plans::PlanInput {
+                    name: Some(format!("plan-{n}")),
+                    repository_id: Some(1),
+                    paths: Some(vec!["/srv".into()]),
+                    schedule: Some("@daily".into()),
+                    hosts: Some(vec![host_id]),
+                    ..Default::default()
+                },
+                chrono_tz::Tz::UTC,
+                self.app.clock.now_ms(),
+            )
+            .await
+            .unwrap();
+            path = path.replace("{plan}", &plan.id.to_string());
         }
         if path.contains("{alert}") {
             let key = format!("test:{n}");

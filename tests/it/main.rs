@@ -16,6 +16,7 @@ mod audit;
 mod fleet;
 mod jobs;
 mod migrations;
+mod plans;
 mod restic;
 mod restore;
 mod updates;

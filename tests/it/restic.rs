@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::common::{sim::agent_options, *};
 
-const JOB_WAIT: Duration = Duration::from_secs(180);
+pub(crate) const JOB_WAIT: Duration = Duration::from_secs(180);
 
 pub(crate) fn restic_bin() -> PathBuf {
     which("restic").expect("restic is not installed: these tests need it (apt-get install restic)")

@@ -1,0 +1,468 @@
+//! The backup scheduler: keeps the stored next run of every (plan, host) a
+//! plan covers and of every repository's maintenance, sleeps until the
+//! earliest one (woken early when plans, labels, hosts or repositories
+//! change), and turns what is due into queued jobs. Runs on its own actix
+//! arbiter like the fleet worker; its effects go through [`SchedulerOps`].
+//!
+//! Rules (RESTIC.md "Scheduling"):
+//! - each host's run is offset by a stable splay in `[0, splay_secs)`
+//!   derived from (plan id, host id);
+//! - a due run queues a `backup` (`actor_kind: schedule`); an offline host's
+//!   job waits `queued` and runs when it connects;
+//! - if the plan's previous backup on that host is still queued at the next
+//!   due time it becomes `skipped` ("superseded by the next run") and the new
+//!   one queues; if it is running, the new one is `skipped` ("previous run
+//!   still running");
+//! - a run is moved to its next time strictly after *now* as it fires, so a
+//!   server that was down across several due times runs each (plan, host)
+//!   once, not once per missed time;
+//! - maintenance: per plan with a retention a `forget` (`--tag rm-plan:<id>
+//!   --group-by host,paths`), then `prune` if enabled, then `check` when due,
+//!   each its own job, on the repository's maintenance host (shared) or every
+//!   host using it (local), in the server's time zone.
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+
+use chrono_tz::Tz;
+use sea_orm::{DatabaseConnection, TransactionTrait};
+
+use super::{
+    Restic,
+    jobs::{default_hosts_in, repository_options},
+    plans::{backup_options, check_due, forget_options, retention_plans},
+    schedule::{self, Schedule},
+    scope,
+};
+use crate::{
+    state::AppState,
+    store::{
+        self, Page,
+        hosts::Host,
+        jobs::{ActorKind, Job, JobKind, JobStatus, NewResticJob, Outcome},
+        plans::{Plan, ScheduleRow},
+        repositories::Repository,
+    },
+};
+
+pub const SUPERSEDED: &str = "superseded by the next run";
+pub const PREVIOUS_RUNNING: &str = "previous run still running";
+
+/// Longest sleep: a safety net for a lost wake-up or a clock jump, not a poll.
+const MAX_SLEEP_MS: i64 = 60_000;
+
+/// What the scheduler needs from the rest of the server; faked in tests.
+pub trait SchedulerOps: Send + Sync + 'static {
+    fn db(&self) -> &DatabaseConnection;
+    fn now_ms(&self) -> i64;
+    /// The server's time zone (`--timezone`).
+    fn timezone(&self) -> Tz;
+    /// Jobs were queued: the dispatcher should look at them.
+    fn queued(&self, jobs: &[Job]) -> impl Future<Output = ()> + Send;
+}
+
+pub struct StateOps(pub AppState);
+
+impl SchedulerOps for StateOps {
+    fn db(&self) -> &DatabaseConnection {
+        &self.0.db
+    }
+    fn now_ms(&self) -> i64 {
+        self.0.clock.now_ms()
+    }
+    fn timezone(&self) -> Tz {
+        self.0.settings.timezone
+    }
+    async fn queued(&self, jobs: &[Job]) {
+        for j in jobs {
+            tracing::info!(job_id = j.id, host_id = j.host_id, kind = %j.kind, plan_id = j.plan_id, "scheduled job queued");
+        }
+        if !jobs.is_empty() {
+            self.0.restic.wake();
+        }
+    }
+}
+
+/// Starts the scheduler on its own arbiter (a plain task without an actix
+/// System), with its own database pool on its own runtime.
+pub fn spawn(state: AppState) {
+    let restic = state.restic.clone();
+    let fut = async move {
+        let db = loop {
+            match crate::db::connect(&state.settings.database_url).await {
+                Ok(db) => break db,
+                Err(e) => {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "scheduler cannot reach the database; retrying"
+                    );
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        };
+        let state = AppState { db, ..state };
+        worker(Arc::new(StateOps(state)), restic).await
+    };
+    if actix_rt::System::try_current().is_some() {
+        actix_rt::Arbiter::new().spawn(fut);
+    } else {
+        tokio::spawn(fut);
+    }
+}
+
+/// Runs a pass, then sleeps until the earliest stored run or a wake-up.
+pub async fn worker<O: SchedulerOps>(ops: Arc<O>, restic: Arc<Restic>) {
+    loop {
+        let wait = match pass(&*ops).await {
+            Ok(Some(t)) => (t - ops.now_ms()).clamp(0, MAX_SLEEP_MS),
+            Ok(None) => MAX_SLEEP_MS,
+            Err(e) => {
+                tracing::error!(error = %e, "scheduler pass failed; retrying");
+                5_000
+            }
+        };
+        tokio::select! {
+            () = restic.scheduler.notified() => {}
+            () = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+        }
+    }
+}
+
+/// One pass: reconcile the stored runs with plans and hosts, queue what is
+/// due. Returns the earliest stored run left. Public for tests.
+pub async fn pass<O: SchedulerOps>(ops: &O) -> store::Result<Option<i64>> {
+    sync(ops).await?;
+    fire_due(ops).await?;
+    maintain_due(ops).await?;
+    store::plans::earliest(ops.db()).await
+}
+
+/// A stable offset in `[0, splay_secs)` seconds for (plan, host), in ms.
+pub fn splay_ms(plan_id: i64, host_id: i64, splay_secs: i32) -> i64 {
+    if splay_secs <= 1 {
+        return 0;
+    }
+    // splitmix64: the same offset on every server and every day.
+    let mut x = (plan_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (host_id as u64);
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    (x % splay_secs as u64) as i64 * 1000
+}
+
+/// The first run strictly after `now`, splay included.
+pub fn next_run(s: &Schedule, tz: Tz, splay: i64, now: i64) -> Option<i64> {
+    s.next_after(now - splay, tz).map(|t| t + splay)
+}
+
+fn parsed(plan: &Plan, server_tz: Tz) -> Option<(Schedule, Tz)> {
+    let s = schedule::parse(&plan.schedule).ok()?;
+    let tz = schedule::parse_tz(&plan.timezone).unwrap_or(server_tz);
+    Some((s, tz))
+}
+
+fn maintenance_basis(repo: &Repository, tz: Tz) -> String {
+    format!("{}|{}", repo.maintenance_schedule, tz.name())
+}
+
+async fn all_repositories(db: &DatabaseConnection) -> store::Result<Vec<Repository>> {
+    let mut out = Vec::new();
+    loop {
+        let page =
+            store::repositories::list(db, Page::new(Some(Page::MAX), Some(out.len() as u64)))
+                .await?;
+        let n = page.len();
+        out.extend(page);
+        if n < Page::MAX as usize {
+            return Ok(out);
+        }
+    }
+}
+
+/// Brings the stored runs in line with plans, coverage and repositories:
+/// new (plan, host) pairs get their next run, pairs no longer covered (or
+/// of a disabled plan) are dropped, a changed schedule, zone or splay
+/// recomputes the next run.
+pub async fn sync<O: SchedulerOps>(ops: &O) -> store::Result<()> {
+    let db = ops.db();
+    let now = ops.now_ms();
+    let plans = store::plans::list_all(db).await?;
+    let hosts = store::hosts::list_all(db, &Default::default()).await?;
+    let mut existing: HashMap<(i64, i64), ScheduleRow> = store::plans::schedules(db)
+        .await?
+        .into_iter()
+        .map(|r| ((r.plan_id, r.host_id), r))
+        .collect();
+    for plan in plans.iter().filter(|p| p.enabled) {
+        let Some((s, tz)) = parsed(plan, ops.timezone()) else {
+            tracing::warn!(
+                plan_id = plan.id,
+                "plan schedule does not parse; not scheduled"
+            );
+            continue;
+        };
+        let basis = plan.basis();
+        for h in hosts.iter().filter(|h| plan.covers(h.id, &h.labels)) {
+            let next = next_run(&s, tz, splay_ms(plan.id, h.id, plan.splay_secs), now);
+            match (existing.remove(&(plan.id, h.id)), next) {
+                (None, Some(n)) => {
+                    store::plans::insert_schedule(db, plan.id, h.id, n, &basis, now).await?;
+                }
+                (Some(r), Some(n)) if r.basis != basis => {
+                    store::plans::move_schedule(db, r.id, r.next_run_at, n, &basis).await?;
+                }
+                (Some(r), None) => store::plans::delete_schedules(db, &[r.id]).await?,
+                _ => {}
+            }
+        }
+    }
+    let gone: Vec<i64> = existing.values().map(|r| r.id).collect();
+    store::plans::delete_schedules(db, &gone).await?;
+
+    let tz = ops.timezone();
+    let stored: HashMap<i64, String> = store::plans::maintenance(db)
+        .await?
+        .into_iter()
+        .map(|m| (m.repository_id, m.basis))
+        .collect();
+    for repo in all_repositories(db).await? {
+        let basis = maintenance_basis(&repo, tz);
+        if stored.get(&repo.id) == Some(&basis) {
+            continue;
+        }
+        let Ok(s) = schedule::parse(&repo.maintenance_schedule) else {
+            continue;
+        };
+        if let Some(n) = s.next_after(now, tz) {
+            store::plans::set_maintenance(db, repo.id, n, &basis).await?;
+        }
+    }
+    Ok(())
+}
+
+fn new_job(
+    repo: &Repository,
+    host_id: i64,
+    kind: JobKind,
+    plan_id: Option<i64>,
+    options: &agent::wire::ResticOptions,
+    actor: &str,
+) -> NewResticJob {
+    NewResticJob {
+        host_id,
+        kind,
+        actor_kind: ActorKind::Schedule,
+        actor_id: None,
+        actor_name: actor.to_string(),
+        repository_id: repo.id,
+        plan_id,
+        options: serde_json::to_string(options).unwrap_or_else(|_| "{}".into()),
+        scope: scope(repo.id, repo.local, host_id),
+    }
+}
+
+/// Queues a backup for every due (plan, host) under the overlap rules and
+/// moves each to its next run after now. Returns the jobs queued.
+pub async fn fire_due<O: SchedulerOps>(ops: &O) -> store::Result<Vec<Job>> {
+    let db = ops.db();
+    let now = ops.now_ms();
+    let due = store::plans::due_schedules(db, now).await?;
+    if due.is_empty() {
+        return Ok(vec![]);
+    }
+    let plans: HashMap<i64, Plan> = store::plans::list_all(db)
+        .await?
+        .into_iter()
+        .map(|p| (p.id, p))
+        .collect();
+    let mut hosts: HashMap<i64, Option<Host>> = HashMap::new();
+    let mut repos: HashMap<i64, Option<Repository>> = HashMap::new();
+    let mut queued = Vec::new();
+    for row in due {
+        let Some(plan) = plans.get(&row.plan_id).filter(|p| p.enabled) else {
+            store::plans::delete_schedules(db, &[row.id]).await?;
+            continue;
+        };
+        let host = match hosts.get(&row.host_id) {
+            Some(h) => h.clone(),
+            None => {
+                let h = store::hosts::get(db, row.host_id).await.ok();
+                hosts.insert(row.host_id, h.clone());
+                h
+            }
+        };
+        let repo = match repos.get(&plan.repository_id) {
+            Some(r) => r.clone(),
+            None => {
+                let r = store::repositories::get(db, plan.repository_id).await.ok();
+                repos.insert(plan.repository_id, r.clone());
+                r
+            }
+        };
+        let (Some(host), Some(repo), Some((s, tz))) = (host, repo, parsed(plan, ops.timezone()))
+        else {
+            store::plans::delete_schedules(db, &[row.id]).await?;
+            continue;
+        };
+        let splay = splay_ms(plan.id, host.id, plan.splay_secs);
+        let Some(next) = next_run(&s, tz, splay, now) else {
+            store::plans::delete_schedules(db, &[row.id]).await?;
+            continue;
+        };
+        // One transaction that writes first (SQLite hands the write lock to
+        // the first writer): the move, then the jobs. A pass that lost the
+        // race to move this row does nothing.
+        let txn = db.begin().await?;
+        if !store::plans::move_schedule(&txn, row.id, row.next_run_at, next, &plan.basis()).await? {
+            txn.rollback().await?;
+            continue;
+        }
+        let live = store::plans::live_backups(&txn, plan.id, host.id).await?;
+        let options = backup_options(plan, &host.name);
+        let job = store::jobs::create_restic(
+            &txn,
+            &new_job(
+                &repo,
+                host.id,
+                JobKind::Backup,
+                Some(plan.id),
+                &options,
+                "schedule",
+            ),
+            now,
+        )
+        .await?;
+        if live.iter().any(|j| j.status == JobStatus::Running) {
+            skip(&txn, job.id, PREVIOUS_RUNNING, now).await?;
+            tracing::info!(
+                job_id = job.id,
+                plan_id = plan.id,
+                host_id = host.id,
+                "scheduled backup skipped: previous run still running"
+            );
+        } else {
+            for old in &live {
+                skip(&txn, old.id, SUPERSEDED, now).await?;
+                tracing::info!(
+                    job_id = old.id,
+                    plan_id = plan.id,
+                    host_id = host.id,
+                    "queued backup superseded by the next run"
+                );
+            }
+            queued.push(job);
+        }
+        txn.commit().await?;
+    }
+    ops.queued(&queued).await;
+    Ok(queued)
+}
+
+async fn skip<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    job_id: i64,
+    why: &str,
+    now: i64,
+) -> store::Result<()> {
+    let outcome = Outcome {
+        error: Some(why),
+        ..Outcome::default()
+    };
+    store::jobs::finish_with(db, job_id, None, JobStatus::Skipped, &outcome, now)
+        .await
+        .map(|_| ())
+}
+
+/// Queues the maintenance of every repository whose time has come and
+/// moves it to its next time. Returns the jobs queued, in order.
+pub async fn maintain_due<O: SchedulerOps>(ops: &O) -> store::Result<Vec<Job>> {
+    let db = ops.db();
+    let now = ops.now_ms();
+    let tz = ops.timezone();
+    let mut queued = Vec::new();
+    for row in store::plans::maintenance(db).await? {
+        if row.next_run_at > now {
+            continue;
+        }
+        let Ok(repo) = store::repositories::get(db, row.repository_id).await else {
+            continue;
+        };
+        let next = schedule::parse(&repo.maintenance_schedule)
+            .ok()
+            .and_then(|s| s.next_after(now, tz))
+            .unwrap_or(now + 86_400_000);
+        let hosts = default_hosts_in(db, &repo).await.unwrap_or_default();
+        let plans = retention_plans(db, repo.id).await?;
+        let txn = db.begin().await?;
+        if !store::plans::move_maintenance(
+            &txn,
+            repo.id,
+            row.next_run_at,
+            next,
+            &maintenance_basis(&repo, tz),
+        )
+        .await?
+        {
+            txn.rollback().await?;
+            continue;
+        }
+        let mut made = Vec::new();
+        for host in hosts {
+            let sc = scope(repo.id, repo.local, host);
+            if store::plans::live_maintenance(&txn, &sc).await? > 0 {
+                tracing::info!(
+                    repository_id = repo.id,
+                    host_id = host,
+                    "maintenance still running from last time; not queued again"
+                );
+                continue;
+            }
+            for plan in &plans {
+                let o = forget_options(plan, None);
+                made.push(
+                    store::jobs::create_restic(
+                        &txn,
+                        &new_job(
+                            &repo,
+                            host,
+                            JobKind::Forget,
+                            Some(plan.id),
+                            &o,
+                            "maintenance",
+                        ),
+                        now,
+                    )
+                    .await?,
+                );
+            }
+            if repo.prune {
+                let o = repository_options(JobKind::Prune, &repo, false);
+                made.push(
+                    store::jobs::create_restic(
+                        &txn,
+                        &new_job(&repo, host, JobKind::Prune, None, &o, "maintenance"),
+                        now,
+                    )
+                    .await?,
+                );
+            }
+            if check_due(&repo, now) {
+                let o = repository_options(JobKind::Check, &repo, false);
+                made.push(
+                    store::jobs::create_restic(
+                        &txn,
+                        &new_job(&repo, host, JobKind::Check, None, &o, "maintenance"),
+                        now,
+                    )
+                    .await?,
+                );
+            }
+        }
+        txn.commit().await?;
+        queued.extend(made);
+    }
+    ops.queued(&queued).await;
+    Ok(queued)
+}
+
+#[cfg(test)]
+mod tests;
