@@ -9,6 +9,7 @@ run *args:
     cargo run -- {{args}}
 
 # Unit and integration tests (SQLite; set TEST_DATABASE_URL for Postgres).
+# The integration tests are one binary: `just test --test it jobs::` runs one area.
 test *args:
     cargo test --workspace {{args}}
 
@@ -18,7 +19,7 @@ e2e *args:
 
 # Browser tests in headless Chromium (needs Debian's chromium + chromium-driver).
 browser *args:
-    cargo test --features browser-tests --test browser {{args}}
+    cargo test --workspace --features browser-tests --test browser {{args}}
 
 # Rebuild assets/app.css after changing Tailwind classes in src/ (commit the result).
 css:

@@ -45,7 +45,7 @@ pub fn reported_version(bin: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("running {} --version", bin.display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let first = stdout.lines().next().unwrap_or("").trim();
-    match first.strip_prefix("restic-manager-agent ") {
+    match first.strip_prefix(agent::version::VERSION_PREFIX) {
         Some(v) if out.status.success() && !v.trim().is_empty() => Ok(v.trim().to_string()),
         _ => bail!(
             "{} --version printed {first:?}, not `restic-manager-agent <version>`: is it a restic-manager agent?",

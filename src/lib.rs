@@ -142,14 +142,16 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
     })
 }
 
-async fn not_found(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
-    use actix_web::ResponseError;
+async fn not_found(
+    req: actix_web::HttpRequest,
+) -> Result<actix_web::HttpResponse, actix_web::Error> {
     let e = web::AppError::NotFound("not_found", "no such page: check the address".into());
-    if web::is_api(&req) {
-        e.error_response()
+    // Returned as errors, so an htmx request gets the banner (web::error).
+    Err(if web::is_api(&req) {
+        e.into()
     } else {
-        web::PageError(e).error_response()
-    }
+        web::PageError(e).into()
+    })
 }
 
 /// Runs until SIGINT or SIGTERM, then shuts down cleanly.

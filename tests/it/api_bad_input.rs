@@ -727,6 +727,14 @@ async fn a_failed_htmx_request_gets_a_banner_for_the_error_slot_and_a_plain_one_
             "no such host",
         ),
         (
+            &admin,
+            "GET",
+            "/no-such-page".to_string(),
+            None,
+            404,
+            "no such page",
+        ),
+        (
             &viewer,
             "GET",
             routes::USERS_PAGE.to_string(),

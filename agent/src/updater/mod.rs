@@ -43,8 +43,7 @@ pub const BINARY_PATH: &str = "agent/binary";
 /// Response headers the server sends with the binary.
 pub const SHA256_HEADER: &str = "x-agent-sha256";
 pub const VERSION_HEADER: &str = "x-agent-version";
-/// The first line of `restic-manager-agent --version` is this plus the version.
-pub const VERSION_PREFIX: &str = "restic-manager-agent ";
+pub use crate::version::VERSION_PREFIX;
 
 /// How long `<bin>.new --version` may take.
 pub const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(10);
