@@ -14,6 +14,9 @@ use std::{
 
 use serde_json::{Value, json};
 
+#[path = "e2e/faults.rs"]
+mod faults;
+
 const PASSWORD: &str = "e2e-admin-password";
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -212,6 +215,17 @@ impl Server {
 
     async fn stop(mut self) {
         self.proc.kill();
+    }
+
+    /// SIGKILL: no shutdown, no flush (a crash or an OOM kill).
+    fn kill_hard(&mut self) {
+        if let Some(mut c) = self.proc.0.take() {
+            // SAFETY: killpg only sends a signal; the group is our child's.
+            unsafe {
+                libc::killpg(c.id() as libc::pid_t, libc::SIGKILL);
+            }
+            let _ = c.wait();
+        }
     }
 }
 
