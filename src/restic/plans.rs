@@ -618,8 +618,11 @@ async fn job_end(state: &AppState, job: &Job) -> Result<(), PlanError> {
     match (job.kind, job.status, job.plan_id) {
         (JobKind::Backup, JobStatus::Succeeded, Some(plan_id)) => {
             alerts::resolve(state, &backup_failed_key(job.host_id, plan_id)).await?;
-            alerts::resolve(state, &alerts::health::backup_stale_key(job.host_id, plan_id))
-                .await?;
+            alerts::resolve(
+                state,
+                &alerts::health::backup_stale_key(job.host_id, plan_id),
+            )
+            .await?;
             let Ok(plan) = store::plans::get(&state.db, plan_id).await else {
                 return Ok(());
             };

@@ -13,11 +13,11 @@
 //! run says nothing about the host.
 use std::collections::HashMap;
 
+use sea_orm::{ColumnTrait, QuerySelect};
 use sea_orm::{
     ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Statement,
     sea_query::{Expr, SimpleExpr},
 };
-use sea_orm::{ColumnTrait, QuerySelect};
 use serde::Serialize;
 
 use super::{
@@ -199,10 +199,7 @@ pub fn condition(state: BackupState, s: Staleness) -> SimpleExpr {
 
 /// How many hosts are in each state, in one query over `hosts` (each probe
 /// of `plan_schedules` goes through its host index).
-pub async fn counts<C: ConnectionTrait>(
-    db: &C,
-    s: Staleness,
-) -> Result<HashMap<BackupState, u64>> {
+pub async fn counts<C: ConnectionTrait>(db: &C, s: Staleness) -> Result<HashMap<BackupState, u64>> {
     let case = format!(
         "CASE WHEN NOT {} THEN 'unprotected' WHEN {} THEN 'failing' WHEN {} THEN 'stale' \
          WHEN {} THEN 'pending' ELSE 'ok' END",
@@ -337,7 +334,9 @@ pub async fn restic_missing<C: ConnectionTrait>(
     db: &C,
     only: Option<i64>,
 ) -> Result<Vec<(i64, String)>> {
-    let one = only.map(|id| format!(" AND hosts.id = {id}")).unwrap_or_default();
+    let one = only
+        .map(|id| format!(" AND hosts.id = {id}"))
+        .unwrap_or_default();
     let sql = format!(
         "SELECT hosts.id, hosts.name FROM hosts WHERE hosts.restic_capable = TRUE \
          AND hosts.restic_version IS NULL{one} AND EXISTS ({COVERING}) ORDER BY hosts.id"
@@ -432,7 +431,10 @@ pub async fn refresh<C: ConnectionTrait>(db: &C, plan_id: i64, host_id: i64) -> 
             plan_schedules::Column::LastDurationMs,
             Expr::value(duration_ms),
         )
-        .col_expr(plan_schedules::Column::LastDataAdded, Expr::value(data_added))
+        .col_expr(
+            plan_schedules::Column::LastDataAdded,
+            Expr::value(data_added),
+        )
         .filter(plan_schedules::Column::PlanId.eq(plan_id))
         .filter(plan_schedules::Column::HostId.eq(host_id))
         .exec(db)
@@ -466,7 +468,10 @@ mod tests {
         let stale = pair(0, Some((80_000, "succeeded")), Some(80_000));
         let pending = pair(99_000, None, None);
         let never_covered_long = pair(0, None, None);
-        assert_eq!(HostHealth::of(&[], s).backup_state, BackupState::Unprotected);
+        assert_eq!(
+            HostHealth::of(&[], s).backup_state,
+            BackupState::Unprotected
+        );
         assert_eq!(HostHealth::of(&[&ok], s).backup_state, BackupState::Ok);
         assert_eq!(
             HostHealth::of(&[&ok, &pending], s).backup_state,

@@ -12,8 +12,7 @@ use super::{
     page,
 };
 use crate::{
-    routes,
-    clock,
+    clock, routes,
     store::{
         health::{BackupState, HostHealth},
         hosts::{Host, Status},

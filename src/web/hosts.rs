@@ -81,10 +81,10 @@ pub async fn hosts_json(state: &AppState, hosts: Vec<Host>) -> Result<Vec<HostJs
 }
 
 pub async fn host_json(state: &AppState, h: Host) -> Result<HostJson, AppError> {
-    Ok(hosts_json(state, vec![h])
+    hosts_json(state, vec![h])
         .await?
         .pop()
-        .ok_or(AppError::NotFound("not_found", "host not found".into()))?)
+        .ok_or(AppError::NotFound("not_found", "host not found".into()))
 }
 
 #[derive(Deserialize)]

@@ -101,7 +101,9 @@ pub async fn render(state: &AppState) -> Result<String, AppError> {
         },
     )
     .await?;
-    hosts.get_or_create(&vec![("state", "online".into())]).set(n(online));
+    hosts
+        .get_or_create(&vec![("state", "online".into())])
+        .set(n(online));
     hosts
         .get_or_create(&vec![("state", "offline".into())])
         .set(n(all.saturating_sub(online)));
@@ -166,7 +168,8 @@ pub async fn render(state: &AppState) -> Result<String, AppError> {
     }
 
     let mut out = String::new();
-    encode(&mut out, &r).map_err(|e| AppError::Internal(anyhow::anyhow!("encoding metrics: {e}")))?;
+    encode(&mut out, &r)
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("encoding metrics: {e}")))?;
     Ok(out)
 }
 

@@ -188,7 +188,10 @@ async fn each_backup_state_filters_tiles_stale_alerts_and_metrics_follow_real_ba
     // Covered, nothing finished yet: pending, with the next run stored.
     for h in [fresh, good, bad] {
         let j = wait_state(&api, h, "pending").await;
-        assert!(j["next_backup_at"].as_str().unwrap().contains("-02-29T03:"), "{j}");
+        assert!(
+            j["next_backup_at"].as_str().unwrap().contains("-02-29T03:"),
+            "{j}"
+        );
     }
     assert_eq!(state_of(&api, bare).await, "unprotected");
 
@@ -222,7 +225,8 @@ async fn each_backup_state_filters_tiles_stale_alerts_and_metrics_follow_real_ba
         .text()
         .await
         .unwrap();
-    let series = "restic_manager_backup_last_success_timestamp_seconds{host=\"good\",plan=\"good-plan\"} ";
+    let series =
+        "restic_manager_backup_last_success_timestamp_seconds{host=\"good\",plan=\"good-plan\"} ";
     let line = body
         .lines()
         .find(|l| l.starts_with(series))
@@ -243,7 +247,10 @@ async fn each_backup_state_filters_tiles_stale_alerts_and_metrics_follow_real_ba
         "restic_manager_jobs{kind=\"backup\",status=\"succeeded\"} 1",
         "restic_manager_jobs{kind=\"backup\",status=\"failed\"} 1",
     ] {
-        assert!(body.lines().any(|l| l.starts_with(want)), "no {want} in:\n{body}");
+        assert!(
+            body.lines().any(|l| l.starts_with(want)),
+            "no {want} in:\n{body}"
+        );
     }
     // The failed plan on bad has no success: no series for it.
     assert!(!body.contains("plan=\"bad-plan\""), "{body}");
@@ -269,7 +276,10 @@ async fn each_backup_state_filters_tiles_stale_alerts_and_metrics_follow_real_ba
         (a.len() == 3).then_some(a)
     })
     .await;
-    let hosts: BTreeSet<i64> = stale.iter().map(|a| a["host_id"].as_i64().unwrap()).collect();
+    let hosts: BTreeSet<i64> = stale
+        .iter()
+        .map(|a| a["host_id"].as_i64().unwrap())
+        .collect();
     assert_eq!(hosts, set(&[good, fresh, bad]));
     let on_good = stale.iter().find(|a| a["host_id"] == good).unwrap();
     let msg = on_good["message"].as_str().unwrap();
@@ -341,7 +351,10 @@ async fn restic_missing_is_raised_for_a_covered_host_without_restic_and_resolved
     let data = lab.data("data", 0);
     plan_for(&api, "p", repo, &data, cfg.host_id).await;
     let a = eventually("restic_missing raised", || async {
-        active_alerts(&api, "restic_missing").await.into_iter().next()
+        active_alerts(&api, "restic_missing")
+            .await
+            .into_iter()
+            .next()
     })
     .await;
     assert_eq!(a["host_id"], cfg.host_id);
@@ -366,7 +379,12 @@ async fn restic_missing_is_raised_for_a_covered_host_without_restic_and_resolved
 #[tokio::test]
 async fn metrics_refuse_anonymous_and_a_wrong_token_and_accept_the_token_or_a_session() {
     let app = TestApp::spawn_with(quick_sweeps).await;
-    for auth in [None, Some("Bearer wrong"), Some("Bearer "), Some("scrape-tok-42")] {
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer "),
+        Some("scrape-tok-42"),
+    ] {
         let r = metrics(&app, auth).await;
         assert_eq!(r.status(), 401, "{auth:?}");
         let body: Value = r.json().await.unwrap();
@@ -385,10 +403,17 @@ async fn metrics_refuse_anonymous_and_a_wrong_token_and_accept_the_token_or_a_se
     assert!(body.trim_end().ends_with("# EOF"), "{body}");
 
     // Any session, even a viewer's, reads them.
-    let viewer = app.as_role(restic_manager::store::users::Role::Viewer).await;
+    let viewer = app
+        .as_role(restic_manager::store::users::Role::Viewer)
+        .await;
     let r = viewer.get(app.at(routes::METRICS)).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.text().await.unwrap().contains("restic_manager_agents_connected 0"));
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("restic_manager_agents_connected 0")
+    );
 
     // Without a configured token, no bearer opens them.
     let plain = TestApp::spawn().await;
