@@ -369,11 +369,6 @@ pub async fn jobs_by_kind_status<C: ConnectionTrait>(db: &C) -> Result<Vec<(Stri
     Ok(out)
 }
 
-/// Whether an enabled plan covers the host (it has a stored schedule row).
-pub async fn is_covered<C: ConnectionTrait>(db: &C, host_id: i64) -> Result<bool> {
-    Ok(!pairs_of_hosts(db, &[host_id]).await?.is_empty())
-}
-
 fn finished_backups(plan_id: i64, host_id: i64) -> sea_orm::Select<jobs::Entity> {
     jobs::Entity::find()
         .filter(jobs::Column::PlanId.eq(plan_id))

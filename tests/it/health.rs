@@ -390,6 +390,11 @@ async fn metrics_refuse_anonymous_and_a_wrong_token_and_accept_the_token_or_a_se
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"], "unauthorized", "{auth:?}");
     }
+    // The scheme is case-insensitive (RFC 9110).
+    assert_eq!(
+        metrics(&app, Some("bearer scrape-tok-42")).await.status(),
+        200
+    );
     let r = metrics(&app, Some("Bearer scrape-tok-42")).await;
     assert_eq!(r.status(), 200);
     assert!(
