@@ -44,6 +44,11 @@ pub struct Settings {
     pub browse_timeout: Duration,
     /// Plans without a time zone and maintenance schedules run in this one.
     pub timezone: chrono_tz::Tz,
+    /// A covering plan with no success for this long makes its host `stale`
+    /// (and raises `backup_stale`).
+    pub backup_stale_after: Duration,
+    /// Bearer token that may read `/metrics` without a session.
+    pub metrics_token: Option<String>,
 }
 
 impl Settings {
@@ -75,7 +80,15 @@ impl Settings {
             secret_key_file,
             browse_timeout: Duration::from_secs(30),
             timezone: chrono_tz::Tz::UTC,
+            backup_stale_after: Duration::from_secs(26 * 3600),
+            metrics_token: None,
         }
+    }
+
+    /// The backup-health cutoff at `now` (`--backup-stale-after` earlier).
+    pub fn staleness(&self, now: i64) -> crate::store::health::Staleness {
+        let after = i64::try_from(self.backup_stale_after.as_millis()).unwrap_or(i64::MAX);
+        crate::store::health::Staleness::new(now, after)
     }
 
     pub fn is_sqlite(&self) -> bool {
@@ -102,6 +115,11 @@ impl std::fmt::Debug for Settings {
             .field("update_min_healthy", &self.update_min_healthy)
             .field("offline_alert_after", &self.offline_alert_after)
             .field("timezone", &self.timezone)
+            .field("backup_stale_after", &self.backup_stale_after)
+            .field(
+                "metrics_token",
+                &self.metrics_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -133,8 +151,12 @@ mod tests {
         assert_eq!(redact_url("sqlite://./data/x.db"), "sqlite://./data/x.db");
         let mut s = Settings::with_data_dir("./d".into());
         s.bootstrap_admin_password = Some("secret-pw".into());
+        s.metrics_token = Some("metrics-tok-9".into());
         s.database_url = "postgres://a:b@c/d".into();
         let dbg = format!("{s:?}");
-        assert!(!dbg.contains("secret-pw") && !dbg.contains(":b@"), "{dbg}");
+        assert!(
+            !dbg.contains("secret-pw") && !dbg.contains(":b@") && !dbg.contains("metrics-tok-9"),
+            "{dbg}"
+        );
     }
 }

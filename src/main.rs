@@ -86,6 +86,14 @@ struct ServeArgs {
     /// maintenance schedules (e.g. Europe/Berlin).
     #[arg(long, env = "RM_TIMEZONE", default_value = "UTC", value_parser = parse_timezone)]
     timezone: chrono_tz::Tz,
+    /// Hours a covering plan may go without a successful backup before its
+    /// host counts as stale (and a backup_stale alert is raised).
+    #[arg(long, env = "RM_BACKUP_STALE_AFTER", default_value_t = 26, value_parser = clap::value_parser!(u64).range(1..=87_600))]
+    backup_stale_after: u64,
+    /// Bearer token that may read /metrics without a session
+    /// (`Authorization: Bearer <token>`). Without it only sessions can.
+    #[arg(long, env = "RM_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
 }
 
 fn parse_timezone(s: &str) -> Result<chrono_tz::Tz, String> {
@@ -185,6 +193,8 @@ fn settings(cli: &Cli) -> Settings {
         s.secret_key_file = p.clone();
     }
     s.timezone = a.timezone;
+    s.backup_stale_after = Duration::from_secs(a.backup_stale_after * 3600);
+    s.metrics_token = a.metrics_token.clone().filter(|t| !t.is_empty());
     s
 }
 

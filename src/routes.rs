@@ -92,6 +92,9 @@ pub const API_FLEET_RUNS: &str = "/api/fleet-updates";
 pub const API_FLEET_RUN: &str = "/api/fleet-updates/{id}";
 pub const API_FLEET_RUN_CANCEL: &str = "/api/fleet-updates/{id}/cancel";
 
+/// Prometheus metrics (a session or the metrics bearer token).
+pub const METRICS: &str = "/metrics";
+
 pub const AGENT_ENROLL: &str = "/agent/enroll";
 pub const AGENT_WS: &str = "/agent/ws";
 pub const AGENT_BINARY: &str = "/agent/binary";
@@ -128,6 +131,9 @@ pub enum Access {
     Agent,
     /// Logged in with at least this role.
     Min(Role),
+    /// Logged in with any role, or `Authorization: Bearer` with the
+    /// server's `--metrics-token` (scrapers have no session).
+    MetricsToken,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,7 +151,7 @@ const fn row(method: Method, path: &'static str, access: Access) -> Route {
     }
 }
 
-use Access::{Agent, Public};
+use Access::{Agent, MetricsToken, Public};
 use Method::{Delete, Get, Patch, Post};
 const VIEWER: Access = Access::Min(Role::Viewer);
 const OPERATOR: Access = Access::Min(Role::Operator);
@@ -167,6 +173,8 @@ pub const ALL: &[Route] = &[
     row(Post, AGENT_ENROLL, Agent),
     row(Get, AGENT_BINARY, Agent),
     row(Get, AGENT_WS, Agent),
+    // A session, or the metrics token.
+    row(Get, METRICS, MetricsToken),
     // Any logged-in user.
     row(Get, API_ME, VIEWER),
     row(Get, DASHBOARD, VIEWER),

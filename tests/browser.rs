@@ -1589,3 +1589,177 @@ async fn admin_creates_a_plan_through_the_form_and_watches_a_backup_progress() {
     b.close().await;
     agent.shutdown().await;
 }
+
+/// Never falls due in a test (29 February): moving the clock a day starts
+/// no scheduled backup or maintenance.
+const NEVER_SOON: &str = "0 3 29 2 *";
+
+async fn post_json(app: &TestApp, c: &reqwest::Client, path: &str, body: Value) -> Value {
+    let r = c.post(app.at(path)).json(&body).send().await.unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn dashboard_health_tiles_count_failing_stale_and_unprotected_hosts_and_filter_the_list() {
+    use restic_manager::routes;
+    let app = TestApp::spawn_with(|s| {
+        // The clock moves a day ahead; the admin's API session outlives it.
+        s.session_idle = Duration::from_secs(3 * 86_400);
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let good_cfg = app.enrolled_host("web-1").await;
+    let bad_cfg = app.enrolled_host("web-2").await;
+    let good_agent = restic_agent(&good_cfg, &work.path().join("a1"));
+    let bad_agent = restic_agent(&bad_cfg, &work.path().join("a2"));
+    wait_acked(&good_agent).await;
+    wait_acked(&bad_agent).await;
+    let (good, bad) = (good_cfg.host_id, bad_cfg.host_id);
+    let (quiet, _) = app.add_host_direct("db-1").await;
+    let (bare1, _) = app.add_host_direct("db-2").await;
+    let (bare2, _) = app.add_host_direct("mail-1").await;
+    let admin = app.admin().await;
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.txt"), b"health\n").unwrap();
+    let mut repos = Vec::new();
+    for name in ["good", "bad"] {
+        let r = post_json(
+            &app,
+            &admin,
+            routes::API_REPOSITORIES,
+            json!({"name": name, "url": work.path().join(name), "password": "pw",
+                   "maintenance_schedule": NEVER_SOON}),
+        )
+        .await;
+        repos.push(r["id"].as_i64().unwrap());
+    }
+    let mut plans = Vec::new();
+    for (name, repo, hosts) in [
+        ("web", repos[0], vec![good]),
+        ("web-legacy", repos[1], vec![bad]),
+        ("db", repos[1], vec![quiet]),
+    ] {
+        let p = post_json(
+            &app,
+            &admin,
+            routes::API_PLANS,
+            json!({"name": name, "repository_id": repo, "paths": [data], "schedule": NEVER_SOON,
+                   "hosts": hosts}),
+        )
+        .await;
+        plans.push(p["id"].as_i64().unwrap());
+    }
+    let state = |id: i64| {
+        let (app, admin) = (&app, &admin);
+        async move {
+            let r = admin
+                .get(app.at(&routes::api_host(id)))
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap()["backup_state"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    eventually("the plans cover their hosts", || async {
+        (state(quiet).await == "pending").then_some(())
+    })
+    .await;
+    // A day and more later: db-1 never had a success (stale); web-1 backs
+    // up fine (ok); web-2's repository was never initialised (failing).
+    app.clock.advance(Duration::from_secs(27 * 3600));
+    let init = post_json(
+        &app,
+        &admin,
+        &routes::api_repository_jobs(repos[0]),
+        json!({"kind": "init", "host_id": good}),
+    )
+    .await["job_ids"][0]
+        .as_i64()
+        .unwrap();
+    app.wait_job(init, "succeeded").await;
+    for (plan, host, want) in [(plans[0], good, "succeeded"), (plans[1], bad, "failed")] {
+        let j = post_json(
+            &app,
+            &admin,
+            &routes::api_plan_run(plan),
+            json!({"host_id": host}),
+        )
+        .await["job_ids"][0]
+            .as_i64()
+            .unwrap();
+        app.wait_job(j, want).await;
+    }
+    for (host, want) in [(good, "ok"), (bad, "failing"), (quiet, "stale")] {
+        eventually(&format!("host {host} is {want}"), || async {
+            (state(host).await == want).then_some(())
+        })
+        .await;
+    }
+
+    let b = Browser::open(&app).await;
+    b.login("admin", ADMIN_PASSWORD).await;
+    b.wait_css("[data-testid=tile-backup-failing]").await;
+    assert_eq!(b.row_ids().await.len(), 5);
+    assert_eq!(
+        b.text("[data-testid=tile-backup-failing] .tile-value")
+            .await,
+        "1"
+    );
+    assert_eq!(
+        b.text("[data-testid=tile-backup-stale] .tile-value").await,
+        "1"
+    );
+    assert_eq!(
+        b.text("[data-testid=tile-backup-unprotected] .tile-value")
+            .await,
+        "2"
+    );
+    assert!(b.row_cell(good, "last-backup").await.contains("succeeded"));
+    assert!(b.row_cell(bad, "last-backup").await.contains("failed"));
+    assert_eq!(b.row_cell(quiet, "last-backup").await, "never");
+    assert!(b.row_cell(good, "next-backup").await.starts_with("in "));
+    assert_eq!(b.row_cell(bare1, "next-backup").await, "—");
+    // The failing tile is red (app.css carries it).
+    let bg = b
+        .wait_css("[data-testid=tile-backup-failing]")
+        .await
+        .css_value("background-color")
+        .await
+        .expect("computed style");
+    assert_eq!(bg, "rgba(254, 242, 242, 1)", "tile-red did not apply");
+    b.screenshot("health-tiles.png").await;
+
+    for (tile, want) in [
+        ("failing", vec![bad]),
+        ("stale", vec![quiet]),
+        ("unprotected", {
+            let mut v = vec![bare1, bare2];
+            v.sort();
+            v
+        }),
+    ] {
+        b.goto("/").await;
+        b.click(&format!("[data-testid=tile-backup-{tile}]")).await;
+        b.wait_css("[data-testid=backup-filter]").await;
+        assert_eq!(b.location().await, format!("/?backup={tile}"));
+        assert_eq!(b.row_ids().await, want, "tile {tile}");
+        assert!(b.text("[data-testid=backup-filter]").await.contains(tile));
+        for id in want {
+            assert_eq!(b.row_cell(id, "backup-state").await, tile);
+        }
+    }
+    // "Show all hosts" clears the filter.
+    b.click("[data-testid=backup-filter] a").await;
+    b.wait_css("[data-testid=tile-backup-failing]").await;
+    assert_eq!(b.location().await, "/");
+    assert_eq!(b.row_ids().await.len(), 5);
+    assert!(b.csp_violations().await.is_empty());
+    b.close().await;
+    good_agent.shutdown().await;
+    bad_agent.shutdown().await;
+}

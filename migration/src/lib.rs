@@ -10,6 +10,7 @@ mod m0005_one_live_update_per_host;
 mod m0006_fleet_updates;
 mod m0007_restic_core;
 mod m0008_plans;
+mod m0009_backup_health;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0006_fleet_updates::Migration),
             Box::new(m0007_restic_core::Migration),
             Box::new(m0008_plans::Migration),
+            Box::new(m0009_backup_health::Migration),
         ]
     }
 }

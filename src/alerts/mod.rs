@@ -2,6 +2,7 @@
 //! hooks and the `host_offline` sweep. A real change (a new alert, a
 //! resolve) queues webhook notifications; a repeat raise does not. Callers
 //! never block on a webhook: sending happens in `notify`'s worker.
+pub mod health;
 pub mod notify;
 
 use std::{collections::HashSet, time::Duration};
@@ -172,10 +173,23 @@ pub struct Swept {
     pub resolved: usize,
 }
 
-/// One pass of the `host_offline` check: raises for enrolled hosts offline
-/// longer than `offline_alert_after`, and resolves alerts of hosts that are
-/// online again (a safety net for a hello that raced this sweep).
+/// One pass of the periodic checks: backup health (`backup_stale`,
+/// `restic_missing`, see `health`) and `host_offline`: raises for enrolled
+/// hosts offline longer than `offline_alert_after`, and resolves alerts of
+/// hosts that are online again (a safety net for a hello that raced this
+/// sweep).
 pub async fn sweep_once(state: &AppState) -> store::Result<Swept> {
+    // Both run even if one fails.
+    let offline = offline_sweep(state).await;
+    let health = health::sweep(state).await;
+    let (offline, health) = (offline?, health?);
+    Ok(Swept {
+        raised: offline.raised + health.raised,
+        resolved: offline.resolved + health.resolved,
+    })
+}
+
+async fn offline_sweep(state: &AppState) -> store::Result<Swept> {
     let now = state.clock.now_ms();
     let after = i64::try_from(state.settings.offline_alert_after.as_millis()).unwrap_or(i64::MAX);
     let mut swept = Swept::default();

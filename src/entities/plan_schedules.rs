@@ -10,6 +10,11 @@ pub struct Model {
     pub next_run_at: i64,
     pub basis: String,
     pub covered_since: i64,
+    pub last_finished_at: Option<i64>,
+    pub last_status: Option<String>,
+    pub last_success_at: Option<i64>,
+    pub last_duration_ms: Option<i64>,
+    pub last_data_added: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -23,6 +23,7 @@ pub async fn candidates(state: &AppState) -> Result<Vec<Host>, AppError> {
         &HostFilter {
             status: Some(Status::Online),
             behind: Some(version::VERSION.to_string()),
+            ..Default::default()
         },
     )
     .await?)

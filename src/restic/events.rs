@@ -45,6 +45,7 @@ pub async fn on_hello(state: &AppState, host_id: i64, hello: &Hello) {
     {
         tracing::error!(error = %e, host_id, "recording restic facts failed");
     }
+    crate::alerts::health::on_hello(state, host_id).await;
     for f in hello.recent_finished.iter().take(64) {
         finished(state, host_id, f).await;
     }

@@ -611,9 +611,18 @@ pub async fn on_job_end(state: &AppState, job: &Job) {
 }
 
 async fn job_end(state: &AppState, job: &Job) -> Result<(), PlanError> {
+    if let (JobKind::Backup, Some(plan_id)) = (job.kind, job.plan_id) {
+        // Fleet health: the (plan, host) row's last run and last success.
+        store::health::refresh(&state.db, plan_id, job.host_id).await?;
+    }
     match (job.kind, job.status, job.plan_id) {
         (JobKind::Backup, JobStatus::Succeeded, Some(plan_id)) => {
             alerts::resolve(state, &backup_failed_key(job.host_id, plan_id)).await?;
+            alerts::resolve(
+                state,
+                &alerts::health::backup_stale_key(job.host_id, plan_id),
+            )
+            .await?;
             let Ok(plan) = store::plans::get(&state.db, plan_id).await else {
                 return Ok(());
             };

@@ -274,6 +274,18 @@ pub async fn active_host_ids<C: ConnectionTrait>(db: &C, kind: &str) -> Result<V
         .collect())
 }
 
+/// Dedup keys of the active alerts of `kind`.
+pub async fn active_keys<C: ConnectionTrait>(db: &C, kind: &str) -> Result<Vec<String>> {
+    Ok(alerts::Entity::find()
+        .select_only()
+        .column(alerts::Column::DedupKey)
+        .filter(alerts::Column::Kind.eq(kind))
+        .filter(alerts::Column::ResolvedAt.is_null())
+        .into_tuple::<String>()
+        .all(db)
+        .await?)
+}
+
 /// An enrolled host that has been offline since before the cutoff.
 #[derive(Clone, Debug)]
 pub struct OfflineHost {

@@ -70,6 +70,8 @@ pub struct HostFilter {
     pub status: Option<Status>,
     /// Only hosts behind this (the server's) version.
     pub behind: Option<String>,
+    /// Only hosts in this backup state (`?backup=`), judged at this cutoff.
+    pub backup: Option<(super::health::BackupState, super::health::Staleness)>,
 }
 
 impl HostFilter {
@@ -82,6 +84,9 @@ impl HostFilter {
         }
         if let Some(v) = &self.behind {
             c = c.add(behind_condition(v));
+        }
+        if let Some((state, s)) = self.backup {
+            c = c.add(super::health::condition(state, s));
         }
         c
     }

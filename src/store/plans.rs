@@ -292,7 +292,9 @@ pub async fn insert_schedule<C: ConnectionTrait>(
         // Another writer got there first: its row stands.
         Err(e) if is_unique_violation(&e) => Ok(()),
         Err(e) => Err(e.into()),
-        Ok(_) => Ok(()),
+        // A pair covered again (a plan re-enabled, a label back) starts
+        // from the runs it already had.
+        Ok(_) => super::health::refresh(db, plan_id, host_id).await,
     }
 }
 

@@ -1,5 +1,9 @@
-//! The dashboard: host counts, a status filter and the paged host table,
-//! whose online state refreshes itself (htmx) without a full reload.
+//! The dashboard: host counts, backup-health tiles (failing, stale,
+//! unprotected: each links to exactly those hosts), a status filter and the
+//! paged host table with last and next backup, which refreshes itself
+//! (htmx) without a full reload.
+use std::collections::HashMap;
+
 use maud::{Markup, html};
 
 use super::{
@@ -8,8 +12,9 @@ use super::{
     page,
 };
 use crate::{
-    routes,
+    clock, routes,
     store::{
+        health::{BackupState, HostHealth},
         hosts::{Host, Status},
         users::User,
     },
@@ -22,6 +27,12 @@ pub struct DashboardView<'a> {
     pub status: Option<Status>,
     /// Only hosts whose agent is behind the server (`?updates=behind`).
     pub behind: bool,
+    /// Only hosts in this backup state (`?backup=`).
+    pub backup: Option<BackupState>,
+    /// Backup health of the hosts on this page.
+    pub health: &'a HashMap<i64, HostHealth>,
+    /// Hosts per backup state, fleet-wide (the health tiles).
+    pub backup_counts: &'a HashMap<BackupState, u64>,
     pub count_behind: u64,
     pub offset: u64,
     pub limit: u64,
@@ -39,6 +50,9 @@ impl DashboardView<'_> {
 
     fn query_with(&self, status: Option<Status>, behind: bool, offset: u64) -> String {
         let mut q = Vec::new();
+        if let Some(b) = self.backup {
+            q.push(format!("backup={b}"));
+        }
         if behind {
             q.push("updates=behind".to_string());
         }
@@ -70,7 +84,73 @@ fn tile(label: &str, value: u64, href: &str, testid: &str) -> Markup {
     }
 }
 
-pub fn host_row(h: &Host, now_ms: i64) -> Markup {
+/// The dashboard filtered to one backup state (what a health tile links to).
+pub fn backup_filter_href(state: BackupState) -> String {
+    format!("{}?backup={state}", routes::DASHBOARD)
+}
+
+/// A health tile: hosts in `state`, linking to exactly those.
+fn health_tile(v: &DashboardView, state: BackupState, label: &str, class: &str) -> Markup {
+    let n = v.backup_counts.get(&state).copied().unwrap_or(0);
+    // Quiet when nothing needs attention.
+    let class = if n > 0 { class } else { "tile" };
+    html! {
+        a class=(class) href=(backup_filter_href(state)) data-testid=(format!("tile-backup-{state}"))
+            aria-current=[(v.backup == Some(state)).then_some("page")] {
+            span class="tile-value" { (n) }
+            span class="tile-label" { (label) }
+        }
+    }
+}
+
+pub fn backup_state_pill(state: BackupState) -> Markup {
+    let class = match state {
+        BackupState::Ok => "pill-backup-ok",
+        BackupState::Failing => "pill-backup-failing",
+        BackupState::Stale => "pill-backup-stale",
+        BackupState::Pending => "pill-backup-pending",
+        BackupState::Unprotected => "pill-backup-unprotected",
+    };
+    super::components::pill(class, "backup-state", state.as_str())
+}
+
+/// "in 3 h" for a time ahead (or "due" once it has passed).
+fn until(now_ms: i64, at: i64) -> String {
+    let s = (at - now_ms) / 1000;
+    match s {
+        i64::MIN..=0 => "due".into(),
+        1..=59 => format!("in {s} s"),
+        60..=3599 => format!("in {} min", s / 60),
+        3600..=86_399 => format!("in {} h", s / 3600),
+        _ => format!("in {} d", s / 86_400),
+    }
+}
+
+fn backup_cells(h: Option<&HostHealth>, now_ms: i64) -> Markup {
+    let h = h.unwrap_or(&HostHealth::UNPROTECTED);
+    html! {
+        td { (backup_state_pill(h.backup_state)) }
+        td data-testid="last-backup" {
+            @match h.last_backup_at {
+                Some(t) => {
+                    time datetime=(clock::rfc3339(t)) title=(clock::rfc3339(t)) { (clock::ago(now_ms, t)) }
+                    @if let Some(st) = &h.last_backup_status {
+                        " " (super::components::pill(&format!("pill-{st}"), "last-backup-status", st))
+                    }
+                }
+                None => span class="text-gray-400" { "never" },
+            }
+        }
+        td data-testid="next-backup" {
+            @match h.next_backup_at {
+                Some(t) => time datetime=(clock::rfc3339(t)) title=(clock::rfc3339(t)) { (until(now_ms, t)) },
+                None => span class="text-gray-400" { "—" },
+            }
+        }
+    }
+}
+
+pub fn host_row(h: &Host, health: Option<&HostHealth>, now_ms: i64) -> Markup {
     html! {
         tr data-testid="host-row" data-host-id=(h.id) {
             td class="font-medium" { a class="link" href=(routes::host(h.id)) { (h.name) } }
@@ -86,6 +166,7 @@ pub fn host_row(h: &Host, now_ms: i64) -> Markup {
             }
             td { (online_pill(h.online)) }
             td { (last_seen(now_ms, h.last_seen_at)) }
+            (backup_cells(health, now_ms))
         }
     }
 }
@@ -96,11 +177,14 @@ pub fn hosts_table(v: &DashboardView) -> Markup {
         div id="hosts-table" {
             div class="card p-0 overflow-x-auto" {
                 table class="table-base" {
-                    thead { tr { th { "Name" } th { "Hostname" } th { "OS/arch" } th { "Agent" } th { "Status" } th { "Last seen" } } }
+                    thead { tr {
+                        th { "Name" } th { "Hostname" } th { "OS/arch" } th { "Agent" } th { "Status" } th { "Last seen" }
+                        th { "Backup" } th { "Last backup" } th { "Next backup" }
+                    } }
                     tbody {
-                        @for h in v.hosts { (host_row(h, v.now_ms)) }
+                        @for h in v.hosts { (host_row(h, v.health.get(&h.id), v.now_ms)) }
                         @if v.hosts.is_empty() {
-                            tr { td colspan="6" class="text-center text-gray-500 py-8" {
+                            tr { td colspan="9" class="text-center text-gray-500 py-8" {
                                 @if v.count_all == 0 {
                                     "No hosts yet. "
                                     @if v.user.role == crate::store::users::Role::Admin {
@@ -136,6 +220,15 @@ pub fn dashboard_body(v: &DashboardView) -> Markup {
                 (tile("online", v.count_online, &v.query(Some(Status::Online), 0), "tile-online"))
                 (tile("offline", v.count_all.saturating_sub(v.count_online), &v.query(Some(Status::Offline), 0), "tile-offline"))
                 (hosts_behind_tile(v.count_behind))
+                (health_tile(v, BackupState::Failing, "backups failing", "tile tile-red"))
+                (health_tile(v, BackupState::Stale, "backups stale", "tile tile-amber"))
+                (health_tile(v, BackupState::Unprotected, "unprotected", "tile tile-amber"))
+            }
+            @if let Some(b) = v.backup {
+                div class="banner-info flex items-center justify-between" data-testid="backup-filter" {
+                    span { "Showing only hosts whose backup state is " strong { (b) } "." }
+                    a class="link" href=(routes::DASHBOARD) { "Show all hosts" }
+                }
             }
             @if v.behind {
                 div class="banner-info flex items-center justify-between" data-testid="behind-filter" {

@@ -11,6 +11,7 @@ use crate::{
     state::AppState,
     store::{
         self, Page,
+        health::{BackupState, HostHealth},
         hosts::{Host, HostFilter, Status},
         users::Role,
     },
@@ -34,11 +35,19 @@ pub struct HostJson {
     created_at: String,
     labels: Vec<String>,
     restic_version: Option<String>,
+    backup_state: BackupState,
+    last_backup_at: Option<String>,
+    last_backup_status: Option<String>,
+    next_backup_at: Option<String>,
 }
 
-impl From<Host> for HostJson {
-    fn from(h: Host) -> Self {
+impl HostJson {
+    fn new(h: Host, health: &HostHealth) -> Self {
         HostJson {
+            backup_state: health.backup_state,
+            last_backup_at: health.last_backup_at.map(clock::rfc3339),
+            last_backup_status: health.last_backup_status.clone(),
+            next_backup_at: health.next_backup_at.map(clock::rfc3339),
             update_available: h.is_behind(version::VERSION),
             target_version: version::VERSION.to_string(),
             last_seen_at: h.last_seen_at.map(clock::rfc3339),
@@ -57,16 +66,38 @@ impl From<Host> for HostJson {
     }
 }
 
+/// Host objects with their backup health (one query for the page).
+pub async fn hosts_json(state: &AppState, hosts: Vec<Host>) -> Result<Vec<HostJson>, AppError> {
+    let ids: Vec<i64> = hosts.iter().map(|h| h.id).collect();
+    let s = state.settings.staleness(state.clock.now_ms());
+    let health = store::health::of_hosts(&state.db, &ids, s).await?;
+    Ok(hosts
+        .into_iter()
+        .map(|h| {
+            let hh = health.get(&h.id).unwrap_or(&HostHealth::UNPROTECTED);
+            HostJson::new(h, hh)
+        })
+        .collect())
+}
+
+pub async fn host_json(state: &AppState, h: Host) -> Result<HostJson, AppError> {
+    hosts_json(state, vec![h])
+        .await?
+        .pop()
+        .ok_or(AppError::NotFound("not_found", "host not found".into()))
+}
+
 #[derive(Deserialize)]
 pub struct ListQuery {
     status: Option<String>,
     updates: Option<String>,
+    backup: Option<String>,
     limit: Option<u64>,
     offset: Option<u64>,
 }
 
 impl ListQuery {
-    fn filter(&self) -> Result<HostFilter, AppError> {
+    fn filter(&self, state: &AppState) -> Result<HostFilter, AppError> {
         let status = match self.status.as_deref() {
             None | Some("") | Some("all") => None,
             Some("online") => Some(Status::Online),
@@ -88,7 +119,25 @@ impl ListQuery {
                 ));
             }
         };
-        Ok(HostFilter { status, behind })
+        let backup = match self.backup.as_deref() {
+            None | Some("") | Some("all") => None,
+            Some(b) => match BackupState::parse(b) {
+                Some(b) => Some((b, state.settings.staleness(state.clock.now_ms()))),
+                None => {
+                    return Err(AppError::BadRequest(
+                        "invalid_backup",
+                        format!(
+                            "backup must be failing, stale, pending, ok or unprotected, not {b:?}"
+                        ),
+                    ));
+                }
+            },
+        };
+        Ok(HostFilter {
+            status,
+            behind,
+            backup,
+        })
     }
     fn page(&self) -> Page {
         Page::new(self.limit, self.offset)
@@ -100,9 +149,9 @@ async fn api_hosts_list(
     _user: CurrentUser,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, AppError> {
-    let filter = q.filter()?;
+    let filter = q.filter(&state)?;
     let hosts = store::hosts::list(&state.db, &filter, q.page()).await?;
-    Ok(HttpResponse::Ok().json(hosts.into_iter().map(HostJson::from).collect::<Vec<_>>()))
+    Ok(HttpResponse::Ok().json(hosts_json(&state, hosts).await?))
 }
 
 async fn api_host_get(
@@ -111,7 +160,7 @@ async fn api_host_get(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, AppError> {
     let h = store::hosts::get(&state.db, *id).await?;
-    Ok(HttpResponse::Ok().json(HostJson::from(h)))
+    Ok(HttpResponse::Ok().json(host_json(&state, h).await?))
 }
 
 #[derive(Deserialize)]
@@ -207,9 +256,14 @@ async fn dashboard(
     htmx: Htmx,
     q: web::Query<ListQuery>,
 ) -> Result<Markup, PageError> {
-    let filter = q.filter()?;
+    let filter = q.filter(&state)?;
     let page = q.page();
+    let now = state.clock.now_ms();
     let hosts = store::hosts::list(&state.db, &filter, page).await?;
+    let ids: Vec<i64> = hosts.iter().map(|h| h.id).collect();
+    let staleness = state.settings.staleness(now);
+    let health = store::health::of_hosts(&state.db, &ids, staleness).await?;
+    let backup_counts = store::health::counts(&state.db, staleness).await?;
     let total = store::hosts::count(&state.db, &filter).await?;
     let count_all = store::hosts::count(&state.db, &HostFilter::default()).await?;
     let count_online = store::hosts::count(
@@ -226,13 +280,16 @@ async fn dashboard(
         hosts: &hosts,
         status: filter.status,
         behind: filter.behind.is_some(),
+        backup: filter.backup.map(|(b, _)| b),
+        health: &health,
+        backup_counts: &backup_counts,
         count_behind,
         offset: page.offset,
         limit: page.limit,
         total,
         count_all,
         count_online,
-        now_ms: state.clock.now_ms(),
+        now_ms: now,
     };
     Ok(if htmx.0 {
         views::dashboard::dashboard_body(&v)

@@ -13,6 +13,7 @@ pub mod host_update;
 pub mod hosts;
 pub mod job_events;
 pub mod jobs;
+pub mod metrics;
 pub mod notifications;
 pub mod plans;
 pub mod repositories;
@@ -100,6 +101,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     users::configure(cfg);
     audit::configure(cfg);
     alerts::configure(cfg);
+    metrics::configure(cfg);
     notifications::configure(cfg);
     enroll::configure(cfg);
     agent_binary::configure(cfg);

@@ -347,7 +347,7 @@ async fn api_host_patch(
         )
     })?;
     let h = set_labels(&state, &req, &user, *id, &p.labels).await?;
-    Ok(HttpResponse::Ok().json(super::hosts::HostJson::from(h)))
+    Ok(HttpResponse::Ok().json(super::hosts::host_json(&state, h).await?))
 }
 
 // ---------------------------------------------------------------- pages

@@ -102,6 +102,8 @@ fn table() -> Vec<Route> {
         r("POST", routes::AGENT_ENROLL, Access::Agent, true, 200).json(r#"{"token":"bogus"}"#),
         r("GET", "/agent/binary", Access::Agent, true, 200),
         r("GET", routes::AGENT_WS, Access::Agent, true, 101),
+        // A session of any role, or the metrics token (tests/it/health.rs).
+        r("GET", routes::METRICS, Access::MetricsToken, true, 200),
         // Any logged-in user.
         r("GET", routes::API_ME, VIEWER, true, 200),
         r("GET", routes::API_HOSTS, VIEWER, true, 200),
@@ -560,6 +562,7 @@ impl Runner {
             (Access::Agent, _) => false,
             (Access::Min(_), None) => false,
             (Access::Min(min), Some(role)) => role >= min,
+            (Access::MetricsToken, who) => who.is_some(),
         };
 
         if allowed {

@@ -14,6 +14,7 @@ mod api_enroll;
 mod api_roles;
 mod audit;
 mod fleet;
+mod health;
 mod jobs;
 mod migrations;
 mod plans;

@@ -132,3 +132,63 @@ async fn upgrading_from_the_update_release_keeps_jobs_logs_and_rules() {
         "0"
     );
 }
+
+#[tokio::test]
+async fn backup_health_columns_are_filled_from_the_jobs_already_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database_url(dir.path()).await;
+    let db = restic_manager::db::connect(&url).await.unwrap();
+    // The plans release (migrations 1–8): a plan covering two hosts, with
+    // backups on one of them.
+    Migrator::up(&db, Some(8)).await.unwrap();
+    for sql in [
+        "INSERT INTO hosts (name, created_at) VALUES ('web-1', 1)",
+        "INSERT INTO hosts (name, created_at) VALUES ('web-2', 1)",
+        "INSERT INTO repositories (name, url_enc, url_masked, local, password_enc, \
+         maintenance_schedule, created_at, updated_at) VALUES ('r', 'x', '/r', TRUE, 'x', '0 3 * * *', 1, 1)",
+        "INSERT INTO plans (name, repository_id, paths, schedule, timezone, created_at, updated_at) \
+         VALUES ('p', 1, '[\"/srv\"]', '@daily', 'UTC', 1, 1)",
+        "INSERT INTO plan_schedules (plan_id, host_id, next_run_at, basis, covered_since) \
+         VALUES (1, 1, 1000, 'b', 5)",
+        "INSERT INTO plan_schedules (plan_id, host_id, next_run_at, basis, covered_since) \
+         VALUES (1, 2, 1000, 'b', 5)",
+    ] {
+        exec(&db, sql).await.unwrap();
+    }
+    for (status, finished) in [
+        ("succeeded", "10"),
+        ("failed", "20"),
+        ("cancelled", "30"),
+        ("skipped", "40"),
+        ("queued", "NULL"),
+    ] {
+        exec(
+            &db,
+            &format!(
+                "INSERT INTO jobs (host_id, kind, status, actor_kind, actor_name, created_at, \
+                 plan_id, repository_id, finished_at) \
+                 VALUES (1, 'backup', '{status}', 'schedule', 'schedule', 1, 1, 1, {finished})"
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    Migrator::up(&db, None).await.unwrap();
+    let row = |host: i64| {
+        let db = &db;
+        async move {
+            one(
+                db,
+                &format!(
+                    "SELECT COALESCE(CAST(last_finished_at AS TEXT), '-') || ' ' || \
+                     COALESCE(last_status, '-') || ' ' || COALESCE(CAST(last_success_at AS TEXT), '-') \
+                     FROM plan_schedules WHERE host_id = {host}"
+                ),
+            )
+            .await
+        }
+    };
+    // The last succeeded-or-failed run counts; cancelled and skipped do not.
+    assert_eq!(row(1).await, "20 failed 10");
+    assert_eq!(row(2).await, "- - -");
+}
