@@ -46,7 +46,9 @@ pub fn job_json_with(j: &Job, progress: Option<&agent::wire::JobProgress>) -> se
         "warning": j.warning,
         "error_kind": j.error_kind,
         "result": j.result,
-        "progress": progress.map(|p| json!({
+        // Only a running job has progress (the last report may outlive the
+        // run by a moment in memory).
+        "progress": progress.filter(|_| j.status == JobStatus::Running).map(|p| json!({
             "percent": p.percent,
             "bytes_done": p.bytes_done,
             "total_bytes": p.total_bytes,

@@ -973,7 +973,9 @@ async fn cancel_stops_a_long_backup_and_a_prune_waits_for_it() {
     // Progress arrives while it runs (kept in memory, shown in the API).
     let p = eventually_within(JOB_WAIT, "backup progress", || async {
         let j = api.get(&routes::api_job(b)).await;
-        (j["status"] == "running" && j["progress"].is_object()).then_some(j)
+        // restic's first reports come before its scan has sized the job.
+        (j["status"] == "running" && j["progress"]["total_bytes"].as_u64().unwrap_or(0) > 0)
+            .then_some(j)
     })
     .await;
     assert!(p["progress"]["total_bytes"].as_u64().unwrap() > 0);
