@@ -876,3 +876,78 @@ async fn concurrent_raises_of_one_key_make_one_alert() {
     assert_eq!(all.len(), 1, "{all:#?}");
     assert_eq!(all[0]["count"], 12);
 }
+
+/// Removes every data pack of a local restic repository.
+fn remove_packs(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            n += remove_packs(&p);
+        } else {
+            std::fs::remove_file(&p).unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn a_failed_repository_check_raises_an_alert_that_webhooks_carry_and_a_passing_check_resolves()
+ {
+    use crate::restic::{Api, Lab, backup, restic_bin};
+    let hook = Receiver::start(&[]).await;
+    let app = TestApp::spawn().await;
+    add_target(&app, "ops", &hook.url, "").await;
+    let lab = Lab::new();
+    let api = Api::new(&app).await;
+    let cfg = app.enrolled_host("web-1").await;
+    let agent = lab.agent(&cfg, &restic_bin());
+    wait_acked(&agent).await;
+    let path = lab.path("repo");
+    let repo = api.repo("vault", path.to_str().unwrap(), "pw").await;
+    let init = api.job(repo, "init", cfg.host_id).await;
+    assert_eq!(api.finished(init).await["status"], "succeeded");
+    let data = lab.data("data", 0);
+    let b = backup(&app, repo, cfg.host_id, &[&data]).await;
+    assert_eq!(api.finished(b).await["status"], "succeeded");
+
+    // Lose the data packs: restic's check finds the index pointing nowhere.
+    assert!(remove_packs(&path.join("data")) > 0);
+    let c = api.job(repo, "check", cfg.host_id).await;
+    let j = api.finished(c).await;
+    assert_eq!(j["status"], "failed", "{}", api.log(c).await);
+    let admin = app.admin().await;
+    let active = api_alerts(&admin, &app, "?state=active").await;
+    let alert = active
+        .iter()
+        .find(|a| a["kind"] == "repository_check_failed")
+        .unwrap_or_else(|| panic!("no repository_check_failed alert: {active:?}"));
+    assert_eq!(alert["host_id"], cfg.host_id);
+    assert!(
+        alert["message"].as_str().unwrap().contains("vault"),
+        "{alert}"
+    );
+    let got = hook.wait_for(1).await;
+    let sent = got
+        .iter()
+        .map(Received::json)
+        .find(|b| b["alert"]["kind"] == "repository_check_failed")
+        .expect("the webhook carried the alert");
+    assert_eq!(sent["event"], "alert.raised");
+
+    // A sound repository again: the next passing check resolves it.
+    std::fs::remove_dir_all(&path).unwrap();
+    let init = api.job(repo, "init", cfg.host_id).await;
+    assert_eq!(api.finished(init).await["status"], "succeeded");
+    let c = api.job(repo, "check", cfg.host_id).await;
+    assert_eq!(api.finished(c).await["status"], "succeeded");
+    let active = api_alerts(&admin, &app, "?state=active").await;
+    assert!(
+        !active
+            .iter()
+            .any(|a| a["kind"] == "repository_check_failed"),
+        "{active:?}"
+    );
+    agent.shutdown().await;
+}
