@@ -219,6 +219,21 @@ impl Message for JobFinished {
     const TYPE: &'static str = JOB_FINISHED;
 }
 
+impl JobFinished {
+    /// A job that failed with `error`; nothing else set.
+    pub fn failed(job_id: i64, error: impl Into<String>) -> JobFinished {
+        JobFinished {
+            job_id,
+            status: FinishedStatus::Failed,
+            error: Some(error.into()),
+            exit_code: None,
+            warning: false,
+            error_kind: None,
+            result: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LogStreamKind {

@@ -3,7 +3,7 @@
 
 use tracing::{debug, warn};
 
-use crate::wire::{self, CommandUpdate, Envelope, FinishedStatus, JobFinished, Message};
+use crate::wire::{self, CommandUpdate, Envelope, JobFinished, Message};
 
 use super::{FrameSender, UPDATE_UNSUPPORTED};
 
@@ -71,16 +71,7 @@ fn refuse_update(frame: Envelope, sender: FrameSender) {
         target_version = %command.target_version,
         "{UPDATE_UNSUPPORTED}"
     );
-    let mut reply = JobFinished {
-        job_id: command.job_id,
-        status: FinishedStatus::Failed,
-        error: Some(UPDATE_UNSUPPORTED.to_string()),
-        exit_code: None,
-        warning: false,
-        error_kind: None,
-        result: None,
-    }
-    .envelope();
+    let mut reply = JobFinished::failed(command.job_id, UPDATE_UNSUPPORTED).envelope();
     reply.id = frame.id;
     tokio::spawn(async move {
         if let Err(e) = sender.send(&reply).await {

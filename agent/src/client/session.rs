@@ -19,7 +19,6 @@ use tracing::{debug, error, info, warn};
 use url::Url;
 
 use crate::config::{self, AgentConfig, ServerUrlError};
-use crate::version;
 use crate::wire::{self, Envelope, HelloAck, HelloRejected, Message, UpdateReport};
 
 use super::{
@@ -60,8 +59,7 @@ pub(super) fn ws_request(url: &Url, secret: &str) -> Result<http::Request<()>, C
     auth.set_sensitive(true);
     let headers = request.headers_mut();
     headers.insert(http::header::AUTHORIZATION, auth);
-    if let Ok(agent) = HeaderValue::from_str(&format!("restic-manager-agent/{}", version::VERSION))
-    {
+    if let Ok(agent) = HeaderValue::from_str(&crate::http::user_agent()) {
         headers.insert(http::header::USER_AGENT, agent);
     }
     Ok(request)

@@ -32,9 +32,9 @@ use crate::config::{self, ServerUrlError};
 use crate::http::snippet;
 use crate::wire::CommandUpdate;
 
+pub(crate) use crate::files::{parent_dir, remove_quietly, sync_dir, with_suffix};
 use download::download;
 pub use files::{marker_path, new_path, old_path};
-pub(crate) use files::{parent_dir, remove_quietly, sync_dir, with_suffix};
 pub use handler::{ExitRequest, UPDATE_ALREADY_RUNNING, UpdateHandler};
 pub use marker::{MarkerState, UpdateMarker};
 
