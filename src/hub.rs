@@ -112,14 +112,6 @@ impl Hub {
     pub fn online_ids(&self) -> Vec<i64> {
         self.lock().keys().copied().collect()
     }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]

@@ -250,5 +250,5 @@ async fn handle_text(
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(routes::AGENT_WS, web::get().to(agent_ws));
+    super::route(cfg, routes::Method::Get, routes::AGENT_WS, agent_ws);
 }
