@@ -34,9 +34,6 @@ pub use identity::{Identity, local_hostname};
 pub use sender::{FrameSender, SendError};
 pub use session::ws_url;
 
-/// The WebSocket endpoint, relative to the server URL.
-pub const WS_PATH: &str = "agent/ws";
-
 /// What the default handler answers to `command.update`. The binary runs
 /// with [`crate::updater::UpdateHandler`] instead; in-process agents (tests)
 /// keep this refusal.

@@ -23,7 +23,7 @@ use crate::wire::{self, Envelope, HelloAck, HelloRejected, Message, UpdateReport
 
 use super::{
     Backoff, ClientError, ConnState, FrameSender, REPLACED_ELSEWHERE, RunOptions, SECRET_REJECTED,
-    Shutdown, WS_PATH, error_chain,
+    Shutdown, error_chain,
 };
 
 /// How long a closing handshake may take before the socket is just dropped.
@@ -38,7 +38,7 @@ type WsSource = SplitStream<WsStream>;
 
 /// `http(s)://host/prefix` → `ws(s)://host/prefix/agent/ws`.
 pub fn ws_url(server_url: &str) -> Result<Url, ServerUrlError> {
-    let mut url = config::endpoint_url(server_url, WS_PATH)?;
+    let mut url = config::endpoint_url(server_url, wire::WS_PATH)?;
     let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
     // http→ws and https→wss are always allowed by the URL standard.
     url.set_scheme(scheme)
