@@ -11,6 +11,7 @@ pub mod db;
 pub mod entities;
 pub mod error;
 pub mod fleet;
+pub mod hosts;
 pub mod hub;
 pub mod jobs;
 pub mod presence;
