@@ -113,12 +113,9 @@ impl Hub {
         self.lock().keys().copied().collect()
     }
 
-    pub fn len(&self) -> usize {
+    /// How many agents are connected now (for `/metrics`).
+    pub fn connected(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

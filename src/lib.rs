@@ -1,6 +1,7 @@
 //! restic-manager server: builds the app from settings — database and
 //! migrations, the agent hub, background workers, the HTTP server.
 pub mod agent_binaries;
+pub mod agents;
 pub mod alerts;
 pub mod audit;
 pub mod auth;
@@ -10,6 +11,7 @@ pub mod db;
 pub mod entities;
 pub mod error;
 pub mod fleet;
+pub mod hosts;
 pub mod hub;
 pub mod jobs;
 pub mod presence;
@@ -97,6 +99,7 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
         hub,
         presence,
         live: Arc::new(jobs::LiveJobs::default()),
+        deadlines: Arc::new(jobs::Deadlines::default()),
         updates: Arc::new(updates::Updates::default()),
         fleet: Arc::new(fleet::Fleet::default()),
         clock,
@@ -108,7 +111,7 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
     alerts::spawn_sweeper(state.clone());
     restic::dispatch::spawn(state.clone());
     restic::scheduler::spawn(state.clone());
-    updates::spawn_watcher(state.clone());
+    jobs::deadlines::spawn_watcher(state.clone());
     fleet::spawn(state.clone());
     let app_state = aweb::Data::new(state.clone());
     let server = HttpServer::new(move || {

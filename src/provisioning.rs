@@ -1,48 +1,28 @@
-//! Creating users and hosts, shared by the command line and the HTTP
-//! handlers so both enforce the same rules.
+//! What the command line creates: users (also the first admin at start)
+//! and hosts. The HTTP handlers go through the services in `crate::users`
+//! and `crate::hosts`, which share these rules and add the audit row.
 use sea_orm::{DatabaseConnection, TransactionTrait};
 
+pub use crate::hosts::CreatedHost;
 use crate::{
     auth,
     store::{
-        StoreError, enrollment, hosts,
+        StoreError,
         users::{self, Role, User},
     },
 };
 
-pub struct CreatedHost {
-    pub host_id: i64,
-    pub name: String,
-    pub enrollment_token: String,
-    pub expires_at: i64,
-}
-
-/// A new host and its one-time enrollment token, in one transaction.
+/// A new host and its one-time enrollment token, in one transaction (the
+/// command line's `host add`).
 pub async fn host_add(
     db: &DatabaseConnection,
     name: &str,
     now: i64,
 ) -> Result<CreatedHost, StoreError> {
     let txn = db.begin().await?;
-    let host = hosts::create(&txn, name, now).await?;
-    let token = enrollment::create(&txn, host.id, now).await?;
+    let created = crate::hosts::create(&txn, name, now).await?;
     txn.commit().await?;
-    Ok(CreatedHost {
-        host_id: host.id,
-        name: host.name,
-        enrollment_token: token.token,
-        expires_at: token.expires_at,
-    })
-}
-
-/// A fresh enrollment token for an existing host (re-enrolment).
-pub async fn host_new_token(
-    db: &DatabaseConnection,
-    host_id: i64,
-    now: i64,
-) -> Result<enrollment::NewToken, StoreError> {
-    hosts::get(db, host_id).await?;
-    enrollment::create(db, host_id, now).await
+    Ok(created)
 }
 
 /// Creates a user, or for the command line resets an existing one's

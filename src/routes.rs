@@ -95,10 +95,10 @@ pub const API_FLEET_RUN_CANCEL: &str = "/api/fleet-updates/{id}/cancel";
 /// Prometheus metrics (a session or the metrics bearer token).
 pub const METRICS: &str = "/metrics";
 
-pub const AGENT_ENROLL: &str = "/agent/enroll";
-pub const AGENT_WS: &str = "/agent/ws";
-pub const AGENT_BINARY: &str = "/agent/binary";
-pub const AGENT_INSTALL_SH: &str = "/agent/install.sh";
+pub const AGENT_ENROLL: &str = agent::wire::ENROLL_PATH;
+pub const AGENT_WS: &str = agent::wire::WS_PATH;
+pub const AGENT_BINARY: &str = agent::wire::BINARY_PATH;
+pub const AGENT_INSTALL_SH: &str = agent::wire::INSTALL_SH_PATH;
 
 pub const SESSION_COOKIE: &str = "rm_session";
 

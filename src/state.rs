@@ -15,6 +15,7 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub presence: Presence,
     pub live: Arc<LiveJobs>,
+    pub deadlines: Arc<crate::jobs::Deadlines>,
     pub updates: Arc<Updates>,
     pub fleet: Arc<crate::fleet::Fleet>,
     pub clock: Clock,

@@ -7,6 +7,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::files::{parent_dir, sync_dir};
 use url::Url;
 
 /// Where `enroll` writes and `run` reads the config unless told otherwise.
@@ -254,13 +256,6 @@ pub fn check_writable(path: &Path) -> Result<(), ConfigError> {
     std::fs::remove_file(&tmp).map_err(write_err)
 }
 
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
 /// A sibling of `path` with a random suffix, so concurrent writers and
 /// leftovers from a crash never collide.
 fn temp_path(path: &Path) -> io::Result<PathBuf> {
@@ -298,20 +293,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
-}
-
-/// Makes the rename durable; without it a power cut can bring back the old
-/// file (or none) even though `save` returned Ok.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::fs::File::open(dir)?.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Ok(())
-    }
 }
 
 fn warn_if_readable_by_others(path: &Path) {

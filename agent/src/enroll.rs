@@ -9,9 +9,6 @@ use serde::{Deserialize, Serialize};
 use crate::config::{self, AgentConfig, ServerUrlError};
 use crate::http;
 
-/// Endpoint, relative to the server URL.
-pub const ENROLL_PATH: &str = "agent/enroll";
-
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -67,7 +64,7 @@ pub async fn enroll(
 ) -> Result<AgentConfig, EnrollError> {
     crate::install_crypto_provider();
     let server_url = config::normalize_server_url(server_url)?;
-    let url = config::endpoint_url(&server_url, ENROLL_PATH)?;
+    let url = config::endpoint_url(&server_url, crate::wire::ENROLL_PATH)?;
     let token = token.trim();
     if token.is_empty() {
         return Err(EnrollError::EmptyToken);

@@ -16,6 +16,8 @@ pub mod config;
 #[cfg(feature = "client")]
 pub mod enroll;
 #[cfg(feature = "client")]
+pub(crate) mod files;
+#[cfg(feature = "client")]
 pub mod handler;
 #[cfg(feature = "client")]
 pub mod http;

@@ -136,7 +136,7 @@ fn main() -> ExitCode {
     };
     let cli = Cli::parse();
     if cli.version {
-        println!("restic-manager-agent {}", version::VERSION);
+        println!("{}{}", version::VERSION_PREFIX, version::VERSION);
         println!("commit {}", version::COMMIT);
         return ExitCode::SUCCESS;
     }
@@ -267,7 +267,7 @@ async fn run_cmd(args: RunArgs, boot: Boot) -> anyhow::Result<ExitCode> {
         }
     };
     tokio::pin!(watch);
-    let signal = shutdown_signal();
+    let signal = agent::shutdown_signal();
     tokio::pin!(signal);
 
     let mut watching = true;
@@ -304,32 +304,6 @@ async fn run_cmd(args: RunArgs, boot: Boot) -> anyhow::Result<ExitCode> {
     // Closes the connection cleanly, sending queued frames first.
     agent.stop().await?;
     Ok(code)
-}
-
-/// Completes on SIGTERM (what supervisors send) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-                }
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the agent")
-            }
-        }
-    }
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        // Without any signal handler the agent can only be killed; keep
-        // running rather than exiting at once.
-        tracing::warn!(error = %e, "cannot listen for SIGINT either");
-        std::future::pending::<()>().await;
-    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,19 @@
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+/// The agent's endpoints on the server. Both sides use these: the server
+/// registers its routes under them, the agent joins them onto the server
+/// URL (keeping any path prefix).
+pub const ENROLL_PATH: &str = "/agent/enroll";
+pub const WS_PATH: &str = "/agent/ws";
+pub const BINARY_PATH: &str = "/agent/binary";
+pub const INSTALL_SH_PATH: &str = "/agent/install.sh";
+
+/// Headers the server sends with the agent binary (`GET /agent/binary`):
+/// its sha256 and version, which the updater checks against the command.
+pub const SHA256_HEADER: &str = "x-agent-sha256";
+pub const VERSION_HEADER: &str = "x-agent-version";
+
 /// Largest frame either side accepts. A bigger frame closes the connection
 /// with a policy-violation code.
 pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
@@ -217,6 +230,21 @@ pub struct JobFinished {
 }
 impl Message for JobFinished {
     const TYPE: &'static str = JOB_FINISHED;
+}
+
+impl JobFinished {
+    /// A job that failed with `error`; nothing else set.
+    pub fn failed(job_id: i64, error: impl Into<String>) -> JobFinished {
+        JobFinished {
+            job_id,
+            status: FinishedStatus::Failed,
+            error: Some(error.into()),
+            exit_code: None,
+            warning: false,
+            error_kind: None,
+            result: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -736,8 +736,13 @@ async fn stale_lock_is_unlocked_and_the_job_retried_in_the_same_log() {
         .spawn()
         .unwrap();
     let locks = h.path("repo/locks");
+    // restic creates the lock file before writing it: kill only once it
+    // has content, or the check sees no lock at all (a flake under load).
     wait_until("the lock", Duration::from_secs(30), || {
-        std::fs::read_dir(&locks).unwrap().next().is_some()
+        std::fs::read_dir(&locks)
+            .unwrap()
+            .flatten()
+            .any(|e| e.metadata().is_ok_and(|m| m.len() > 0))
     })
     .await;
     crashed.kill().unwrap();

@@ -1,6 +1,11 @@
-//! Job lifecycle driven by agent messages (`job.started`, `log.stream`,
-//! `job.finished`) and by the server itself, with every change published to
-//! live watchers. Refuses messages about unknown jobs or other hosts' jobs.
+//! Job lifecycle: every change of a job's state, driven by agent messages
+//! (`job.started`, `log.stream`, `job.finished`), by the server itself
+//! ([`finish`]) and by deadlines ([`deadlines`]), with every change
+//! published to live watchers. Refuses messages about unknown jobs or other
+//! hosts' jobs. What a kind does beyond its row plugs in at one seam,
+//! [`kinds`].
+pub mod deadlines;
+mod kinds;
 pub mod live;
 
 use agent::wire::{self, Envelope, FinishedStatus, JobFinished, JobStarted, LogStream};
@@ -9,10 +14,11 @@ use crate::{
     state::AppState,
     store::{
         self,
-        jobs::{Appended, Job, JobStatus, NewLine, Refusal, Transition},
+        jobs::{Appended, Job, JobStatus, NewLine, Outcome, Refusal, Transition},
     },
     text,
 };
+pub use deadlines::Deadlines;
 pub use live::{LiveEvent, LiveJobs};
 
 fn refused(kind: &str, job_id: i64, host_id: i64, r: Refusal) {
@@ -27,8 +33,9 @@ fn publish_status(state: &AppState, t: &Transition) {
     }
 }
 
-/// Handles a job message from `host_id`'s agent. Returns the job when its
-/// status changed (for callers that react to it, e.g. the update watcher).
+/// Handles a job message from `host_id`'s agent: `job.started`,
+/// `job.finished`, `log.stream`, and the restic kinds' `job.progress` and
+/// `job.snapshots`. Returns the job when its status changed.
 pub async fn agent_message(state: &AppState, host_id: i64, env: &Envelope) -> Option<Job> {
     let now = state.clock.now_ms();
     match env.kind.as_str() {
@@ -51,63 +58,83 @@ pub async fn agent_message(state: &AppState, host_id: i64, env: &Envelope) -> Op
         }
         wire::JOB_FINISHED => {
             let m: JobFinished = parse(env)?;
-            let kind = store::jobs::get(&state.db, m.job_id)
-                .await
-                .ok()
-                .map(|j| j.kind);
-            if kind.is_some_and(store::jobs::JobKind::is_restic) {
-                // Results, warnings and the snapshot index: the restic core's.
-                return crate::restic::events::finished(state, host_id, &m).await;
-            }
-            if m.status == FinishedStatus::Succeeded && kind == Some(store::jobs::JobKind::Update) {
-                // An update succeeds when the new agent says hello, never on
-                // the old agent's word.
-                tracing::warn!(
-                    job_id = m.job_id,
-                    host_id,
-                    "agent claimed an update succeeded; ignored"
-                );
-                return None;
-            }
-            let status = match m.status {
-                FinishedStatus::Succeeded => JobStatus::Succeeded,
-                FinishedStatus::Failed => JobStatus::Failed,
-                FinishedStatus::Cancelled => JobStatus::Cancelled,
-            };
-            match store::jobs::finish(
-                &state.db,
-                m.job_id,
-                Some(host_id),
-                status,
-                m.error
-                    .as_deref()
-                    .map(|e| text::agent_text(e, text::AGENT_TEXT_MAX_BYTES))
-                    .as_deref(),
-                m.exit_code,
-                now,
-            )
-            .await
-            {
-                Ok(Ok(t)) => {
-                    publish_status(state, &t);
-                    t.changed.then_some(t.job)
-                }
-                Ok(Err(r)) => {
-                    refused("job.finished", m.job_id, host_id, r);
-                    None
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, job_id = m.job_id, "recording job.finished failed");
-                    None
-                }
-            }
+            agent_finished(state, host_id, &m).await
         }
         wire::LOG_STREAM => {
             agent_logs(state, host_id, std::slice::from_ref(env)).await;
             None
         }
+        wire::JOB_PROGRESS | wire::JOB_SNAPSHOTS => {
+            kinds::agent_report(state, host_id, env).await;
+            None
+        }
         _ => None,
     }
+}
+
+/// An agent's `job.finished` (also the finishes a hello lists): records the
+/// outcome once, if the job's kind lets the agent end it so, then runs the
+/// kind's end. Returns the job if this call ended it.
+pub async fn agent_finished(state: &AppState, host_id: i64, m: &JobFinished) -> Option<Job> {
+    let status = match m.status {
+        FinishedStatus::Succeeded => JobStatus::Succeeded,
+        FinishedStatus::Failed => JobStatus::Failed,
+        FinishedStatus::Cancelled => JobStatus::Cancelled,
+    };
+    if let Ok(job) = store::jobs::get(&state.db, m.job_id).await
+        && !kinds::agent_may_finish(job.kind, status)
+    {
+        tracing::warn!(
+            job_id = m.job_id,
+            host_id,
+            kind = %job.kind,
+            status = status.as_str(),
+            "agent claimed a job end its kind does not take from the agent; ignored"
+        );
+        return None;
+    }
+    let error = m
+        .error
+        .as_deref()
+        .map(|e| text::agent_text(e, text::AGENT_TEXT_MAX_BYTES));
+    let error_kind = m.error_kind.as_deref().map(|k| text::one_line(k, 64));
+    let result = m
+        .result
+        .as_ref()
+        .map(|r| r.to_string())
+        // The frame limit already bounds it; this guards the column.
+        .filter(|r| r.len() <= wire::MAX_FRAME_BYTES);
+    let outcome = Outcome {
+        error: error.as_deref(),
+        exit_code: m.exit_code,
+        warning: m.warning,
+        error_kind: error_kind.as_deref(),
+        result: result.as_deref(),
+    };
+    let now = state.clock.now_ms();
+    match store::jobs::finish_with(&state.db, m.job_id, Some(host_id), status, &outcome, now).await
+    {
+        Ok(Ok(t)) => ended(state, t, Some(m)).await,
+        Ok(Err(r)) => {
+            refused("job.finished", m.job_id, host_id, r);
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, job_id = m.job_id, "recording job.finished failed");
+            None
+        }
+    }
+}
+
+/// After a recorded end: the kind's end (once, by the call that ended the
+/// job), then the new status to watchers.
+async fn ended(state: &AppState, t: Transition, report: Option<&JobFinished>) -> Option<Job> {
+    if !t.changed {
+        return None;
+    }
+    kinds::on_finished(state, &t.job, report).await;
+    publish_status(state, &t);
+    Some(t.job)
 }
 
 /// Handles a run of `log.stream` messages from `host_id`'s agent (what was
@@ -179,29 +206,31 @@ fn parse<P: serde::de::DeserializeOwned>(env: &Envelope) -> Option<P> {
     }
 }
 
-/// Ends a job from the server side (timeouts, failed dispatch, rollbacks).
-/// Returns the job if this call is the one that ended it.
+/// Ends a job from the server side (timeouts, failed dispatch, rollbacks,
+/// cancels, orphans). Returns the job if this call is the one that ended it.
 pub async fn finish(
     state: &AppState,
     job_id: i64,
     status: JobStatus,
     error: Option<&str>,
 ) -> store::Result<Option<Job>> {
-    match store::jobs::finish(
-        &state.db,
-        job_id,
-        None,
-        status,
+    let outcome = Outcome {
         error,
-        None,
-        state.clock.now_ms(),
-    )
-    .await?
-    {
-        Ok(t) => {
-            publish_status(state, &t);
-            Ok(t.changed.then_some(t.job))
-        }
+        ..Outcome::default()
+    };
+    finish_with(state, job_id, status, &outcome).await
+}
+
+/// [`finish`] with an error kind (and anything else an outcome holds).
+pub async fn finish_with(
+    state: &AppState,
+    job_id: i64,
+    status: JobStatus,
+    outcome: &Outcome<'_>,
+) -> store::Result<Option<Job>> {
+    let now = state.clock.now_ms();
+    match store::jobs::finish_with(&state.db, job_id, None, status, outcome, now).await? {
+        Ok(t) => Ok(ended(state, t, None).await),
         Err(_) => Ok(None),
     }
 }

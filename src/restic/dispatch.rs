@@ -202,9 +202,7 @@ async fn fail(state: &AppState, job: &Job, error: &str, kind: Option<&str>) {
         error_kind: kind,
         ..Outcome::default()
     };
-    if let Err(e) =
-        super::events::finish_from_server(state, job.id, JobStatus::Failed, &outcome).await
-    {
+    if let Err(e) = crate::jobs::finish_with(state, job.id, JobStatus::Failed, &outcome).await {
         tracing::error!(job_id = job.id, error = %e, "failing a restic job failed");
     }
 }

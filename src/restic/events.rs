@@ -1,11 +1,11 @@
 //! What agents report about restic: the restic facts of a hello and the
 //! jobs it no longer runs, `job.progress` (kept in memory only, never
-//! written per message), `job.snapshots` parts, and `job.finished` with its
-//! result and the index changes it implies. Every job end wakes the
-//! dispatcher.
+//! written per message), `job.snapshots` parts, and what a restic job's end
+//! implies for the index (the job lifecycle in `crate::jobs` records the
+//! end and calls [`on_finished`]). Every job end wakes the dispatcher.
 use agent::wire::{
-    self, BackupResult, Envelope, FinishedStatus, ForgetResult, Hello, JobFinished, JobProgress,
-    JobSnapshots, SnapshotInfo,
+    self, BackupResult, Envelope, ForgetResult, Hello, JobFinished, JobProgress, JobSnapshots,
+    SnapshotInfo,
 };
 
 use super::{Restic, lock, scope_host};
@@ -47,7 +47,7 @@ pub async fn on_hello(state: &AppState, host_id: i64, hello: &Hello) {
     }
     crate::alerts::health::on_hello(state, host_id).await;
     for f in hello.recent_finished.iter().take(64) {
-        finished(state, host_id, f).await;
+        crate::jobs::agent_finished(state, host_id, f).await;
     }
     let running = hello.running_jobs.clone().unwrap_or_default();
     // Runs the server already ended (cancelled while the agent was away):
@@ -83,7 +83,8 @@ pub async fn on_hello(state: &AppState, host_id: i64, hello: &Hello) {
                     error_kind: Some("agent_restarted"),
                     ..Outcome::default()
                 };
-                if let Err(e) = finish_from_server(state, job.id, JobStatus::Failed, &outcome).await
+                if let Err(e) =
+                    crate::jobs::finish_with(state, job.id, JobStatus::Failed, &outcome).await
                 {
                     tracing::error!(error = %e, job_id = job.id, "failing an orphaned job failed");
                 }
@@ -141,99 +142,20 @@ async fn owns_running(state: &AppState, host_id: i64, job_id: i64) -> bool {
     running
 }
 
-/// A restic job's `job.finished`: records the outcome (once), then applies
-/// what it means for the snapshot index and the repository.
-pub async fn finished(state: &AppState, host_id: i64, m: &JobFinished) -> Option<Job> {
-    let status = match m.status {
-        FinishedStatus::Succeeded => JobStatus::Succeeded,
-        FinishedStatus::Failed => JobStatus::Failed,
-        FinishedStatus::Cancelled => JobStatus::Cancelled,
-    };
-    let error = m
-        .error
-        .as_deref()
-        .map(|e| text::agent_text(e, text::AGENT_TEXT_MAX_BYTES));
-    let error_kind = m.error_kind.as_deref().map(|k| text::one_line(k, 64));
-    let result = m
-        .result
-        .as_ref()
-        .map(|r| r.to_string())
-        // The frame limit already bounds it; this guards the column.
-        .filter(|r| r.len() <= wire::MAX_FRAME_BYTES);
-    let outcome = Outcome {
-        error: error.as_deref(),
-        exit_code: m.exit_code,
-        warning: m.warning,
-        error_kind: error_kind.as_deref(),
-        result: result.as_deref(),
-    };
-    let t = match store::jobs::finish_with(
-        &state.db,
-        m.job_id,
-        Some(host_id),
-        status,
-        &outcome,
-        state.clock.now_ms(),
-    )
-    .await
-    {
-        Ok(Ok(t)) => t,
-        Ok(Err(r)) => {
-            tracing::warn!(job_id = m.job_id, host_id, reason = %r, "restic job.finished refused");
-            return None;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, job_id = m.job_id, "recording a restic job's end failed");
-            return None;
-        }
-    };
-    if !t.changed {
-        return None;
-    }
-    let job = t.job;
+/// A restic job ended (the job lifecycle calls this once per job, however
+/// it ended, before the end is published): a success's result goes into the
+/// snapshot index and the repository, the in-memory progress goes, the
+/// dispatcher wakes and the plans learn of it.
+pub async fn on_finished(state: &AppState, job: &Job, report: Option<&JobFinished>) {
     if job.status == JobStatus::Succeeded
-        && let Err(e) = apply(state, &job, m).await
+        && let Some(m) = report
+        && let Err(e) = apply(state, job, m).await
     {
         tracing::error!(error = %e, job_id = job.id, "updating the snapshot index failed");
     }
-    ended(state, &job);
-    super::plans::on_job_end(state, &job).await;
-    Some(job)
-}
-
-/// Ends a restic job from the server side (dispatch refusals, orphans,
-/// cancel of a queued job).
-pub async fn finish_from_server(
-    state: &AppState,
-    job_id: i64,
-    status: JobStatus,
-    outcome: &Outcome<'_>,
-) -> store::Result<Option<Job>> {
-    match store::jobs::finish_with(
-        &state.db,
-        job_id,
-        None,
-        status,
-        outcome,
-        state.clock.now_ms(),
-    )
-    .await?
-    {
-        Ok(t) if t.changed => {
-            ended(state, &t.job);
-            super::plans::on_job_end(state, &t.job).await;
-            Ok(Some(t.job))
-        }
-        _ => Ok(None),
-    }
-}
-
-fn ended(state: &AppState, job: &Job) {
     state.restic.clear(job.id);
-    state
-        .live
-        .publish(job.id, LiveEvent::Status(Box::new(job.clone())));
     state.restic.wake();
+    super::plans::on_job_end(state, job).await;
 }
 
 async fn apply(state: &AppState, job: &Job, m: &JobFinished) -> store::Result<()> {

@@ -404,7 +404,7 @@ pub async fn browse(
             error_kind: Some("agent_timeout"),
             ..Outcome::default()
         };
-        super::events::finish_from_server(state, job.id, JobStatus::Failed, &outcome).await?;
+        crate::jobs::finish_with(state, job.id, JobStatus::Failed, &outcome).await?;
         // If it was sent, the agent stops it; if not, it never starts.
         let cancel = wire::CommandCancel { job_id: job.id };
         let _ = state.hub.send(host_id, cancel.envelope().to_text());

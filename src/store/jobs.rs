@@ -377,19 +377,6 @@ pub async fn live_of_kind<C: ConnectionTrait>(
         .map(Into::into))
 }
 
-/// Live jobs of `kind` across all hosts (e.g. update jobs awaiting a hello).
-pub async fn live_by_kind<C: ConnectionTrait>(db: &C, kind: JobKind) -> Result<Vec<Job>> {
-    Ok(jobs::Entity::find()
-        .filter(jobs::Column::Kind.eq(kind.as_str()))
-        .filter(jobs::Column::Status.is_in(JobStatus::LIVE))
-        .order_by_asc(jobs::Column::Id)
-        .all(db)
-        .await?
-        .into_iter()
-        .map(Into::into)
-        .collect())
-}
-
 /// Why an agent's job message was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {

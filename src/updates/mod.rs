@@ -3,17 +3,18 @@
 //! version after a healthy period, and deadlines kept in the database so a
 //! restart neither loses nor double-ends an update. Every update job ends in
 //! a terminal state exactly once (conditional updates in the store).
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use agent::wire::{CommandUpdate, Message as _, UpdateOutcome, UpdateReport};
 use sea_orm::TransactionTrait;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::broadcast;
 
 use crate::{
     jobs::{self, LiveEvent},
     state::AppState,
     store::{
         self, StoreError,
+        hosts::Host,
         jobs::{ActorKind, Job, JobKind, JobStatus, NewJob},
     },
     text, version,
@@ -28,16 +29,14 @@ pub struct Finished {
     pub reason: Option<String>,
 }
 
-/// Shared by the dispatcher, the hello handler and the deadline watcher.
+/// Update jobs ending, for whoever waits on them.
 pub struct Updates {
-    wake: Notify,
     finished: broadcast::Sender<Finished>,
 }
 
 impl Default for Updates {
     fn default() -> Self {
         Updates {
-            wake: Notify::new(),
             finished: broadcast::channel(256).0,
         }
     }
@@ -96,6 +95,26 @@ async fn log(state: &AppState, job_id: i64, text: &str) {
     }
 }
 
+/// Whether `host` can be sent an update now, given whether it is online and
+/// its live update job. Shared by [`dispatch`] and the host page's
+/// **Update agent** button, so both refuse for the same reasons.
+pub fn check_dispatchable(
+    host: &Host,
+    online: bool,
+    live_update_job: Option<i64>,
+) -> Result<(), DispatchError> {
+    if !online {
+        return Err(DispatchError::HostOffline);
+    }
+    if !host.is_behind(version::VERSION) {
+        return Err(DispatchError::AlreadyUpToDate(version::VERSION.to_string()));
+    }
+    if let Some(j) = live_update_job {
+        return Err(DispatchError::UpdateInProgress(j));
+    }
+    Ok(())
+}
+
 /// Checks, records and sends an update for one host.
 pub async fn dispatch(
     state: &AppState,
@@ -107,16 +126,9 @@ pub async fn dispatch(
         Err(StoreError::NotFound(_)) => return Err(DispatchError::HostNotFound),
         Err(e) => return Err(e.into()),
     };
-    if !state.hub.is_online(host_id) {
-        return Err(DispatchError::HostOffline);
-    }
+    let live = store::jobs::live_of_kind(&state.db, host_id, JobKind::Update).await?;
+    check_dispatchable(&host, state.hub.is_online(host_id), live.map(|j| j.id))?;
     let target = version::VERSION;
-    if host.agent_version == target {
-        return Err(DispatchError::AlreadyUpToDate(target.to_string()));
-    }
-    if let Some(j) = store::jobs::live_of_kind(&state.db, host_id, JobKind::Update).await? {
-        return Err(DispatchError::UpdateInProgress(j.id));
-    }
     let Some(bin) = store::agent_binaries::get(&state.db, &host.os, &host.arch).await? else {
         return Err(DispatchError::NoBinary(format!(
             "no agent binary is staged for {}/{}: stage a {target} build with `restic-manager agent-binary add PATH --os {} --arch {}`",
@@ -195,7 +207,7 @@ pub async fn dispatch(
         fail(state, &job, &reason).await;
         return Err(DispatchError::HostOffline);
     }
-    state.updates.wake.notify_one();
+    state.deadlines.wake();
     Ok(job)
 }
 
@@ -214,7 +226,6 @@ async fn succeed(state: &AppState, job: &Job, version: &str) {
                 version,
                 "agent update succeeded"
             );
-            on_finished(state, job, true, None).await;
         }
         Ok(None) => {}
         Err(e) => tracing::error!(error = %e, job_id = job.id, "recording update success failed"),
@@ -231,15 +242,27 @@ async fn fail(state: &AppState, job: &Job, reason: &str) {
                 reason,
                 "agent update failed"
             );
-            on_finished(state, job, false, Some(reason.to_string())).await;
         }
         Ok(None) => {}
         Err(e) => tracing::error!(error = %e, job_id = job.id, "recording update failure failed"),
     }
 }
 
-/// Side effects of an update job ending (called once per job).
-async fn on_finished(state: &AppState, job: &Job, succeeded: bool, reason: Option<String>) {
+/// An update job ended (the job lifecycle calls this once per job, however
+/// it ended): its alert, and the news for whoever waits on it. A job the
+/// agent itself ended, failed or cancelled before swapping, leaves the host
+/// on its old version.
+pub async fn on_finished(state: &AppState, job: &Job) {
+    let succeeded = job.status == JobStatus::Succeeded;
+    let reason = (!succeeded).then(|| {
+        job.error.clone().unwrap_or_else(|| {
+            if job.status == JobStatus::Cancelled {
+                "the agent cancelled the update".into()
+            } else {
+                "the agent reported a failure".into()
+            }
+        })
+    });
     if succeeded {
         crate::alerts::resolve_update_failed(state, job.host_id).await;
     } else {
@@ -266,19 +289,6 @@ pub fn stage_within(update_timeout: Duration, min_healthy: Duration) -> u64 {
         .saturating_sub(min_healthy + RESTART_ALLOWANCE)
         .as_secs()
         .max(5)
-}
-
-/// The agent itself ended the update job, failed or cancelled (before
-/// swapping): the host stays on its old version.
-pub async fn agent_failed(state: &AppState, job: &Job) {
-    let reason = job.error.clone().unwrap_or_else(|| {
-        if job.status == JobStatus::Cancelled {
-            "the agent cancelled the update".into()
-        } else {
-            "the agent reported a failure".into()
-        }
-    });
-    on_finished(state, job, false, Some(reason)).await;
 }
 
 /// An agent said hello: finish its update job if this hello settles it.
@@ -357,77 +367,39 @@ pub async fn on_hello(
     });
 }
 
-/// Ends the update jobs whose deadline passed.
-pub async fn expire_overdue(state: &AppState) -> store::Result<()> {
-    let now = state.clock.now_ms();
-    for job in store::jobs::overdue(&state.db, now).await? {
-        if job.kind != JobKind::Update {
-            jobs::finish(
+/// An update job past its deadline: success if the agent is back at the
+/// target and still here, else failure with what went wrong.
+pub async fn on_deadline(state: &AppState, job: &Job) -> store::Result<()> {
+    let target = job.target_version.clone().unwrap_or_default();
+    let host = store::hosts::get(&state.db, job.host_id).await.ok();
+    let online_now = state.hub.is_online(job.host_id);
+    match host {
+        // Back at the target and still here (the healthy timer was cut
+        // short by the deadline, or lost to a restart): that is success.
+        Some(h) if online_now && h.agent_version == target => succeed(state, job, &target).await,
+        Some(h) if online_now && !h.agent_version.is_empty() => {
+            fail(
                 state,
-                job.id,
-                JobStatus::Failed,
-                Some("timeout: the job did not finish in time"),
+                job,
+                &format!(
+                    "agent reconnected at {}, expected {target}",
+                    h.agent_version
+                ),
             )
-            .await?;
-            continue;
+            .await
         }
-        let target = job.target_version.clone().unwrap_or_default();
-        let host = store::hosts::get(&state.db, job.host_id).await.ok();
-        let online_now = state.hub.is_online(job.host_id);
-        match host {
-            // Back at the target and still here (the healthy timer was cut
-            // short by the deadline, or lost to a restart): that is success.
-            Some(h) if online_now && h.agent_version == target => {
-                succeed(state, &job, &target).await
-            }
-            Some(h) if online_now && !h.agent_version.is_empty() => {
-                fail(
-                    state,
-                    &job,
-                    &format!(
-                        "agent reconnected at {}, expected {target}",
-                        h.agent_version
-                    ),
-                )
-                .await
-            }
-            _ => {
-                let secs = state.settings.update_timeout.as_secs();
-                fail(
-                    state,
-                    &job,
-                    &format!("timeout: agent did not reconnect within {secs}s"),
-                )
-                .await
-            }
+        _ => {
+            let secs = state.settings.update_timeout.as_secs();
+            fail(
+                state,
+                job,
+                &format!("timeout: agent did not reconnect within {secs}s"),
+            )
+            .await
         }
     }
     Ok(())
 }
-
-/// Sleeps until the next stored deadline (or a new dispatch) and expires
-/// what is overdue. Started once per server; picks up deadlines left by a
-/// previous run at once.
-pub fn spawn_watcher(state: AppState) {
-    tokio::spawn(async move {
-        loop {
-            if let Err(e) = expire_overdue(&state).await {
-                tracing::error!(error = %e, "expiring overdue update jobs failed");
-            }
-            let now = state.clock.now_ms();
-            let wait = match store::jobs::next_deadline(&state.db).await {
-                Ok(Some(t)) => Duration::from_millis((t - now).clamp(50, 60_000) as u64),
-                _ => Duration::from_secs(60),
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = state.updates.wake.notified() => {}
-            }
-        }
-    });
-}
-
-pub type Shared = Arc<Updates>;
 
 #[cfg(test)]
 mod tests {

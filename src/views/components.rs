@@ -56,9 +56,10 @@ pub fn pagination(offset: u64, limit: u64, total: u64, href: impl Fn(u64) -> Str
 
 /// Amber "out of date" chip; nothing when the agent version is unknown or
 /// equal to the server's.
-pub fn update_chip(agent_version: &str, server_version: &str) -> Markup {
+pub fn update_chip(h: &crate::store::hosts::Host, server_version: &str) -> Markup {
+    let agent_version = &h.agent_version;
     html! {
-        @if !agent_version.is_empty() && agent_version != server_version {
+        @if h.is_behind(server_version) {
             span class="update-chip" data-testid="update-chip" title=(format!("Agent {agent_version} → server {server_version}")) {
                 "out of date · " (agent_version) " → " (server_version)
             }

@@ -162,7 +162,7 @@ pub fn host_row(h: &Host, health: Option<&HostHealth>, now_ms: i64) -> Markup {
                     @else if h.enrolled { span class="text-gray-400" { "never connected" } }
                     @else { span class="text-gray-400" { "not enrolled" } }
                 }
-                " " (update_chip(&h.agent_version, version::VERSION))
+                " " (update_chip(h, version::VERSION))
             }
             td { (online_pill(h.online)) }
             td { (last_seen(now_ms, h.last_seen_at)) }

@@ -37,14 +37,15 @@ pub fn host_status(h: &Host, now_ms: i64) -> Markup {
 /// The Update agent control: admins only; disabled, with the reason, when
 /// the host is offline or an update is already running.
 pub fn update_button(h: &Host, live_update_job: Option<i64>) -> Markup {
-    let reason = if let Some(j) = live_update_job {
-        Some(format!("Update already in progress (job {j})"))
-    } else if !h.online {
-        Some("Agent must be online to update".to_string())
-    } else if !h.is_behind(version::VERSION) {
-        Some(format!("Agent already runs {}", version::VERSION))
-    } else {
-        None
+    use crate::updates::{DispatchError, check_dispatchable};
+    let reason = match check_dispatchable(h, h.online, live_update_job) {
+        Ok(()) => None,
+        Err(DispatchError::UpdateInProgress(j)) => {
+            Some(format!("Update already in progress (job {j})"))
+        }
+        Err(DispatchError::HostOffline) => Some("Agent must be online to update".to_string()),
+        Err(DispatchError::AlreadyUpToDate(v)) => Some(format!("Agent already runs {v}")),
+        Err(e) => Some(e.to_string()),
     };
     html! {
         form method="post" action=(routes::host_update(h.id)) hx-post=(routes::host_update(h.id)) {
@@ -76,7 +77,7 @@ pub fn host_page(
             div class="flex items-center gap-3 mb-4" {
                 h1 class="text-2xl font-semibold" data-testid="host-name" { (h.name) }
                 (online_pill(h.online))
-                (update_chip(&h.agent_version, version::VERSION))
+                (update_chip(h, version::VERSION))
             }
             div class="grid md:grid-cols-3 gap-6" {
                 section class="card md:col-span-2" { (host_status(h, now_ms)) }

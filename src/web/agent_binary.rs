@@ -8,8 +8,7 @@ use tokio_util::io::ReaderStream;
 use super::{AppError, enroll::token_error};
 use crate::{agent_binaries, auth, routes, state::AppState, store};
 
-pub const SHA256_HEADER: &str = "X-Agent-Sha256";
-pub const VERSION_HEADER: &str = "X-Agent-Version";
+use agent::wire::{SHA256_HEADER, VERSION_HEADER};
 
 #[derive(Deserialize)]
 pub struct BinaryQuery {

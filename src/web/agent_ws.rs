@@ -1,13 +1,14 @@
-//! `GET /agent/ws`: one task per connected agent. Authenticates the agent
-//! secret, registers with the hub (replacing an older connection of the
-//! same host), takes the hello, keeps the link alive with pings and routes
-//! frames. Never holds a lock across an await; unknown message types are
+//! `GET /agent/ws`: the transport, one task per connected agent.
+//! Authenticates the agent secret, registers with the hub (replacing an
+//! older connection of the same host), reads frames and hands them on (a
+//! hello to `agents::hello`, the rest to `agents::message`), writes frames
+//! and keeps the link alive with pings. Never holds a lock across an await; unknown message types are
 //! logged and ignored; oversized frames close with a policy violation.
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, rt, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
-use agent::wire::{self, Envelope, Hello, HelloAck, HelloRejected, Message as _};
+use agent::wire::{self, Envelope};
 use futures_util::{FutureExt, StreamExt};
 
 use super::{
@@ -15,15 +16,10 @@ use super::{
     agent_binary::{bearer, host_for_secret},
 };
 use crate::{
-    agent_binaries::check_platform,
+    agents::hello::{self, Refused},
     hub::Outbound,
     routes,
     state::AppState,
-    store::{
-        hosts::HelloFacts,
-        jobs::{JobKind, JobStatus},
-    },
-    version,
 };
 
 /// An agent that has not said hello by then is dropped.
@@ -72,35 +68,6 @@ fn close(code: CloseCode, why: &str) -> Option<CloseReason> {
     })
 }
 
-/// Checks a hello's fields; the reason is sent back to the agent.
-pub fn validate_hello(h: &Hello) -> Result<HelloFacts, String> {
-    let printable = |s: &str| s.chars().all(|c| c.is_ascii_graphic());
-    if h.agent_version.is_empty() || h.agent_version.len() > 64 || !printable(&h.agent_version) {
-        return Err("agent_version must be 1–64 printable characters".into());
-    }
-    let Some((os, arch)) = check_platform(&h.os, &h.arch) else {
-        return Err(format!(
-            "unsupported platform {:?}/{:?}",
-            truncate(&h.os),
-            truncate(&h.arch)
-        ));
-    };
-    let hostname_ok = !h.hostname.is_empty()
-        && h.hostname.len() <= 253
-        && h.hostname
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if !hostname_ok {
-        return Err("hostname must be 1–253 characters of letters, digits, '.', '-' or '_'".into());
-    }
-    Ok(HelloFacts {
-        agent_version: h.agent_version.clone(),
-        os: os.to_string(),
-        arch: arch.to_string(),
-        hostname: h.hostname.clone(),
-    })
-}
-
 /// A frame over the limit, or fragments adding up to more than it
 /// (actix-ws reports the latter only as an I/O error with this text).
 fn is_too_large(e: &actix_ws::ProtocolError) -> bool {
@@ -136,10 +103,6 @@ fn log_line(text: &str) -> Option<Envelope> {
     Envelope::parse(text)
         .ok()
         .filter(|e| e.kind == wire::LOG_STREAM)
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(32).collect()
 }
 
 async fn connection(
@@ -263,78 +226,29 @@ async fn handle_text(
             return Ok(());
         }
     };
-    match env.kind.as_str() {
-        wire::AGENT_HELLO => {
-            let parsed = env.payload::<Hello>();
-            let report = parsed.as_ref().ok().and_then(|h| h.update.clone());
-            let restic_hello = parsed.as_ref().ok().cloned();
-            let hello = parsed
-                // serde quotes the bad value: keep the reason short.
-                .map_err(|e| crate::text::one_line(&e.to_string(), 256))
-                .and_then(|h| validate_hello(&h));
-            let facts = match hello {
-                Ok(f) => f,
-                Err(reason) => {
-                    tracing::warn!(%reason, "hello rejected");
-                    let _ = session
-                        .text(HelloRejected { reason }.envelope().to_text())
-                        .await;
-                    return Err(close(CloseCode::Policy, "hello rejected"));
-                }
-            };
-            if !state.hub.is_current(host_id, conn_id) {
-                return Err(close(CloseCode::Normal, wire::CLOSE_REPLACED));
+    if env.kind == wire::AGENT_HELLO {
+        let accepted = match hello::accept(state, host_id, conn_id, &env).await {
+            Ok(a) => a,
+            Err(Refused::Rejected { frame }) => {
+                let _ = session.text(frame).await;
+                return Err(close(CloseCode::Policy, "hello rejected"));
             }
-            if let Err(e) = state.presence.hello(host_id, facts.clone()).await {
-                tracing::error!(error = %e, "recording hello failed");
-                return Err(close(CloseCode::Error, "server error"));
-            }
-            crate::alerts::on_hello(state, host_id).await;
-            *said_hello = true;
-            tracing::info!(agent_version = %facts.agent_version, hostname = %facts.hostname, "agent hello");
-            let ack = HelloAck {
-                host_id,
-                server_version: version::VERSION.to_string(),
-            };
-            if session.text(ack.envelope().to_text()).await.is_err() {
-                return Err(None);
-            }
-            crate::updates::on_hello(
-                state,
-                host_id,
-                conn_id,
-                &facts.agent_version,
-                report.as_ref(),
-            )
-            .await;
-            if let Some(h) = &restic_hello {
-                crate::restic::events::on_hello(state, host_id, h).await;
-            }
+            Err(Refused::Replaced) => return Err(close(CloseCode::Normal, wire::CLOSE_REPLACED)),
+            Err(Refused::ServerError) => return Err(close(CloseCode::Error, "server error")),
+        };
+        *said_hello = true;
+        if session.text(accepted.ack.clone()).await.is_err() {
+            return Err(None);
         }
-        _ if !*said_hello => {
-            tracing::warn!(kind = %crate::text::one_line(&env.kind, 64), "message before hello ignored");
-        }
-        wire::JOB_STARTED | wire::JOB_FINISHED | wire::LOG_STREAM => {
-            // An agent never ends its update job as succeeded (that takes
-            // the new agent's hello): failed and cancelled both end it.
-            if let Some(job) = crate::jobs::agent_message(state, host_id, &env).await
-                && job.kind == JobKind::Update
-                && job.status.is_terminal()
-                && job.status != JobStatus::Succeeded
-            {
-                crate::updates::agent_failed(state, &job).await;
-            }
-        }
-        wire::JOB_PROGRESS | wire::JOB_SNAPSHOTS => {
-            crate::restic::events::agent_message(state, host_id, &env).await;
-        }
-        other => {
-            tracing::debug!(kind = %crate::text::one_line(other, 64), "unknown message type ignored");
-        }
+        hello::after_ack(state, host_id, conn_id, &accepted).await;
+    } else if !*said_hello {
+        tracing::warn!(kind = %crate::text::one_line(&env.kind, 64), "message before hello ignored");
+    } else {
+        crate::agents::message(state, host_id, &env).await;
     }
     Ok(())
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(routes::AGENT_WS, web::get().to(agent_ws));
+    super::route(cfg, routes::Method::Get, routes::AGENT_WS, agent_ws);
 }

@@ -115,4 +115,18 @@ mod tests {
             assert!(!safe_for_script(bad), "{bad}");
         }
     }
+
+    #[test]
+    fn the_install_script_uses_the_wire_paths() {
+        // The script is shell text, not Rust: this keeps it on the paths
+        // both sides take from agent::wire.
+        let script = super::INSTALL_SH;
+        let binary = format!("$SERVER_URL{}?", agent::wire::BINARY_PATH);
+        let own = format!("__SERVER_URL__{}", agent::wire::INSTALL_SH_PATH);
+        assert!(
+            script.contains(&binary),
+            "install.sh downloads from {binary}"
+        );
+        assert!(script.contains(&own), "install.sh names {own}");
+    }
 }

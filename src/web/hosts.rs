@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AppError, CurrentUser, Htmx, PageError, public_url, redirect};
 use crate::{
-    audit, clock, provisioning, routes,
+    audit, clock, routes,
     state::AppState,
     store::{
         self, Page,
@@ -175,19 +175,8 @@ async fn api_host_create(
     body: web::Json<NewHost>,
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
-    let created = provisioning::host_add(&state.db, body.name.trim(), state.clock.now_ms()).await?;
-    tracing::info!(host_id = created.host_id, by = %user.username, "host added");
-    audit::record_logged(
-        &state,
-        &super::actor(&user, &req),
-        audit::Entry::new(
-            "host.add",
-            "host",
-            created.host_id,
-            serde_json::json!({"name": created.name}),
-        ),
-    )
-    .await;
+    let by = super::actor(&user, &req);
+    let created = crate::hosts::add(&state, &by, body.name.trim()).await?;
     Ok(HttpResponse::Created().json(serde_json::json!({
         "id": created.host_id,
         "enrollment_token": created.enrollment_token,
@@ -202,13 +191,7 @@ async fn api_host_token(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
-    let t = provisioning::host_new_token(&state.db, *id, state.clock.now_ms()).await?;
-    audit::record_logged(
-        &state,
-        &super::actor(&user, &req),
-        audit::Entry::new("host.token_create", "host", *id, serde_json::json!({})),
-    )
-    .await;
+    let (_, t) = crate::hosts::new_token(&state, &super::actor(&user, &req), *id).await?;
     Ok(HttpResponse::Created().json(serde_json::json!({
         "id": *id,
         "enrollment_token": t.token,
@@ -347,39 +330,22 @@ async fn host_new_submit(
 ) -> Result<HttpResponse, PageError> {
     user.require(Role::Admin)?;
     let name = form.name.trim();
-    match provisioning::host_add(&state.db, name, state.clock.now_ms()).await {
-        Ok(c) => {
-            tracing::info!(host_id = c.host_id, by = %user.username, "host added");
-            audit::record_logged(
-                &state,
-                &super::actor(&user, &req),
-                audit::Entry::new(
-                    "host.add",
-                    "host",
-                    c.host_id,
-                    serde_json::json!({"name": c.name}),
-                ),
-            )
-            .await;
-            Ok(super::html(
-                StatusCode::OK,
-                views::host::enroll_instructions(
-                    &user,
-                    c.host_id,
-                    &c.name,
-                    &c.enrollment_token,
-                    c.expires_at,
-                    &public_url(&state, &req),
-                ),
-            ))
-        }
-        Err(e @ (store::StoreError::Invalid(..) | store::StoreError::Conflict(..))) => {
-            let e = AppError::from(e);
-            Ok(super::html(
-                actix_web::ResponseError::status_code(&e),
-                views::host::add_host_page(&user, Some(&e.message()), name),
-            ))
-        }
+    match crate::hosts::add(&state, &super::actor(&user, &req), name).await {
+        Ok(c) => Ok(super::html(
+            StatusCode::OK,
+            views::host::enroll_instructions(
+                &user,
+                c.host_id,
+                &c.name,
+                &c.enrollment_token,
+                c.expires_at,
+                &public_url(&state, &req),
+            ),
+        )),
+        Err(e @ (AppError::BadRequest(..) | AppError::Conflict(..))) => Ok(super::html(
+            actix_web::ResponseError::status_code(&e),
+            views::host::add_host_page(&user, Some(&e.message()), name),
+        )),
         Err(e) => Err(e.into()),
     }
 }
@@ -391,14 +357,7 @@ async fn host_token_submit(
     id: web::Path<i64>,
 ) -> Result<Markup, PageError> {
     user.require(Role::Admin)?;
-    let h = store::hosts::get(&state.db, *id).await?;
-    let t = provisioning::host_new_token(&state.db, h.id, state.clock.now_ms()).await?;
-    audit::record_logged(
-        &state,
-        &super::actor(&user, &req),
-        audit::Entry::new("host.token_create", "host", h.id, serde_json::json!({})),
-    )
-    .await;
+    let (h, t) = crate::hosts::new_token(&state, &super::actor(&user, &req), *id).await?;
     Ok(views::host::enroll_instructions(
         &user,
         h.id,

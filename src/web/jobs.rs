@@ -244,7 +244,7 @@ async fn cancel(
             error: Some(&why),
             ..Default::default()
         };
-        crate::restic::events::finish_from_server(state, id, JobStatus::Cancelled, &outcome).await
+        crate::jobs::finish_with(state, id, JobStatus::Cancelled, &outcome).await
     };
     let command = CommandCancel { job_id: id }.envelope().to_text();
     if job.status == JobStatus::Queued {

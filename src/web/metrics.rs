@@ -132,7 +132,7 @@ pub async fn render(state: &AppState) -> Result<String, AppError> {
         &mut r,
         "agents_connected",
         "Agents connected to this server now",
-        n(state.hub.len() as u64),
+        n(state.hub.connected() as u64),
     );
 
     let jobs = family::<Gauge>(&mut r, "jobs", "Jobs recorded, by kind and status");

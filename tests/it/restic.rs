@@ -922,11 +922,14 @@ async fn a_stale_lock_from_a_killed_run_is_removed_and_the_job_retried() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // restic creates the lock file before writing it: kill only once it
+    // has content, or the check sees no lock at all (a flake under load).
     eventually("the killed run holds a lock", || async {
         std::fs::read_dir(path.join("locks"))
             .ok()?
-            .next()
-            .map(|_| ())
+            .flatten()
+            .any(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+            .then_some(())
     })
     .await;
     child.kill().unwrap();

@@ -319,13 +319,9 @@ fn refuse_unusable(frame: &Envelope, error: wire::WireError, sender: FrameSender
 
 fn failed(job_id: i64, kind: &str, error: String, exit_code: Option<i32>) -> JobFinished {
     JobFinished {
-        job_id,
-        status: FinishedStatus::Failed,
-        error: Some(error),
         exit_code,
-        warning: false,
         error_kind: Some(kind.to_string()),
-        result: None,
+        ..JobFinished::failed(job_id, error)
     }
 }
 

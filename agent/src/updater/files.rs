@@ -1,9 +1,9 @@
-//! The agent's file helpers: the names of the files beside the binary
-//! (`<bin>.new`, `<bin>.old`, `<bin>.update-marker`) and the quiet removal,
-//! parent directory and directory sync that every step around them uses.
-use std::ffi::OsString;
-use std::io;
+//! The names of the files beside the binary (`<bin>.new`, `<bin>.old`,
+//! `<bin>.update-marker`); the helpers every step around them uses are in
+//! [`crate::files`].
 use std::path::{Path, PathBuf};
+
+use crate::files::with_suffix;
 
 /// `<bin>.new`: the download, until it is renamed over the binary.
 pub fn new_path(bin: &Path) -> PathBuf {
@@ -19,39 +19,4 @@ pub fn old_path(bin: &Path) -> PathBuf {
 /// `<bin>.update-marker`: see [`UpdateMarker`].
 pub fn marker_path(bin: &Path) -> PathBuf {
     with_suffix(bin, ".update-marker")
-}
-
-pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = OsString::from(path.as_os_str());
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-/// Removes a file, ignoring "already gone" and logging anything else.
-pub(crate) fn remove_quietly(path: &Path) {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove a file"),
-    }
-}
-
-pub(crate) fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-/// Makes renames in `dir` durable; without it a power cut can undo them.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::fs::File::open(dir)?.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Ok(())
-    }
 }

@@ -15,8 +15,8 @@ use super::fetch_verify_and_swap;
 use crate::client::{CommandHandler, DefaultHandler, FrameSender};
 use crate::config::AgentConfig;
 use crate::wire::{
-    self, CommandUpdate, Envelope, FinishedStatus, JobFinished, JobKind, JobStarted, LogStream,
-    LogStreamKind, Message,
+    self, CommandUpdate, Envelope, JobFinished, JobKind, JobStarted, LogStream, LogStreamKind,
+    Message,
 };
 
 /// The error of an update job refused because another one is running.
@@ -148,16 +148,7 @@ impl CommandHandler for UpdateHandler {
 }
 
 fn failed(job_id: i64, error: String) -> Envelope {
-    JobFinished {
-        job_id,
-        status: FinishedStatus::Failed,
-        error: Some(error),
-        exit_code: None,
-        warning: false,
-        error_kind: None,
-        result: None,
-    }
-    .envelope()
+    JobFinished::failed(job_id, error).envelope()
 }
 
 async fn run_update(

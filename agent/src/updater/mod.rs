@@ -32,18 +32,14 @@ use crate::config::{self, ServerUrlError};
 use crate::http::snippet;
 use crate::wire::CommandUpdate;
 
+pub(crate) use crate::files::{parent_dir, remove_quietly, sync_dir, with_suffix};
 use download::download;
 pub use files::{marker_path, new_path, old_path};
-pub(crate) use files::{parent_dir, remove_quietly, sync_dir, with_suffix};
 pub use handler::{ExitRequest, UPDATE_ALREADY_RUNNING, UpdateHandler};
 pub use marker::{MarkerState, UpdateMarker};
 
-/// The download endpoint, relative to the server URL.
-pub const BINARY_PATH: &str = "agent/binary";
-/// Response headers the server sends with the binary.
-pub const SHA256_HEADER: &str = "x-agent-sha256";
-pub const VERSION_HEADER: &str = "x-agent-version";
 pub use crate::version::VERSION_PREFIX;
+use crate::wire::{BINARY_PATH, SHA256_HEADER, VERSION_HEADER};
 
 /// How long `<bin>.new --version` may take.
 pub const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(10);
