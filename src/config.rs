@@ -37,6 +37,9 @@ pub struct Settings {
     pub workers: usize,
     /// Stage the agent binary that sits beside this executable at start.
     pub stage_sibling_agent: bool,
+    /// The agent binary to stage at start; `restic-manager-agent` beside
+    /// this executable when unset (tests point it elsewhere).
+    pub sibling_agent: Option<PathBuf>,
     /// Key for repository secrets at rest (`secrets.rs`).
     pub secret_key_file: PathBuf,
     /// How long browsing a snapshot waits for the agent's `ls` before
@@ -72,6 +75,7 @@ impl Settings {
                 .map(|n| n.get())
                 .unwrap_or(2),
             stage_sibling_agent: true,
+            sibling_agent: None,
             secret_key_file,
             browse_timeout: Duration::from_secs(30),
             timezone: chrono_tz::Tz::UTC,

@@ -75,7 +75,7 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
     bootstrap_admin(&db, &settings, &clock).await?;
     store::hosts::mark_all_offline(&db).await?;
     if settings.stage_sibling_agent
-        && let Err(e) = agent_binaries::stage_sibling_if_missing(&db, &settings.data_dir).await
+        && let Err(e) = agent_binaries::stage_sibling(&db, &settings).await
     {
         tracing::warn!(
             error = format!("{e:#}"),
