@@ -68,10 +68,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             }),
     )
     .app_data(web::PathConfig::default().error_handler(|_err, req| {
-        let e = AppError::NotFound(
-            "not_found",
-            "no such page or object: check the address".into(),
-        );
+        // An id that is not a number names no object: answer as for an
+        // unknown number, with the resource's own code.
+        let e = match req.match_pattern().as_deref().and_then(path_resource) {
+            Some(what) => AppError::not_found(what),
+            None => AppError::NotFound(
+                "not_found",
+                "no such page or object: check the address".into(),
+            ),
+        };
         if is_api(req) {
             e.into()
         } else {
@@ -131,6 +136,26 @@ pub(crate) fn route<F, Args>(
         routes::Method::Delete => Method::DELETE,
     };
     cfg.route(path, web::method(m).to(handler));
+}
+
+/// The kind of object a route pattern's `{id}` names (as
+/// `AppError::not_found` spells it), from its first segment after `/api` or
+/// `/settings`.
+fn path_resource(pattern: &str) -> Option<&'static str> {
+    let rest = pattern.strip_prefix("/api").unwrap_or(pattern);
+    let rest = rest.strip_prefix("/settings").unwrap_or(rest);
+    let first = rest.trim_start_matches('/').split('/').next()?;
+    Some(match first {
+        "hosts" => "host",
+        "jobs" => "job",
+        "repositories" => "repository",
+        "plans" => "plan",
+        "users" => "user",
+        "alerts" => "alert",
+        "notifications" => "notification target",
+        "fleet-updates" | "fleet-update" => "fleet update",
+        _ => return None,
+    })
 }
 
 pub fn is_api(req: &HttpRequest) -> bool {
