@@ -17,6 +17,9 @@ pub struct Settings {
     /// Base URL agents and install scripts use to reach this server
     /// (e.g. `https://backup.example.com`). When unset, taken from the request.
     pub public_url: Option<String>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (the rightmost
+    /// address not in these blocks is the client), for throttling and audit.
+    pub trusted_proxies: Vec<crate::net::Cidr>,
     pub bootstrap_admin_password: Option<String>,
     pub session_idle: Duration,
     pub session_absolute: Duration,
@@ -59,6 +62,7 @@ impl Settings {
             data_dir,
             database_url,
             public_url: None,
+            trusted_proxies: Vec::new(),
             bootstrap_admin_password: None,
             session_idle: Duration::from_secs(12 * 3600),
             session_absolute: Duration::from_secs(7 * 24 * 3600),
@@ -98,6 +102,7 @@ impl std::fmt::Debug for Settings {
             .field("data_dir", &self.data_dir)
             .field("database_url", &redact_url(&self.database_url))
             .field("public_url", &self.public_url)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field(
                 "bootstrap_admin_password",
                 &self.bootstrap_admin_password.as_ref().map(|_| "<redacted>"),

@@ -12,6 +12,7 @@ pub mod error;
 pub mod fleet;
 pub mod hub;
 pub mod jobs;
+pub mod net;
 pub mod presence;
 pub mod provisioning;
 pub mod restic;

@@ -56,6 +56,12 @@ struct ServeArgs {
     /// (default: taken from each request's Host header).
     #[arg(long, env = "RM_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Reverse proxies whose X-Forwarded-For is believed, as a comma-separated
+    /// list of addresses or CIDR blocks (e.g. 10.0.0.0/8,::1). The client is
+    /// the rightmost address not in the list; it is what login throttling
+    /// and the audit log use. Default: none (the TCP peer is the client).
+    #[arg(long, env = "RM_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    trusted_proxies: Vec<restic_manager::net::Cidr>,
     /// Password for the `admin` user created on first start (default: random, printed once).
     #[arg(long, env = "RM_BOOTSTRAP_ADMIN_PASSWORD", hide_env_values = true)]
     bootstrap_admin_password: Option<String>,
@@ -86,6 +92,10 @@ struct ServeArgs {
     /// maintenance schedules (e.g. Europe/Berlin).
     #[arg(long, env = "RM_TIMEZONE", default_value = "UTC", value_parser = parse_timezone)]
     timezone: chrono_tz::Tz,
+}
+
+fn parse_cidr(s: &str) -> Result<restic_manager::net::Cidr, String> {
+    s.parse()
 }
 
 fn parse_timezone(s: &str) -> Result<chrono_tz::Tz, String> {
@@ -172,6 +182,7 @@ fn settings(cli: &Cli) -> Settings {
     };
     s.listen = a.listen;
     s.public_url = a.public_url.clone();
+    s.trusted_proxies = a.trusted_proxies.clone();
     s.bootstrap_admin_password = a.bootstrap_admin_password.clone();
     s.update_timeout = Duration::from_secs(a.update_timeout);
     s.update_min_healthy = Duration::from_secs(a.update_min_healthy);

@@ -166,10 +166,21 @@ pub fn is_htmx(req: &HttpRequest) -> bool {
     req.headers().contains_key("HX-Request")
 }
 
-/// Client address for audit and throttling (the TCP peer; a reverse proxy's
-/// forwarded headers are not trusted by default).
+/// Client address for audit and throttling: the TCP peer, or behind a
+/// `--trusted-proxies` proxy the rightmost untrusted `X-Forwarded-For`
+/// address (`net::client_ip`). No peer's forwarded headers are believed
+/// unless it is listed.
 pub fn client_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
-    req.peer_addr().map(|a| a.ip())
+    let peer = req.peer_addr().map(|a| a.ip());
+    let trusted = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.settings.trusted_proxies.as_slice())
+        .unwrap_or(&[]);
+    let forwarded = req
+        .headers()
+        .get_all("X-Forwarded-For")
+        .filter_map(|v| v.to_str().ok());
+    crate::net::client_ip(peer, forwarded, trusted)
 }
 
 /// The client's address as the audit log stores it (empty when unknown).
