@@ -20,6 +20,9 @@ pub struct Settings {
     /// Reverse proxies whose `X-Forwarded-For` is believed (the rightmost
     /// address not in these blocks is the client), for throttling and audit.
     pub trusted_proxies: Vec<crate::net::Cidr>,
+    /// Mark the session cookie `Secure` (and send HSTS) even when
+    /// `public_url` is not https (TLS ends at a proxy with another name).
+    pub secure_cookies: bool,
     pub bootstrap_admin_password: Option<String>,
     pub session_idle: Duration,
     pub session_absolute: Duration,
@@ -63,6 +66,7 @@ impl Settings {
             database_url,
             public_url: None,
             trusted_proxies: Vec::new(),
+            secure_cookies: false,
             bootstrap_admin_password: None,
             session_idle: Duration::from_secs(12 * 3600),
             session_absolute: Duration::from_secs(7 * 24 * 3600),
@@ -84,6 +88,16 @@ impl Settings {
             browse_timeout: Duration::from_secs(30),
             timezone: chrono_tz::Tz::UTC,
         }
+    }
+
+    /// Browsers reach this server over https: an `https` public URL or
+    /// `--secure-cookies`. Then the session cookie is `Secure` and HSTS is sent.
+    pub fn https(&self) -> bool {
+        self.secure_cookies
+            || self.public_url.as_deref().is_some_and(|u| {
+                u.get(..8)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
+            })
     }
 
     pub fn is_sqlite(&self) -> bool {

@@ -112,12 +112,13 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
     updates::spawn_watcher(state.clone());
     fleet::spawn(state.clone());
     let app_state = aweb::Data::new(state.clone());
+    let https = settings.https();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app_state.clone())
             .wrap(middleware::from_fn(web::cross_site_guard))
             .wrap(middleware::from_fn(web::error::htmx_errors))
-            .wrap(web::security_headers())
+            .wrap(web::security_headers(https))
             .configure(web::configure)
             .default_service(aweb::to(not_found))
     })

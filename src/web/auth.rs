@@ -23,7 +23,9 @@ fn session_cookie(req: &HttpRequest, state: &AppState, token: String) -> Cookie<
         .path("/")
         .http_only(true)
         .same_site(SameSite::Lax)
-        .secure(req.connection_info().scheme() == "https")
+        // From the configuration, never from a forwarded header any peer
+        // could send.
+        .secure(state.settings.https())
         .max_age(CookieDuration::seconds(
             state.settings.session_absolute.as_secs() as i64,
         ))

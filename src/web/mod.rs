@@ -188,6 +188,12 @@ pub fn client_addr(req: &HttpRequest) -> String {
     client_ip(req).map(|i| i.to_string()).unwrap_or_default()
 }
 
+/// The session token this request carries, if any.
+pub fn session_token(req: &HttpRequest) -> Option<String> {
+    req.cookie(routes::SESSION_COOKIE)
+        .map(|c| c.value().to_string())
+}
+
 /// The audit actor of a user's request.
 pub fn actor(user: &User, req: &HttpRequest) -> crate::audit::Actor {
     crate::audit::Actor::user(user, client_addr(req))
@@ -241,9 +247,16 @@ pub async fn cross_site_guard(
     next.call(req).await
 }
 
-/// Security headers on every response.
-pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
-    actix_web::middleware::DefaultHeaders::new()
+/// Security headers on every response; HSTS when the server is reached
+/// over https (`Settings::https`).
+pub fn security_headers(https: bool) -> actix_web::middleware::DefaultHeaders {
+    let h = actix_web::middleware::DefaultHeaders::new();
+    let h = if https {
+        h.add((header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"))
+    } else {
+        h
+    };
+    h
         .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .add((header::X_FRAME_OPTIONS, "DENY"))
         .add((header::REFERRER_POLICY, "same-origin"))

@@ -821,6 +821,91 @@ async fn a_password_reset_stops_the_old_password_and_ends_their_sessions() {
     .await;
 }
 
+/// Resetting your own password logs you out everywhere else, and keeps the
+/// session you did it from.
+#[tokio::test]
+async fn resetting_your_own_password_ends_your_other_sessions() {
+    let app = TestApp::spawn().await;
+    let here = app.session_token("admin", ADMIN_PASSWORD).await;
+    let elsewhere = app.session_token("admin", ADMIN_PASSWORD).await;
+    let admin_id = user_id(&app, "admin").await;
+    let r = app
+        .with_session(Some(&here))
+        .post(app.at(&routes::api_user_password(admin_id)))
+        .json(&json!({"password": "a-new-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(me(&app, &here).await.status(), 200, "this session stays");
+    assert_eq!(
+        me(&app, &elsewhere).await.status(),
+        401,
+        "the other one ended"
+    );
+    // The same through the form.
+    let third = app.session_token("admin", "a-new-password-1").await;
+    let page = Page::from(
+        form(
+            &app.with_session(Some(&here)),
+            app.at(&routes::user_password(admin_id)),
+            &[("password", "a-newer-password-2")],
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert_eq!(me(&app, &here).await.status(), 200);
+    assert_eq!(me(&app, &third).await.status(), 401);
+}
+
+/// `Secure` follows the configuration, never a forwarded header; HSTS with it.
+#[tokio::test]
+async fn the_secure_cookie_flag_and_hsts_follow_the_configuration_not_headers() {
+    let attrs = |r: &reqwest::Response| -> Vec<String> {
+        set_cookie(r)
+            .unwrap()
+            .split(';')
+            .map(|a| a.trim().to_ascii_lowercase())
+            .collect()
+    };
+    let login = |app: &TestApp| {
+        app.with_session(None)
+            .post(app.at(routes::API_LOGIN))
+            .header("X-Forwarded-Proto", "https")
+            .header("Forwarded", "proto=https")
+            .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+            .send()
+    };
+    let plain = TestApp::spawn().await;
+    let r = login(&plain).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        !attrs(&r).contains(&"secure".into()),
+        "a peer's header decided it"
+    );
+    assert!(r.headers().get("Strict-Transport-Security").is_none());
+
+    let public =
+        TestApp::spawn_with(|s| s.public_url = Some("HTTPS://backup.example.com".into())).await;
+    let r = login(&public).await.unwrap();
+    assert!(attrs(&r).contains(&"secure".into()));
+    assert_eq!(r.headers()["Strict-Transport-Security"], "max-age=31536000");
+
+    let flag = TestApp::spawn_with(|s| s.secure_cookies = true).await;
+    let r = flag
+        .anon()
+        .get(flag.at(routes::LOGIN))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("Strict-Transport-Security").is_some());
+    let r = login(&flag).await.unwrap();
+    assert!(attrs(&r).contains(&"secure".into()));
+}
+
 #[tokio::test]
 async fn removing_a_user_ends_their_access() {
     let app = TestApp::spawn().await;
