@@ -58,7 +58,8 @@ pub fn reported_version(bin: &Path) -> anyhow::Result<String> {
 /// returns its SHA-256 and size.
 fn copy_hashed(src: &Path, dest: &Path) -> anyhow::Result<(String, u64)> {
     let dir = dest.parent().context("staging path has no parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::config::create_private_dir(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     let tmp = dest.with_extension("tmp");
     let mut input =
         std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;

@@ -105,6 +105,21 @@ impl Settings {
     }
 }
 
+/// Creates `path` and any missing parents with mode 0700: the data
+/// directory holds the database, the secret key and staged binaries, none of
+/// which other local users should list or read. An existing directory keeps
+/// the mode its owner gave it.
+pub fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(path)
+}
+
 pub fn default_database_url(data_dir: &std::path::Path) -> String {
     format!("sqlite://{}/restic-manager.db?mode=rwc", data_dir.display())
 }

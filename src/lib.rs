@@ -63,6 +63,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
 /// Starts everything and returns once the socket is bound.
 pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Running> {
     install_crypto_provider();
+    config::create_private_dir(&settings.data_dir).with_context(|| {
+        format!(
+            "creating the data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
     let db = db::open(&settings).await?;
     let sealed_with = store::repositories::sealed_key_ids(&db).await?;
     let secrets = secrets::SecretKey::load_or_create(&settings.secret_key_file, &sealed_with)?;
