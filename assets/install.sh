@@ -12,7 +12,11 @@
 # start the systemd service (unless --no-systemd).
 #
 # The whole script is one function called on the last line, so a truncated
-# download runs nothing. The token is never printed.
+# download runs nothing. The token is never printed and never put on a
+# command line other processes could read (ps, /proc/PID/cmdline): curl reads
+# its Authorization header from a 0600 file, wget from a 0600 wgetrc, and
+# the agent takes it from RM_AGENT_TOKEN. It may also be passed to this
+# script as RM_AGENT_TOKEN instead of --token.
 set -eu
 
 SERVER_URL="__SERVER_URL__"
@@ -41,7 +45,8 @@ Usage:
   curl -fsSL $SERVER_URL/agent/install.sh | sudo sh -s -- --token TOKEN [options]
 
 Options:
-  --token TOKEN   one-time enrollment token from the server (required)
+  --token TOKEN   one-time enrollment token from the server (required; or set
+                  RM_AGENT_TOKEN)
   --prefix DIR    install to DIR/bin and keep the config in
                   DIR/etc/restic-manager-agent/config.toml
                   (default: /usr/local/bin, config in /etc/restic-manager-agent/)
@@ -157,7 +162,7 @@ UNIT_EOF
 }
 
 main() {
-  token=""
+  token=${RM_AGENT_TOKEN:-}
   prefix=""
   no_systemd=0
   while [ $# -gt 0 ]; do
@@ -289,14 +294,21 @@ main() {
   url="$SERVER_URL/agent/binary?os=$os&arch=$arch"
   say "Downloading the agent for $os/$arch from $SERVER_URL/agent/binary (with $downloader)"
   : >"$headers"
+  # The token goes in files only this user can read, never in an argument.
+  auth_header="$tmp_dir/auth-header"
+  (umask 077 && printf 'Authorization: Bearer %s\n' "$token" >"$auth_header") \
+    || die "cannot write $auth_header" "Check that \$TMPDIR (or /tmp) is writable."
   if [ "$downloader" = curl ]; then
     if ! status=$(curl -sS -L --retry 2 -o "$tmp_bin" -D "$headers" -w '%{http_code}' \
-      -H "Authorization: Bearer $token" "$url" </dev/null); then
+      -H @"$auth_header" "$url" </dev/null); then
       die "the download failed (curl could not reach $SERVER_URL)" \
         "Check that this host can reach the server (DNS, firewall, proxy, TLS certificate) and run this again."
     fi
   else
-    if wget -q -S -O "$tmp_bin" --header="Authorization: Bearer $token" "$url" 2>"$headers" </dev/null; then
+    wgetrc="$tmp_dir/wgetrc"
+    (umask 077 && printf 'header = Authorization: Bearer %s\n' "$token" >"$wgetrc") \
+      || die "cannot write $wgetrc"
+    if WGETRC="$wgetrc" wget -q -S -O "$tmp_bin" "$url" 2>"$headers" </dev/null; then
       status=$(http_status "$headers")
       [ -n "$status" ] || status=200
     else
@@ -307,6 +319,7 @@ main() {
       fi
     fi
   fi
+  rm -f "$auth_header" "$tmp_dir/wgetrc"
 
   if [ "$status" != 200 ]; then
     server_says=""
@@ -387,9 +400,10 @@ main() {
     die "cannot create $config_dir" "Run as root, or choose a writable --prefix DIR."
   fi
   say "Enrolling with $SERVER_URL (config: $config_path)"
-  # --token=VALUE: a token that begins with "-" (issued before the rme_
-  # prefix) is then never read as an option.
-  if ! "$bin_path" enroll --server="$SERVER_URL" --token="$token" --config="$config_path" </dev/null; then
+  # The token in the environment, not the command line (which any local
+  # user can read); this also keeps a token that begins with "-" (issued
+  # before the rme_ prefix) from ever being read as an option.
+  if ! RM_AGENT_TOKEN=$token "$bin_path" enroll --server="$SERVER_URL" --config="$config_path" </dev/null; then
     die "enrollment failed (the agent's message is above)" \
       "The agent is installed at $bin_path but not enrolled. Enrollment tokens are single-use" \
       "and expire: if this one was used or is too old, create a new one on the server, then run this again."
