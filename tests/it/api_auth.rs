@@ -1118,3 +1118,68 @@ async fn bad_user_input_is_refused_with_codes_and_changes_nothing() {
     }
     assert_eq!(app.snapshot().await, before);
 }
+
+/// Two admins demoting (or deleting) each other at the same moment: each
+/// transaction takes its locks, then both write before either commits. The
+/// second must wait for the first and then see one admin left (on Postgres
+/// under READ COMMITTED each would otherwise count the other). Runs on
+/// Postgres when TEST_DATABASE_URL is set, else SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admins_removing_each_other_at_once_leave_one_admin() {
+    use restic_manager::store::{self, users};
+    use sea_orm::TransactionTrait;
+    let app = TestApp::spawn().await;
+    for delete in [false, true] {
+        let a = user_id(&app, "admin").await;
+        let b = app
+            .user(if delete { "bob-2" } else { "bob" }, Role::Admin)
+            .await;
+        let db = app.db().clone();
+        let (locked_tx, locked_rx) = tokio::sync::oneshot::channel::<()>();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let (wrote_tx, wrote_rx) = tokio::sync::oneshot::channel::<()>();
+
+        let txn_a = app.db().begin().await.unwrap();
+        users::lock(&txn_a, b).await.unwrap();
+        // Bob removes the admin, in his own transaction.
+        let other = tokio::spawn(async move {
+            let txn = db.begin().await?;
+            users::lock(&txn, a).await?;
+            let _ = locked_tx.send(());
+            let _ = go_rx.await;
+            let r = if delete {
+                users::delete(&txn, a).await.map(|_| ())
+            } else {
+                users::set_role(&txn, a, Role::Viewer, 1).await.map(|_| ())
+            };
+            let _ = wrote_tx.send(());
+            r?;
+            txn.commit().await?;
+            Ok::<(), store::StoreError>(())
+        });
+        // Give the other transaction every chance to take its locks and
+        // write before this one commits (it must not be able to).
+        let _ = tokio::time::timeout(Duration::from_millis(500), locked_rx).await;
+        if delete {
+            users::delete(&txn_a, b).await.unwrap();
+        } else {
+            users::set_role(&txn_a, b, Role::Viewer, 1).await.unwrap();
+        }
+        let _ = go_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_millis(500), wrote_rx).await;
+        txn_a.commit().await.unwrap();
+        let r = tokio::time::timeout(WAIT, other).await.unwrap().unwrap();
+        assert!(
+            matches!(r, Err(store::StoreError::Conflict("last_admin", _))),
+            "the second removal must find the last admin: {r:?}"
+        );
+        let admins: Vec<Value> = app
+            .get_json::<Vec<Value>>(routes::API_USERS)
+            .await
+            .into_iter()
+            .filter(|u| u["role"] == "admin")
+            .collect();
+        assert_eq!(admins.len(), 1, "delete={delete}: {admins:?}");
+        assert_eq!(admins[0]["username"], "admin");
+    }
+}
