@@ -40,6 +40,9 @@ pub struct Settings {
     pub presence_flush_interval: Duration,
     /// Per-job log limit; later lines are dropped after one notice.
     pub job_log_cap_bytes: i64,
+    /// A live log stream sends a keepalive this often, and re-checks its
+    /// viewer's session each time.
+    pub sse_keepalive: Duration,
     pub workers: usize,
     /// Stage the agent binary that sits beside this executable at start.
     pub stage_sibling_agent: bool,
@@ -79,6 +82,7 @@ impl Settings {
             agent_ping_timeout: Duration::from_secs(60),
             presence_flush_interval: Duration::from_secs(30),
             job_log_cap_bytes: crate::store::jobs::LOG_CAP_BYTES,
+            sse_keepalive: Duration::from_secs(15),
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),

@@ -111,6 +111,7 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
         alerts,
         secrets: Arc::new(secrets),
         restic: restic::Restic::new(),
+        streams: Arc::default(),
     };
     alerts::spawn_sweeper(state.clone());
     restic::dispatch::spawn(state.clone());
