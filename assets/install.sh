@@ -121,8 +121,6 @@ sha256_of() {
 agent_unit() {
   unit_bin_path=$1
   unit_config_path=$2
-  unit_bin_dir=$3
-  unit_config_dir=$4
   cat <<UNIT_EOF
 # restic-manager agent. Installed by the server's /agent/install.sh, which
 # embeds this same text (keep the two in step; .ci/run checks they match).
@@ -141,17 +139,28 @@ Type=simple
 ExecStart=${unit_bin_path} run --config ${unit_config_path}
 Restart=always
 RestartSec=2
-# Runs as root: restic must read (and restore) every file of the host.
+# Runs as root: restic must read every file of the host and restore to any
+# place, with owners, modes (setuid bits too) and device nodes as they were.
 User=root
+# So no sandboxing that hides, fakes or freezes part of the file system:
+# not ProtectSystem (/usr, /etc read-only: no restore there), ProtectHome,
+# PrivateTmp (a backup of /tmp would read, and a restore to it would land in,
+# a private empty /tmp), ProtectKernelModules (hides /usr/lib/modules),
+# RestrictSUIDSGID (refuses to restore setuid files), PrivateDevices or
+# DevicePolicy (no device nodes), ReadOnlyPaths or InaccessiblePaths. The
+# agent rewrites its own binary and config on updates, which these would
+# also block.
+# What is kept costs restic nothing: no privilege gained through exec, the
+# kernel's tunables and cgroup tree (not files anyone backs up) read-only,
+# no realtime scheduling, personality changes, namespaces or foreign
+# system call ABIs.
 NoNewPrivileges=yes
-ProtectSystem=full
-PrivateTmp=yes
-# ProtectSystem=full makes /usr (and /etc) read-only, but the agent updates
-# itself: it writes <bin>.new, <bin>.old and an update marker beside its
-# binary and renames the new one over it. So the binary's directory stays
-# writable, and so does the agent's own config directory ("-": optional).
-ReadWritePaths=${unit_bin_dir}
-ReadWritePaths=-${unit_config_dir}
+ProtectKernelTunables=yes
+ProtectControlGroups=yes
+RestrictRealtime=yes
+LockPersonality=yes
+RestrictNamespaces=yes
+SystemCallArchitectures=native
 # Stop the agent and any restic it started together.
 KillMode=control-group
 TimeoutStopSec=30
@@ -421,7 +430,7 @@ main() {
 
   say "Installing systemd unit $UNIT_PATH"
   tmp_unit="$UNIT_PATH.tmp.$$"
-  agent_unit "$bin_path" "$config_path" "$bin_dir" "$config_dir" >"$tmp_unit" \
+  agent_unit "$bin_path" "$config_path" >"$tmp_unit" \
     || die "could not write $tmp_unit"
   chmod 0644 "$tmp_unit"
   mv -f "$tmp_unit" "$UNIT_PATH" || die "could not install $UNIT_PATH"
