@@ -12,7 +12,11 @@
 # start the systemd service (unless --no-systemd).
 #
 # The whole script is one function called on the last line, so a truncated
-# download runs nothing. The token is never printed.
+# download runs nothing. The token is never printed and never put on a
+# command line other processes could read (ps, /proc/PID/cmdline): curl reads
+# its Authorization header from a 0600 file, wget from a 0600 wgetrc, and
+# the agent takes it from RM_AGENT_TOKEN. It may also be passed to this
+# script as RM_AGENT_TOKEN instead of --token.
 set -eu
 
 SERVER_URL="__SERVER_URL__"
@@ -41,7 +45,8 @@ Usage:
   curl -fsSL $SERVER_URL/agent/install.sh | sudo sh -s -- --token TOKEN [options]
 
 Options:
-  --token TOKEN   one-time enrollment token from the server (required)
+  --token TOKEN   one-time enrollment token from the server (required; or set
+                  RM_AGENT_TOKEN)
   --prefix DIR    install to DIR/bin and keep the config in
                   DIR/etc/restic-manager-agent/config.toml
                   (default: /usr/local/bin, config in /etc/restic-manager-agent/)
@@ -116,8 +121,6 @@ sha256_of() {
 agent_unit() {
   unit_bin_path=$1
   unit_config_path=$2
-  unit_bin_dir=$3
-  unit_config_dir=$4
   cat <<UNIT_EOF
 # restic-manager agent. Installed by the server's /agent/install.sh, which
 # embeds this same text (keep the two in step; .ci/run checks they match).
@@ -136,17 +139,28 @@ Type=simple
 ExecStart=${unit_bin_path} run --config ${unit_config_path}
 Restart=always
 RestartSec=2
-# Runs as root: restic must read (and restore) every file of the host.
+# Runs as root: restic must read every file of the host and restore to any
+# place, with owners, modes (setuid bits too) and device nodes as they were.
 User=root
+# So no sandboxing that hides, fakes or freezes part of the file system:
+# not ProtectSystem (/usr, /etc read-only: no restore there), ProtectHome,
+# PrivateTmp (a backup of /tmp would read, and a restore to it would land in,
+# a private empty /tmp), ProtectKernelModules (hides /usr/lib/modules),
+# RestrictSUIDSGID (refuses to restore setuid files), PrivateDevices or
+# DevicePolicy (no device nodes), ReadOnlyPaths or InaccessiblePaths. The
+# agent rewrites its own binary and config on updates, which these would
+# also block.
+# What is kept costs restic nothing: no privilege gained through exec, the
+# kernel's tunables and cgroup tree (not files anyone backs up) read-only,
+# no realtime scheduling, personality changes, namespaces or foreign
+# system call ABIs.
 NoNewPrivileges=yes
-ProtectSystem=full
-PrivateTmp=yes
-# ProtectSystem=full makes /usr (and /etc) read-only, but the agent updates
-# itself: it writes <bin>.new, <bin>.old and an update marker beside its
-# binary and renames the new one over it. So the binary's directory stays
-# writable, and so does the agent's own config directory ("-": optional).
-ReadWritePaths=${unit_bin_dir}
-ReadWritePaths=-${unit_config_dir}
+ProtectKernelTunables=yes
+ProtectControlGroups=yes
+RestrictRealtime=yes
+LockPersonality=yes
+RestrictNamespaces=yes
+SystemCallArchitectures=native
 # Stop the agent and any restic it started together.
 KillMode=control-group
 TimeoutStopSec=30
@@ -157,7 +171,7 @@ UNIT_EOF
 }
 
 main() {
-  token=""
+  token=${RM_AGENT_TOKEN:-}
   prefix=""
   no_systemd=0
   while [ $# -gt 0 ]; do
@@ -289,14 +303,21 @@ main() {
   url="$SERVER_URL/agent/binary?os=$os&arch=$arch"
   say "Downloading the agent for $os/$arch from $SERVER_URL/agent/binary (with $downloader)"
   : >"$headers"
+  # The token goes in files only this user can read, never in an argument.
+  auth_header="$tmp_dir/auth-header"
+  (umask 077 && printf 'Authorization: Bearer %s\n' "$token" >"$auth_header") \
+    || die "cannot write $auth_header" "Check that \$TMPDIR (or /tmp) is writable."
   if [ "$downloader" = curl ]; then
     if ! status=$(curl -sS -L --retry 2 -o "$tmp_bin" -D "$headers" -w '%{http_code}' \
-      -H "Authorization: Bearer $token" "$url" </dev/null); then
+      -H @"$auth_header" "$url" </dev/null); then
       die "the download failed (curl could not reach $SERVER_URL)" \
         "Check that this host can reach the server (DNS, firewall, proxy, TLS certificate) and run this again."
     fi
   else
-    if wget -q -S -O "$tmp_bin" --header="Authorization: Bearer $token" "$url" 2>"$headers" </dev/null; then
+    wgetrc="$tmp_dir/wgetrc"
+    (umask 077 && printf 'header = Authorization: Bearer %s\n' "$token" >"$wgetrc") \
+      || die "cannot write $wgetrc"
+    if WGETRC="$wgetrc" wget -q -S -O "$tmp_bin" "$url" 2>"$headers" </dev/null; then
       status=$(http_status "$headers")
       [ -n "$status" ] || status=200
     else
@@ -307,6 +328,7 @@ main() {
       fi
     fi
   fi
+  rm -f "$auth_header" "$tmp_dir/wgetrc"
 
   if [ "$status" != 200 ]; then
     server_says=""
@@ -387,9 +409,10 @@ main() {
     die "cannot create $config_dir" "Run as root, or choose a writable --prefix DIR."
   fi
   say "Enrolling with $SERVER_URL (config: $config_path)"
-  # --token=VALUE: a token that begins with "-" (issued before the rme_
-  # prefix) is then never read as an option.
-  if ! "$bin_path" enroll --server="$SERVER_URL" --token="$token" --config="$config_path" </dev/null; then
+  # The token in the environment, not the command line (which any local
+  # user can read); this also keeps a token that begins with "-" (issued
+  # before the rme_ prefix) from ever being read as an option.
+  if ! RM_AGENT_TOKEN=$token "$bin_path" enroll --server="$SERVER_URL" --config="$config_path" </dev/null; then
     die "enrollment failed (the agent's message is above)" \
       "The agent is installed at $bin_path but not enrolled. Enrollment tokens are single-use" \
       "and expire: if this one was used or is too old, create a new one on the server, then run this again."
@@ -407,7 +430,7 @@ main() {
 
   say "Installing systemd unit $UNIT_PATH"
   tmp_unit="$UNIT_PATH.tmp.$$"
-  agent_unit "$bin_path" "$config_path" "$bin_dir" "$config_dir" >"$tmp_unit" \
+  agent_unit "$bin_path" "$config_path" >"$tmp_unit" \
     || die "could not write $tmp_unit"
   chmod 0644 "$tmp_unit"
   mv -f "$tmp_unit" "$UNIT_PATH" || die "could not install $UNIT_PATH"

@@ -20,11 +20,20 @@ sed -n '/^agent_unit() {$/,/^}$/p' assets/install.sh >"$rendered.fn"
 # shellcheck disable=SC1090
 . "$rendered.fn"
 rm -f "$rendered.fn"
-agent_unit /usr/local/bin/restic-manager-agent /etc/restic-manager-agent/config.toml \
-  /usr/local/bin /etc/restic-manager-agent >"$rendered"
+agent_unit /usr/local/bin/restic-manager-agent /etc/restic-manager-agent/config.toml >"$rendered"
 
 if ! diff -u dist/systemd/restic-manager-agent.service "$rendered"; then
   echo "assets/install.sh's unit differs from dist/systemd/restic-manager-agent.service (diff above); keep them in step" >&2
   exit 1
 fi
+# restic must read every file and restore anywhere: no sandboxing that makes
+# part of the file system read-only, private, hidden or device-less.
+for setting in ProtectSystem ProtectHome PrivateTmp ProtectKernelModules \
+  RestrictSUIDSGID PrivateDevices DevicePolicy DeviceAllow ReadOnlyPaths \
+  InaccessiblePaths TemporaryFileSystem ProtectProc ProtectClock ProtectKernelLogs; do
+  if grep -q "^$setting=" dist/systemd/restic-manager-agent.service; then
+    echo "dist/systemd/restic-manager-agent.service sets $setting=, which keeps restic from reading or restoring files" >&2
+    exit 1
+  fi
+done
 echo "install.sh: syntax ok; embedded unit matches dist/systemd/restic-manager-agent.service"

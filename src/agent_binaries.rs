@@ -58,7 +58,8 @@ pub fn reported_version(bin: &Path) -> anyhow::Result<String> {
 /// returns its SHA-256 and size.
 fn copy_hashed(src: &Path, dest: &Path) -> anyhow::Result<(String, u64)> {
     let dir = dest.parent().context("staging path has no parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::config::create_private_dir(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     let tmp = dest.with_extension("tmp");
     let mut input =
         std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
@@ -142,31 +143,74 @@ pub async fn stage(
 }
 
 /// At start: stage the `restic-manager-agent` beside this executable when
-/// nothing is staged for this machine's platform, so a plain build is ready
-/// to hand out agents.
-pub async fn stage_sibling_if_missing(
+/// nothing is staged for this machine's platform or what is staged is another
+/// version than this server's, and the sibling reports the server's version.
+/// So a server upgraded from A to B hands out B's agent without anyone
+/// staging it by hand. The copy lands by rename: a download in flight keeps
+/// reading the file it opened.
+pub async fn stage_sibling(
     db: &DatabaseConnection,
-    data_dir: &Path,
+    settings: &crate::config::Settings,
 ) -> anyhow::Result<()> {
     let (os, arch) = (std::env::consts::OS, std::env::consts::ARCH);
-    if check_platform(os, arch).is_none() || store::get(db, os, arch).await?.is_some() {
+    if check_platform(os, arch).is_none() {
         return Ok(());
     }
-    let exe = std::env::current_exe().context("locating this executable")?;
-    let name = if cfg!(windows) {
-        "restic-manager-agent.exe"
-    } else {
-        "restic-manager-agent"
-    };
-    let Some(sibling) = exe.parent().map(|d| d.join(name)) else {
+    let server_version = crate::version::VERSION;
+    let staged = store::get(db, os, arch).await?;
+    if staged.as_ref().is_some_and(|b| b.version == server_version) {
         return Ok(());
+    }
+    let sibling = match &settings.sibling_agent {
+        Some(p) => p.clone(),
+        None => {
+            let exe = std::env::current_exe().context("locating this executable")?;
+            let name = if cfg!(windows) {
+                "restic-manager-agent.exe"
+            } else {
+                "restic-manager-agent"
+            };
+            let Some(p) = exe.parent().map(|d| d.join(name)) else {
+                return Ok(());
+            };
+            p
+        }
     };
     if !sibling.is_file() {
         tracing::info!(path = %sibling.display(), "no agent binary beside the server to stage");
         return Ok(());
     }
-    let b = stage(db, data_dir, &sibling, os, arch).await?;
-    tracing::info!(version = %b.version, os, arch, sha256 = %b.sha256, "staged the sibling agent binary");
+    let sibling_version = {
+        let p = sibling.clone();
+        tokio::task::spawn_blocking(move || reported_version(&p)).await??
+    };
+    if sibling_version != server_version {
+        tracing::warn!(
+            path = %sibling.display(),
+            sibling_version,
+            server_version,
+            staged = staged.as_ref().map(|b| b.version.as_str()),
+            "the agent beside the server is another version: not staging it"
+        );
+        return Ok(());
+    }
+    let b = stage_with_version(
+        db,
+        &settings.data_dir,
+        &sibling,
+        os,
+        arch,
+        Some(sibling_version),
+    )
+    .await?;
+    tracing::info!(
+        version = %b.version,
+        os,
+        arch,
+        sha256 = %b.sha256,
+        replaced = staged.as_ref().map(|b| b.version.as_str()),
+        "staged the sibling agent binary"
+    );
     Ok(())
 }
 

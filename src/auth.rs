@@ -129,14 +129,31 @@ pub fn hashes_equal(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// Failed-login limiter keyed by username and by client address: after
-/// `max_failures` failures inside `window` the key is locked until the window
-/// since the first failure passes. In memory on purpose: a restart forgiving
-/// a few attempts is harmless, a database write per guess is not.
+/// Failed-login limiter. A (username, client network) pair is locked after
+/// `max_failures` failures inside `window`, a client network after four
+/// times as many across usernames (a password spray), each until the window
+/// since its first failure passes. A username failing from many networks is
+/// never locked for everyone (anyone could lock anyone out); each further
+/// attempt at it waits a little longer instead ([`LoginThrottle::backoff`]).
+/// Networks are the client's IPv4 address or IPv6 /64 (`net::throttle_key`).
+/// In memory on purpose: a restart forgiving a few attempts is harmless, a
+/// database write per guess is not.
 pub struct LoginThrottle {
     max_failures: u32,
     window: Duration,
     entries: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+/// A client network may fail this many times `max_failures` across usernames.
+const ADDRESS_FACTOR: u32 = 4;
+/// Per failure of a username beyond `max_failures` (from anywhere), and the most.
+const BACKOFF_STEP: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+struct Keys {
+    pair: String,
+    net: String,
+    user: String,
 }
 
 impl LoginThrottle {
@@ -148,34 +165,69 @@ impl LoginThrottle {
         }
     }
 
-    fn keys(username: &str, ip: Option<IpAddr>) -> Vec<String> {
+    fn keys(username: &str, ip: Option<IpAddr>) -> Keys {
         // Usernames are at most 64 characters: a longer one is not a user,
         // and must not make a key of whatever length was sent.
-        let name: String = username.chars().take(64).collect();
-        let mut k = vec![format!("u:{}", name.to_lowercase())];
-        if let Some(ip) = ip {
-            k.push(format!("ip:{ip}"));
+        let name: String = username.chars().take(64).collect::<String>().to_lowercase();
+        let net = ip
+            .map(crate::net::throttle_key)
+            .unwrap_or_else(|| "unknown".into());
+        Keys {
+            pair: format!("p:{name}\u{0}{net}"),
+            net: format!("a:{net}"),
+            user: format!("u:{name}"),
         }
-        k
+    }
+
+    /// Failures counted for `key` inside the window (expired entries dropped).
+    fn count(
+        &self,
+        map: &mut HashMap<String, (u32, Instant)>,
+        key: &str,
+        now: Instant,
+    ) -> Option<(u32, Duration)> {
+        let &(count, since) = map.get(key)?;
+        let elapsed = now.duration_since(since);
+        if elapsed >= self.window {
+            map.remove(key);
+            return None;
+        }
+        Some((count, self.window - elapsed))
     }
 
     /// Seconds until the caller may try again, if locked.
     pub fn locked_for(&self, username: &str, ip: Option<IpAddr>) -> Option<u64> {
         let now = Instant::now();
+        let keys = Self::keys(username, ip);
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut worst = None;
-        for key in Self::keys(username, ip) {
-            if let Some(&(count, since)) = map.get(&key) {
-                let elapsed = now.duration_since(since);
-                if elapsed >= self.window {
-                    map.remove(&key);
-                } else if count >= self.max_failures {
-                    let left = (self.window - elapsed).as_secs().max(1);
-                    worst = Some(worst.map_or(left, |w: u64| w.max(left)));
-                }
+        for (key, limit) in [
+            (&keys.pair, self.max_failures),
+            (&keys.net, self.max_failures.saturating_mul(ADDRESS_FACTOR)),
+        ] {
+            if let Some((count, left)) = self.count(&mut map, key, now)
+                && count >= limit
+            {
+                let left = left.as_secs().max(1);
+                worst = Some(worst.map_or(left, |w: u64| w.max(left)));
             }
         }
         worst
+    }
+
+    /// How long an attempt at `username` waits first: nothing until it has
+    /// failed `max_failures` times (from anywhere), then a step more per
+    /// failure, up to a couple of seconds.
+    pub fn backoff(&self, username: &str) -> Duration {
+        let now = Instant::now();
+        let keys = Self::keys(username, None);
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        match self.count(&mut map, &keys.user, now) {
+            Some((count, _)) if count > self.max_failures => {
+                (BACKOFF_STEP * (count - self.max_failures)).min(BACKOFF_MAX)
+            }
+            _ => Duration::ZERO,
+        }
     }
 
     pub fn record_failure(&self, username: &str, ip: Option<IpAddr>) {
@@ -186,21 +238,21 @@ impl LoginThrottle {
             let window = self.window;
             map.retain(|_, (_, since)| now.duration_since(*since) < window);
         }
-        for key in Self::keys(username, ip) {
+        let keys = Self::keys(username, ip);
+        for key in [keys.pair, keys.net, keys.user] {
             let e = map.entry(key).or_insert((0, now));
             if now.duration_since(e.1) >= self.window {
                 *e = (0, now);
             }
-            e.0 += 1;
+            e.0 = e.0.saturating_add(1);
         }
     }
 
-    pub fn record_success(&self, username: &str) {
+    /// A login succeeded: its pair starts afresh (the network's and the
+    /// username's counts stay, so a correct guess does not reset a spray).
+    pub fn record_success(&self, username: &str, ip: Option<IpAddr>) {
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let [user_key, ..] = &Self::keys(username, None)[..] else {
-            return;
-        };
-        map.remove(user_key);
+        map.remove(&Self::keys(username, ip).pair);
     }
 }
 
@@ -223,6 +275,12 @@ pub async fn authenticate(
     };
     if let Some(e) = locked() {
         return Err(e);
+    }
+    // A username under attack from many places answers a little slower for
+    // everyone, instead of not at all.
+    let wait = state.throttle.backoff(username);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
     }
     let Some(turn) = password_turn().await else {
         return Err(AppError::TooManyRequests(
@@ -267,7 +325,7 @@ pub async fn authenticate(
             "wrong username or password".into(),
         ));
     };
-    state.throttle.record_success(username);
+    state.throttle.record_success(username, ip);
     drop(turn);
     // The session and its audit row commit together (both writes: SQLite
     // needs a transaction to write before it reads).
@@ -361,18 +419,41 @@ mod tests {
     }
 
     #[test]
-    fn throttle_locks_after_max_failures_per_user_and_ip() {
+    fn throttle_locks_a_user_from_one_network_not_everywhere() {
         let t = LoginThrottle::new(3, Duration::from_secs(60));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
         for _ in 0..3 {
             assert!(t.locked_for("admin", Some(ip)).is_none());
             t.record_failure("admin", Some(ip));
         }
-        assert!(t.locked_for("admin", Some(ip)).is_some());
-        // Same user from elsewhere is locked too (guessing from many IPs).
-        assert!(t.locked_for("Admin", None).is_some());
-        // Same IP, other user: the IP key is locked as well.
+        assert!(t.locked_for("Admin", Some(ip)).is_some());
+        // The same user from elsewhere is not locked, only slowed down
+        // once it has failed more than the limit from anywhere.
+        assert!(t.locked_for("admin", Some(other)).is_none());
+        assert_eq!(t.backoff("admin"), Duration::ZERO);
+        t.record_failure("admin", Some(other));
+        assert_eq!(t.backoff("admin"), BACKOFF_STEP);
+        for _ in 0..100 {
+            t.record_failure("admin", Some(other));
+        }
+        assert_eq!(t.backoff("admin"), BACKOFF_MAX);
+        // Another user from the first address is its own pair...
+        assert!(t.locked_for("bob", Some(ip)).is_none());
+        // ...until the address has sprayed four times the limit.
+        for i in 0..9 {
+            t.record_failure(&format!("user{i}"), Some(ip));
+        }
         assert!(t.locked_for("bob", Some(ip)).is_some());
-        assert!(t.locked_for("bob", None).is_none());
+        // IPv6 counts per /64.
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::ffff".parse().unwrap();
+        for _ in 0..3 {
+            t.record_failure("carol", Some(a));
+        }
+        assert!(t.locked_for("carol", Some(b)).is_some());
+        // Success clears the pair only.
+        t.record_success("carol", Some(b));
+        assert!(t.locked_for("carol", Some(a)).is_none());
     }
 }

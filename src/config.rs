@@ -17,6 +17,12 @@ pub struct Settings {
     /// Base URL agents and install scripts use to reach this server
     /// (e.g. `https://backup.example.com`). When unset, taken from the request.
     pub public_url: Option<String>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (the rightmost
+    /// address not in these blocks is the client), for throttling and audit.
+    pub trusted_proxies: Vec<crate::net::Cidr>,
+    /// Mark the session cookie `Secure` (and send HSTS) even when
+    /// `public_url` is not https (TLS ends at a proxy with another name).
+    pub secure_cookies: bool,
     pub bootstrap_admin_password: Option<String>,
     pub session_idle: Duration,
     pub session_absolute: Duration,
@@ -34,9 +40,15 @@ pub struct Settings {
     pub presence_flush_interval: Duration,
     /// Per-job log limit; later lines are dropped after one notice.
     pub job_log_cap_bytes: i64,
+    /// A live log stream sends a keepalive this often, and re-checks its
+    /// viewer's session each time.
+    pub sse_keepalive: Duration,
     pub workers: usize,
     /// Stage the agent binary that sits beside this executable at start.
     pub stage_sibling_agent: bool,
+    /// The agent binary to stage at start; `restic-manager-agent` beside
+    /// this executable when unset (tests point it elsewhere).
+    pub sibling_agent: Option<PathBuf>,
     /// Key for repository secrets at rest (`secrets.rs`).
     pub secret_key_file: PathBuf,
     /// How long browsing a snapshot waits for the agent's `ls` before
@@ -61,6 +73,8 @@ impl Settings {
             data_dir,
             database_url,
             public_url: None,
+            trusted_proxies: Vec::new(),
+            secure_cookies: false,
             bootstrap_admin_password: None,
             session_idle: Duration::from_secs(12 * 3600),
             session_absolute: Duration::from_secs(7 * 24 * 3600),
@@ -73,10 +87,12 @@ impl Settings {
             agent_ping_timeout: Duration::from_secs(60),
             presence_flush_interval: Duration::from_secs(30),
             job_log_cap_bytes: crate::store::jobs::LOG_CAP_BYTES,
+            sse_keepalive: Duration::from_secs(15),
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
             stage_sibling_agent: true,
+            sibling_agent: None,
             secret_key_file,
             browse_timeout: Duration::from_secs(30),
             timezone: chrono_tz::Tz::UTC,
@@ -91,9 +107,34 @@ impl Settings {
         crate::store::health::Staleness::new(now, after)
     }
 
+    /// Browsers reach this server over https: an `https` public URL or
+    /// `--secure-cookies`. Then the session cookie is `Secure` and HSTS is sent.
+    pub fn https(&self) -> bool {
+        self.secure_cookies
+            || self.public_url.as_deref().is_some_and(|u| {
+                u.get(..8)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
+            })
+    }
+
     pub fn is_sqlite(&self) -> bool {
         self.database_url.starts_with("sqlite:")
     }
+}
+
+/// Creates `path` and any missing parents with mode 0700: the data
+/// directory holds the database, the secret key and staged binaries, none of
+/// which other local users should list or read. An existing directory keeps
+/// the mode its owner gave it.
+pub fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(path)
 }
 
 pub fn default_database_url(data_dir: &std::path::Path) -> String {
@@ -107,6 +148,7 @@ impl std::fmt::Debug for Settings {
             .field("data_dir", &self.data_dir)
             .field("database_url", &redact_url(&self.database_url))
             .field("public_url", &self.public_url)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field(
                 "bootstrap_admin_password",
                 &self.bootstrap_admin_password.as_ref().map(|_| "<redacted>"),

@@ -11,7 +11,7 @@ use crate::config::{Settings, redact_url};
 /// Connects and migrates; creates the data dir for SQLite.
 pub async fn open(settings: &Settings) -> anyhow::Result<DatabaseConnection> {
     if settings.is_sqlite() {
-        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        crate::config::create_private_dir(&settings.data_dir).with_context(|| {
             format!(
                 "creating the data directory {}",
                 settings.data_dir.display()

@@ -72,6 +72,8 @@ impl AppError {
             "fleet update" => "fleet_update_not_found",
             "repository" => "repository_not_found",
             "snapshot" => "snapshot_not_found",
+            "plan" => "plan_not_found",
+            "notification target" => "target_not_found",
             _ => "not_found",
         };
         AppError::NotFound(code, format!("no such {what}: it may have been removed"))

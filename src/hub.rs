@@ -25,6 +25,17 @@ pub enum Outbound {
 struct Conn {
     conn_id: u64,
     tx: mpsc::Sender<Outbound>,
+    /// Ends the connection's task even when its queue is full (a close
+    /// sent through the queue could be lost then).
+    abort: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// What a connection's task holds: its id, its outbound queue, and the
+/// signal that it was replaced.
+pub struct Registration {
+    pub conn_id: u64,
+    pub outbox: mpsc::Receiver<Outbound>,
+    pub replaced: std::sync::Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -55,16 +66,36 @@ impl Hub {
     /// Registers a new connection for `host_id`, replacing (and closing) any
     /// older one. Returns the connection id and its outbound queue.
     pub fn register(&self, host_id: i64) -> (u64, mpsc::Receiver<Outbound>) {
+        let r = self.register_conn(host_id);
+        (r.conn_id, r.outbox)
+    }
+
+    /// [`Hub::register`], with the signal a replaced connection must obey.
+    pub fn register_conn(&self, host_id: i64) -> Registration {
         let conn_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(OUTBOX);
-        let old = self.lock().insert(host_id, Conn { conn_id, tx });
+        let abort = std::sync::Arc::new(tokio::sync::Notify::new());
+        let old = self.lock().insert(
+            host_id,
+            Conn {
+                conn_id,
+                tx,
+                abort: abort.clone(),
+            },
+        );
         if let Some(old) = old {
-            // The old task may be gone already; nothing to do then.
+            // The old task may be gone already; nothing to do then. The
+            // notification is kept until its task next waits for it.
             let _ = old
                 .tx
                 .try_send(Outbound::Close(agent::wire::CLOSE_REPLACED));
+            old.abort.notify_one();
         }
-        (conn_id, rx)
+        Registration {
+            conn_id,
+            outbox: rx,
+            replaced: abort,
+        }
     }
 
     /// Removes the connection if it is still the host's current one.
@@ -122,6 +153,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
 
     #[test]
     fn newer_connection_replaces_and_closes_the_older() {
@@ -130,6 +162,16 @@ mod tests {
         let (c2, _rx2) = hub.register(7);
         assert_ne!(c1, c2);
         assert!(matches!(rx1.try_recv(), Ok(Outbound::Close(_))));
+        // Even with its queue full, a replaced connection is told.
+        let old = hub.register_conn(8);
+        for _ in 0..OUTBOX {
+            hub.send(8, "x".into()).unwrap();
+        }
+        let _new = hub.register_conn(8);
+        assert!(
+            old.replaced.notified().now_or_never().is_some(),
+            "the replaced connection's signal is set"
+        );
         // The old connection going away must not take the host offline.
         assert!(!hub.unregister(7, c1));
         assert!(hub.is_online(7));

@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod hosts;
 pub mod hub;
 pub mod jobs;
+pub mod net;
 pub mod presence;
 pub mod provisioning;
 pub mod restic;
@@ -64,6 +65,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
 /// Starts everything and returns once the socket is bound.
 pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Running> {
     install_crypto_provider();
+    config::create_private_dir(&settings.data_dir).with_context(|| {
+        format!(
+            "creating the data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
     let db = db::open(&settings).await?;
     let sealed_with = store::repositories::sealed_key_ids(&db).await?;
     let secrets = secrets::SecretKey::load_or_create(&settings.secret_key_file, &sealed_with)?;
@@ -77,7 +84,7 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
     bootstrap_admin(&db, &settings, &clock).await?;
     store::hosts::mark_all_offline(&db).await?;
     if settings.stage_sibling_agent
-        && let Err(e) = agent_binaries::stage_sibling_if_missing(&db, &settings.data_dir).await
+        && let Err(e) = agent_binaries::stage_sibling(&db, &settings).await
     {
         tracing::warn!(
             error = format!("{e:#}"),
@@ -107,6 +114,7 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
         alerts,
         secrets: Arc::new(secrets),
         restic: restic::Restic::new(),
+        streams: Arc::default(),
     };
     alerts::spawn_sweeper(state.clone());
     restic::dispatch::spawn(state.clone());
@@ -114,12 +122,13 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
     jobs::deadlines::spawn_watcher(state.clone());
     fleet::spawn(state.clone());
     let app_state = aweb::Data::new(state.clone());
+    let https = settings.https();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app_state.clone())
             .wrap(middleware::from_fn(web::cross_site_guard))
             .wrap(middleware::from_fn(web::error::htmx_errors))
-            .wrap(web::security_headers())
+            .wrap(web::security_headers(https))
             .configure(web::configure)
             .default_service(aweb::to(not_found))
     })

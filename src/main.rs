@@ -56,6 +56,16 @@ struct ServeArgs {
     /// (default: taken from each request's Host header).
     #[arg(long, env = "RM_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Reverse proxies whose X-Forwarded-For is believed, as a comma-separated
+    /// list of addresses or CIDR blocks (e.g. 10.0.0.0/8,::1). The client is
+    /// the rightmost address not in the list; it is what login throttling
+    /// and the audit log use. Default: none (the TCP peer is the client).
+    #[arg(long, env = "RM_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    trusted_proxies: Vec<restic_manager::net::Cidr>,
+    /// Mark the session cookie Secure and send HSTS even when --public-url is
+    /// not https (on by itself when it is). Forwarded headers never decide it.
+    #[arg(long, env = "RM_SECURE_COOKIES")]
+    secure_cookies: bool,
     /// Password for the `admin` user created on first start (default: random, printed once).
     #[arg(long, env = "RM_BOOTSTRAP_ADMIN_PASSWORD", hide_env_values = true)]
     bootstrap_admin_password: Option<String>,
@@ -94,6 +104,10 @@ struct ServeArgs {
     /// (`Authorization: Bearer <token>`). Without it only sessions can.
     #[arg(long, env = "RM_METRICS_TOKEN", hide_env_values = true)]
     metrics_token: Option<String>,
+}
+
+fn parse_cidr(s: &str) -> Result<restic_manager::net::Cidr, String> {
+    s.parse()
 }
 
 fn parse_timezone(s: &str) -> Result<chrono_tz::Tz, String> {
@@ -180,6 +194,8 @@ fn settings(cli: &Cli) -> Settings {
     };
     s.listen = a.listen;
     s.public_url = a.public_url.clone();
+    s.trusted_proxies = a.trusted_proxies.clone();
+    s.secure_cookies = a.secure_cookies;
     s.bootstrap_admin_password = a.bootstrap_admin_password.clone();
     s.update_timeout = Duration::from_secs(a.update_timeout);
     s.update_min_healthy = Duration::from_secs(a.update_min_healthy);

@@ -198,7 +198,7 @@ pub fn sealed_key_id(sealed: &str) -> Option<&str> {
 /// Creates `path` with mode 0600 (never replacing an existing file).
 fn write_new_key(path: &Path, key: &[u8; KEY_LEN]) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+        crate::config::create_private_dir(dir)?;
     }
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);

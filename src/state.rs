@@ -24,4 +24,6 @@ pub struct AppState {
     /// Seals and opens repository secrets; never logged.
     pub secrets: Arc<crate::secrets::SecretKey>,
     pub restic: Arc<crate::restic::Restic>,
+    /// Open live log streams per user (the cap in `web::job_events`).
+    pub streams: Arc<crate::web::job_events::Streams>,
 }

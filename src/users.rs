@@ -81,11 +81,15 @@ pub async fn change_role(
     Ok(u)
 }
 
+/// Sets a user's password and ends all their sessions but `current_session`
+/// (the session token of the request doing it: resetting your own password
+/// keeps you logged in here and logs you out everywhere else).
 pub async fn reset_password(
     state: &AppState,
     by: &Actor,
     id: i64,
     password: &str,
+    current_session: Option<&str>,
 ) -> Result<User, AppError> {
     let h = hash(password).await?;
     let now = state.clock.now_ms();
@@ -93,10 +97,9 @@ pub async fn reset_password(
     users::lock(&txn, id).await?;
     let u = users::get(&txn, id).await?;
     users::set_password_hash(&txn, id, &h, now).await?;
-    // A reset ends the user's other sessions, unless it is one's own.
-    if by.id != Some(u.id) {
-        store::sessions::delete_for_user(&txn, id).await?;
-    }
+    // A reset ends the user's other sessions, one's own included: a
+    // password changed because it leaked must not leave a thief logged in.
+    store::sessions::delete_for_user_except(&txn, id, current_session).await?;
     let details = json!({"username": u.username});
     let entry = Entry::new("user.password_reset", "user", u.id, details);
     audit::record(&txn, now, by, entry).await?;

@@ -457,19 +457,9 @@ async fn real_binaries_update_one_host_then_the_fleet() {
     }
     server.stop().await;
 
-    // ---- A fresh version C: stage it, restart the server at C.
-    let out = Command::new(c.join("restic-manager"))
-        .args(["agent-binary", "add"])
-        .arg(c.join("restic-manager-agent"))
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // ---- A fresh version C: restart the server at C on the same data
+    // directory; it stages its own sibling agent (B's is staged), so the
+    // fleet update below needs no `agent-binary add`.
     let server = Server::start(&c, &data, port).await;
     for h in fleet.iter().chain([&h1]) {
         server.online_at(h.id, &vb).await;

@@ -95,6 +95,20 @@ pub async fn delete_for_user<C: ConnectionTrait>(db: &C, user_id: i64) -> Result
     Ok(())
 }
 
+/// Ends every session of `user_id` but the one whose token is `keep`.
+pub async fn delete_for_user_except<C: ConnectionTrait>(
+    db: &C,
+    user_id: i64,
+    keep: Option<&str>,
+) -> Result<()> {
+    let mut q = sessions::Entity::delete_many().filter(sessions::Column::UserId.eq(user_id));
+    if let Some(token) = keep {
+        q = q.filter(sessions::Column::TokenHash.ne(auth::token_hash(token)));
+    }
+    q.exec(db).await?;
+    Ok(())
+}
+
 pub async fn purge_expired<C: ConnectionTrait>(db: &C, now: i64, idle_ms: i64) -> Result<u64> {
     let r = sessions::Entity::delete_many()
         .filter(

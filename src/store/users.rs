@@ -2,7 +2,7 @@
 //! statements themselves, so no caller can forget them.
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, sea_query::Expr,
+    QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 
@@ -172,7 +172,26 @@ fn other_admins_exist() -> sea_orm::sea_query::SimpleExpr {
 /// SQLite a transaction that read first cannot take the write lock once
 /// another connection has written (it fails at once, without waiting). A
 /// no-op update, so an unknown user is simply not found next.
+///
+/// On Postgres it first locks every admin's row as well (in id order, so two
+/// such transactions never deadlock): the last-admin guard counts admins, and
+/// under READ COMMITTED two admins demoting or deleting each other at once
+/// would each count the other and leave none. With the rows locked the second
+/// waits for the first to commit and then counts what it left. (SQLite has
+/// one writer at a time, so the no-op update already serializes them.)
 pub async fn lock<C: ConnectionTrait>(txn: &C, id: i64) -> Result<()> {
+    if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        users::Entity::find()
+            .filter(
+                sea_orm::Condition::any()
+                    .add(users::Column::Role.eq(Role::Admin.as_str()))
+                    .add(users::Column::Id.eq(id)),
+            )
+            .order_by_asc(users::Column::Id)
+            .lock_exclusive()
+            .all(txn)
+            .await?;
+    }
     users::Entity::update_many()
         .col_expr(
             users::Column::UpdatedAt,

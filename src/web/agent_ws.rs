@@ -25,6 +25,20 @@ use crate::{
 /// An agent that has not said hello by then is dropped.
 const HELLO_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Longest a single send to an agent may wait. A peer that stops reading
+/// fills its buffers and then every send would wait forever: it is closed
+/// instead, and its task ends.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs one send on the session with [`SEND_TIMEOUT`]; false when it failed
+/// or timed out (the connection is to be dropped).
+async fn sent<F>(send: F) -> bool
+where
+    F: std::future::Future<Output = Result<(), actix_ws::Closed>>,
+{
+    matches!(tokio::time::timeout(SEND_TIMEOUT, send).await, Ok(Ok(())))
+}
+
 async fn agent_ws(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -111,7 +125,11 @@ async fn connection(
     mut session: Session,
     mut stream: actix_ws::AggregatedMessageStream,
 ) {
-    let (conn_id, mut outbox) = state.hub.register(host_id);
+    let crate::hub::Registration {
+        conn_id,
+        mut outbox,
+        replaced,
+    } = state.hub.register_conn(host_id);
     tracing::debug!(conn_id, "agent connected");
     let mut last_heard = Instant::now();
     let connected_at = Instant::now();
@@ -125,7 +143,12 @@ async fn connection(
         tokio::select! {
             msg = next_message(&mut pending, &mut stream) => {
                 let Some(msg) = msg else { break None };
-                last_heard = Instant::now();
+                // A ping from the peer proves nothing about it reading what
+                // we send: only its other frames (pongs to our pings among
+                // them) keep it alive.
+                if !matches!(msg, Ok(AggregatedMessage::Ping(_))) {
+                    last_heard = Instant::now();
+                }
                 match msg {
                     Ok(AggregatedMessage::Text(text)) => {
                         // Log lines, and every log line already waiting behind
@@ -163,7 +186,7 @@ async fn connection(
                         tracing::warn!("binary frame from agent ignored");
                     }
                     Ok(AggregatedMessage::Ping(p)) => {
-                        if session.pong(&p).await.is_err() { break None; }
+                        if !sent(session.pong(&p)).await { break None; }
                     }
                     Ok(AggregatedMessage::Pong(_)) => {}
                     Ok(AggregatedMessage::Close(_)) => break None,
@@ -180,7 +203,7 @@ async fn connection(
             out = outbox.recv() => {
                 match out {
                     Some(Outbound::Frame(text)) => {
-                        if session.text(text).await.is_err() { break None; }
+                        if !sent(session.text(text)).await { break None; }
                     }
                     Some(Outbound::Close(why)) => break close(CloseCode::Normal, why),
                     None => break None,
@@ -194,11 +217,12 @@ async fn connection(
                     tracing::info!("agent stopped answering pings");
                     break close(CloseCode::Away, "ping timeout");
                 }
-                if session.ping(b"").await.is_err() { break None; }
+                if !sent(session.ping(b"")).await { break None; }
             }
+            () = replaced.notified() => break close(CloseCode::Normal, wire::CLOSE_REPLACED),
         }
     };
-    let _ = session.close(reason).await;
+    let _ = tokio::time::timeout(SEND_TIMEOUT, session.close(reason)).await;
     if state.hub.unregister(host_id, conn_id) {
         state.presence.offline(host_id);
         tracing::info!(conn_id, "agent disconnected");
@@ -230,14 +254,14 @@ async fn handle_text(
         let accepted = match hello::accept(state, host_id, conn_id, &env).await {
             Ok(a) => a,
             Err(Refused::Rejected { frame }) => {
-                let _ = session.text(frame).await;
+                let _ = sent(session.text(frame)).await;
                 return Err(close(CloseCode::Policy, "hello rejected"));
             }
             Err(Refused::Replaced) => return Err(close(CloseCode::Normal, wire::CLOSE_REPLACED)),
             Err(Refused::ServerError) => return Err(close(CloseCode::Error, "server error")),
         };
         *said_hello = true;
-        if session.text(accepted.ack.clone()).await.is_err() {
+        if !sent(session.text(accepted.ack.clone())).await {
             return Err(None);
         }
         hello::after_ack(state, host_id, conn_id, &accepted).await;

@@ -18,12 +18,14 @@ pub struct Credentials {
     pub password: String,
 }
 
-fn session_cookie(req: &HttpRequest, state: &AppState, token: String) -> Cookie<'static> {
+fn session_cookie(state: &AppState, token: String) -> Cookie<'static> {
     Cookie::build(routes::SESSION_COOKIE, token)
         .path("/")
         .http_only(true)
         .same_site(SameSite::Lax)
-        .secure(req.connection_info().scheme() == "https")
+        // From the configuration, never from a forwarded header any peer
+        // could send.
+        .secure(state.settings.https())
         .max_age(CookieDuration::seconds(
             state.settings.session_absolute.as_secs() as i64,
         ))
@@ -44,7 +46,7 @@ async fn api_login(
     let (user, token) =
         auth::authenticate(&state, client_ip(&req), &body.username, &body.password).await?;
     Ok(HttpResponse::Ok()
-        .cookie(session_cookie(&req, &state, token))
+        .cookie(session_cookie(&state, token))
         .json(json!({"username": user.username, "role": user.role})))
 }
 
@@ -120,7 +122,7 @@ async fn login_submit(
     let next = safe_next(form.next.as_deref());
     match auth::authenticate(&state, client_ip(&req), &form.username, &form.password).await {
         Ok((_, token)) => Ok(HttpResponse::SeeOther()
-            .cookie(session_cookie(&req, &state, token))
+            .cookie(session_cookie(&state, token))
             .insert_header((header::LOCATION, next))
             .finish()),
         Err(e @ (AppError::BadCredentials(_) | AppError::TooManyRequests(..))) => {

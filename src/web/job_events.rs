@@ -1,7 +1,11 @@
 //! A job's live log stream: server-sent events, resumable with
 //! `Last-Event-ID` (the log position) or `?after=`; the backlog from the
 //! database first, then live lines, a status change and `end`.
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use actix_web::{HttpRequest, HttpResponse, http::header, rt, web};
 use serde::Deserialize;
@@ -19,8 +23,86 @@ use crate::{
     views,
 };
 
-const KEEPALIVE: Duration = Duration::from_secs(15);
 const BACKLOG_CHUNK: u64 = 500;
+
+/// A viewer that has not taken a frame for this long is gone (a reader
+/// that stopped reading would otherwise hold its task and queue forever).
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Live log streams one user may hold open at once (a browser holds one per
+/// open job page, a wall display a few dozen; more is a script or a leak).
+pub const MAX_STREAMS_PER_USER: usize = 32;
+
+/// Open live log streams per user.
+#[derive(Default)]
+pub struct Streams {
+    open: Mutex<HashMap<i64, usize>>,
+}
+
+/// One open stream of a user; gives its place back when dropped.
+struct StreamSlot {
+    streams: Arc<Streams>,
+    user_id: i64,
+}
+
+impl Streams {
+    fn take(self: &Arc<Self>, user_id: i64) -> Option<StreamSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(user_id).or_insert(0);
+        if *n >= MAX_STREAMS_PER_USER {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            streams: self.clone(),
+            user_id,
+        })
+    }
+
+    /// Streams `user_id` holds open now.
+    pub fn open_for(&self, user_id: i64) -> usize {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(&user_id).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.streams.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.user_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.user_id);
+            }
+        }
+    }
+}
+
+async fn send(tx: &mpsc::Sender<web::Bytes>, frame: web::Bytes) -> Result<(), ()> {
+    tx.send_timeout(frame, SEND_TIMEOUT).await.map_err(|_| ())
+}
+
+/// Whether the session that opened a stream still may watch it: a user
+/// deleted, logged out or demoted below the route's role loses the stream
+/// at the next keepalive.
+async fn still_allowed(state: &AppState, token: Option<&str>) -> bool {
+    let Some(token) = token else { return false };
+    let idle = state.settings.session_idle.as_millis() as i64;
+    let least =
+        routes::find(routes::Method::Get, routes::JOB_EVENTS).and_then(|r| match r.access {
+            routes::Access::Min(role) => Some(role),
+            _ => None,
+        });
+    match store::sessions::lookup(&state.db, token, state.clock.now_ms(), idle).await {
+        Ok(Some(u)) => least.is_none_or(|role| u.role >= role),
+        Ok(None) => false,
+        // A database hiccup does not end a stream; the next check decides.
+        Err(e) => {
+            tracing::warn!(error = %e, "re-checking a live log viewer's session failed");
+            true
+        }
+    }
+}
 
 #[derive(Deserialize)]
 pub struct EventsQuery {
@@ -84,7 +166,7 @@ async fn catch_up(
                 tracing::warn!(error = %e, job_id, "reading job log for a viewer failed");
             })?;
         for l in &lines {
-            tx.send(line_event(l)).await.map_err(|_| ())?;
+            send(tx, line_event(l)).await?;
             *last = l.pos;
         }
         if (lines.len() as u64) < BACKLOG_CHUNK {
@@ -99,6 +181,7 @@ async fn pump(
     job_id: i64,
     mut last: i64,
     tx: mpsc::Sender<web::Bytes>,
+    session: Option<String>,
 ) -> Result<(), ()> {
     // Subscribe before reading the backlog so nothing falls in between.
     let live = state.live.clone();
@@ -107,16 +190,16 @@ async fn pump(
     let finish = |state: AppState, tx: mpsc::Sender<web::Bytes>, mut last: i64| async move {
         catch_up(&state, job_id, &mut last, &tx).await?;
         if let Ok(j) = store::jobs::get(&state.db, job_id).await {
-            tx.send(status_event(&state, &j)).await.map_err(|_| ())?;
+            send(&tx, status_event(&state, &j)).await?;
         }
-        tx.send(sse("end", None, "")).await.map_err(|_| ())
+        send(&tx, sse("end", None, "")).await
     };
     match store::jobs::get(&state.db, job_id).await {
         Ok(j) if j.status.is_terminal() => return finish(state, tx, last).await,
-        Ok(j) => tx.send(status_event(&state, &j)).await.map_err(|_| ())?,
+        Ok(j) => send(&tx, status_event(&state, &j)).await?,
         Err(_) => return Err(()),
     }
-    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    let mut keepalive = tokio::time::interval(state.settings.sse_keepalive);
     keepalive.tick().await;
     loop {
         tokio::select! {
@@ -128,28 +211,34 @@ async fn pump(
                     }
                     if end > last {
                         // Rendered once for all viewers; one write per batch.
-                        tx.send(b.frames_after(last, line_event)).await.map_err(|_| ())?;
+                        send(&tx, b.frames_after(last, line_event)).await?;
                         last = end;
                     }
                 }
                 Ok(LiveEvent::Progress(p)) => {
                     let bar = views::jobs::progress_bar(Some(&p)).into_string();
-                    tx.send(sse("progress", None, &bar)).await.map_err(|_| ())?;
+                    send(&tx, sse("progress", None, &bar)).await?;
                 }
                 Ok(LiveEvent::Status(j)) if j.status.is_terminal() => return finish(state, tx, last).await,
-                Ok(LiveEvent::Status(j)) => tx.send(status_event(&state, &j)).await.map_err(|_| ())?,
+                Ok(LiveEvent::Status(j)) => send(&tx, status_event(&state, &j)).await?,
                 // Fell behind: skip the buffer and read what was missed.
                 Err(RecvError::Lagged(_)) => catch_up(&state, job_id, &mut last, &tx).await?,
                 Err(RecvError::Closed) => return finish(state, tx, last).await,
             },
-            _ = keepalive.tick() => tx.send(web::Bytes::from_static(b": keepalive\n\n")).await.map_err(|_| ())?,
+            _ = keepalive.tick() => {
+                if !still_allowed(&state, session.as_deref()).await {
+                    tracing::info!(job_id, "live log viewer's session ended; closing the stream");
+                    return Err(());
+                }
+                send(&tx, web::Bytes::from_static(b": keepalive\n\n")).await?
+            }
         }
     }
 }
 
 async fn job_events(
     state: web::Data<AppState>,
-    _user: CurrentUser,
+    user: CurrentUser,
     req: HttpRequest,
     id: web::Path<i64>,
     q: web::Query<EventsQuery>,
@@ -161,10 +250,21 @@ async fn job_events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok());
     let after = resume.into_iter().chain(q.after).max().unwrap_or(0).max(0);
+    let Some(slot) = state.streams.take(user.id) else {
+        return Err(PageError(crate::error::AppError::TooManyRequests(
+            "too_many_streams",
+            format!(
+                "you have {MAX_STREAMS_PER_USER} live logs open already: close some job pages and try again"
+            ),
+            5,
+        )));
+    };
     let (tx, rx) = mpsc::channel::<web::Bytes>(64);
     let state = state.get_ref().clone();
+    let session = super::session_token(&req);
     rt::spawn(async move {
-        let _ = pump(state, job.id, after, tx).await;
+        let _slot = slot;
+        let _ = pump(state, job.id, after, tx, session).await;
     });
     // Whatever is queued goes out in one write.
     let body = futures_util::stream::unfold(rx, |mut rx| async move {

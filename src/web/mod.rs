@@ -69,10 +69,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             }),
     )
     .app_data(web::PathConfig::default().error_handler(|_err, req| {
-        let e = AppError::NotFound(
-            "not_found",
-            "no such page or object: check the address".into(),
-        );
+        // An id that is not a number names no object: answer as for an
+        // unknown number, with the resource's own code.
+        let e = match req.match_pattern().as_deref().and_then(path_resource) {
+            Some(what) => AppError::not_found(what),
+            None => AppError::NotFound(
+                "not_found",
+                "no such page or object: check the address".into(),
+            ),
+        };
         if is_api(req) {
             e.into()
         } else {
@@ -135,6 +140,26 @@ pub(crate) fn route<F, Args>(
     cfg.route(path, web::method(m).to(handler));
 }
 
+/// The kind of object a route pattern's `{id}` names (as
+/// `AppError::not_found` spells it), from its first segment after `/api` or
+/// `/settings`.
+fn path_resource(pattern: &str) -> Option<&'static str> {
+    let rest = pattern.strip_prefix("/api").unwrap_or(pattern);
+    let rest = rest.strip_prefix("/settings").unwrap_or(rest);
+    let first = rest.trim_start_matches('/').split('/').next()?;
+    Some(match first {
+        "hosts" => "host",
+        "jobs" => "job",
+        "repositories" => "repository",
+        "plans" => "plan",
+        "users" => "user",
+        "alerts" => "alert",
+        "notifications" => "notification target",
+        "fleet-updates" | "fleet-update" => "fleet update",
+        _ => return None,
+    })
+}
+
 pub fn is_api(req: &HttpRequest) -> bool {
     req.path().starts_with("/api/")
 }
@@ -143,15 +168,32 @@ pub fn is_htmx(req: &HttpRequest) -> bool {
     req.headers().contains_key("HX-Request")
 }
 
-/// Client address for audit and throttling (the TCP peer; a reverse proxy's
-/// forwarded headers are not trusted by default).
+/// Client address for audit and throttling: the TCP peer, or behind a
+/// `--trusted-proxies` proxy the rightmost untrusted `X-Forwarded-For`
+/// address (`net::client_ip`). No peer's forwarded headers are believed
+/// unless it is listed.
 pub fn client_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
-    req.peer_addr().map(|a| a.ip())
+    let peer = req.peer_addr().map(|a| a.ip());
+    let trusted = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.settings.trusted_proxies.as_slice())
+        .unwrap_or(&[]);
+    let forwarded = req
+        .headers()
+        .get_all("X-Forwarded-For")
+        .filter_map(|v| v.to_str().ok());
+    crate::net::client_ip(peer, forwarded, trusted)
 }
 
 /// The client's address as the audit log stores it (empty when unknown).
 pub fn client_addr(req: &HttpRequest) -> String {
     client_ip(req).map(|i| i.to_string()).unwrap_or_default()
+}
+
+/// The session token this request carries, if any.
+pub fn session_token(req: &HttpRequest) -> Option<String> {
+    req.cookie(routes::SESSION_COOKIE)
+        .map(|c| c.value().to_string())
 }
 
 /// The audit actor of a user's request.
@@ -207,9 +249,16 @@ pub async fn cross_site_guard(
     next.call(req).await
 }
 
-/// Security headers on every response.
-pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
-    actix_web::middleware::DefaultHeaders::new()
+/// Security headers on every response; HSTS when the server is reached
+/// over https (`Settings::https`).
+pub fn security_headers(https: bool) -> actix_web::middleware::DefaultHeaders {
+    let h = actix_web::middleware::DefaultHeaders::new();
+    let h = if https {
+        h.add((header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"))
+    } else {
+        h
+    };
+    h
         .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .add((header::X_FRAME_OPTIONS, "DENY"))
         .add((header::REFERRER_POLICY, "same-origin"))

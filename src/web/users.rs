@@ -82,7 +82,14 @@ async fn api_user_password(
     body: web::Json<PasswordBody>,
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
-    crate::users::reset_password(&state, &super::actor(&user, &req), *id, &body.password).await?;
+    crate::users::reset_password(
+        &state,
+        &super::actor(&user, &req),
+        *id,
+        &body.password,
+        super::session_token(&req).as_deref(),
+    )
+    .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -166,9 +173,15 @@ async fn users_password_submit(
     form: web::Form<PasswordBody>,
 ) -> Result<HttpResponse, PageError> {
     user.require(Role::Admin)?;
-    let r = crate::users::reset_password(&state, &super::actor(&user, &req), *id, &form.password)
-        .await
-        .map(|u| format!("password of {} reset", u.username));
+    let r = crate::users::reset_password(
+        &state,
+        &super::actor(&user, &req),
+        *id,
+        &form.password,
+        super::session_token(&req).as_deref(),
+    )
+    .await
+    .map(|u| format!("password of {} reset", u.username));
     render(&state, &user, r).await
 }
 

@@ -58,3 +58,45 @@ async fn agent_with_a_wrong_secret_is_refused() {
     assert_eq!(app.host_json(cfg.host_id).await["online"], false);
     agent.shutdown().await;
 }
+
+/// An agent that keeps sending pings but never reads what the server sends
+/// (pongs, pings, its hello ack) is dropped within the ping timeout: its
+/// pings are no sign that it reads.
+#[tokio::test]
+async fn an_agent_that_pings_but_never_reads_is_dropped_within_the_ping_timeout() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let app = TestApp::spawn().await;
+    let cfg = app.enrolled_host("deaf-1").await;
+    let mut ws = app.ws(Some(&cfg.secret)).await.expect("handshake");
+    ws.send(Message::text(hello_frame(
+        "v1", "linux", "x86_64", "deaf-1",
+    )))
+    .await
+    .unwrap();
+    eventually("host online", || async {
+        (app.host_json(cfg.host_id).await["online"] == true).then_some(())
+    })
+    .await;
+    let since = std::time::Instant::now();
+    // Only ever writes; the server's frames pile up unread.
+    let pinger = tokio::spawn(async move {
+        loop {
+            if ws.send(Message::Ping(vec![1].into())).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    let limit = app.settings.agent_ping_timeout + app.settings.agent_ping_interval * 4;
+    eventually_within(limit, "the deaf agent is dropped", || async {
+        (app.host_json(cfg.host_id).await["online"] == false).then_some(())
+    })
+    .await;
+    assert!(
+        since.elapsed() >= app.settings.agent_ping_timeout / 2,
+        "dropped for silence, not at once"
+    );
+    assert!(!app.state().hub.is_online(cfg.host_id));
+    pinger.abort();
+}

@@ -253,6 +253,102 @@ async fn five_failures_lock_the_login_even_for_the_right_password() {
     assert_eq!(app.count("sessions").await, 0);
 }
 
+async fn login_from(
+    app: &TestApp,
+    forwarded_for: &str,
+    username: &str,
+    password: &str,
+) -> reqwest::Response {
+    app.with_session(None)
+        .post(app.at(routes::API_LOGIN))
+        .header("X-Forwarded-For", forwarded_for)
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Behind a trusted proxy, five failures for `admin` from one client lock
+/// that client out of `admin`, not `admin` for everyone; the audit log shows
+/// the client's address, and a header from an untrusted peer is not believed.
+#[tokio::test]
+async fn failed_logins_lock_one_client_behind_a_trusted_proxy_not_the_user() {
+    let app = TestApp::spawn_with(|s| {
+        s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    // The attacker claims an address, the proxy appends the real one.
+    let attacker = "192.0.2.66, 203.0.113.7";
+    for i in 1..=5 {
+        let r = login_from(&app, attacker, "admin", &format!("guess-{i}")).await;
+        assert_error(r, 401, "invalid_credentials").await;
+    }
+    assert_error(
+        login_from(&app, attacker, "admin", ADMIN_PASSWORD).await,
+        429,
+        "too_many_attempts",
+    )
+    .await;
+    // Changing the part the proxy did not write changes nothing.
+    assert_error(
+        login_from(&app, "192.0.2.1, 203.0.113.7", "admin", ADMIN_PASSWORD).await,
+        429,
+        "too_many_attempts",
+    )
+    .await;
+    // The real admin, elsewhere, logs in.
+    let r = login_from(&app, "198.51.100.9", "admin", ADMIN_PASSWORD).await;
+    assert_eq!(r.status(), 200);
+    assert!(set_cookie(&r).is_some());
+    // The audit log has the client's address, not the proxy's or the claim.
+    let rows: Vec<Value> = app
+        .admin()
+        .await
+        .get(app.at("/api/audit?action=login.failed"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r["client_addr"] == "203.0.113.7"),
+        "{rows:?}"
+    );
+    let rows: Vec<Value> = app
+        .admin()
+        .await
+        .get(app.at("/api/audit?action=login"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        rows.iter().any(|r| r["client_addr"] == "198.51.100.9"),
+        "{rows:?}"
+    );
+}
+
+/// Without `--trusted-proxies`, `X-Forwarded-For` is the client's say-so:
+/// a client cannot dodge its lock by inventing addresses.
+#[tokio::test]
+async fn forwarded_for_from_an_untrusted_peer_is_not_believed() {
+    let app = TestApp::spawn().await;
+    for i in 1..=5 {
+        let r = login_from(&app, &format!("198.51.100.{i}"), "admin", "wrong").await;
+        assert_error(r, 401, "invalid_credentials").await;
+    }
+    assert_error(
+        login_from(&app, "198.51.100.99", "admin", ADMIN_PASSWORD).await,
+        429,
+        "too_many_attempts",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_burst_of_wrong_passwords_sent_at_once_is_still_locked_after_five() {
     // Sent together, every attempt would pass the lock check before any
@@ -278,10 +374,10 @@ async fn a_burst_of_wrong_passwords_sent_at_once_is_still_locked_after_five() {
         "too_many_attempts",
     )
     .await;
-    // An absurd username is refused like any other wrong one, and its
-    // attempts count against the address too.
+    // An absurd username is refused like any other wrong one (it is its own
+    // pair with this address, which is not locked for other names yet).
     let r = login_status(&app, &format!("x\u{0}{}", "y".repeat(60_000)), "pw").await;
-    assert_eq!(r.status(), 429, "the address is locked already");
+    assert_error(r, 401, "invalid_credentials").await;
     assert_eq!(app.count("sessions").await, 0);
 }
 
@@ -725,6 +821,91 @@ async fn a_password_reset_stops_the_old_password_and_ends_their_sessions() {
     .await;
 }
 
+/// Resetting your own password logs you out everywhere else, and keeps the
+/// session you did it from.
+#[tokio::test]
+async fn resetting_your_own_password_ends_your_other_sessions() {
+    let app = TestApp::spawn().await;
+    let here = app.session_token("admin", ADMIN_PASSWORD).await;
+    let elsewhere = app.session_token("admin", ADMIN_PASSWORD).await;
+    let admin_id = user_id(&app, "admin").await;
+    let r = app
+        .with_session(Some(&here))
+        .post(app.at(&routes::api_user_password(admin_id)))
+        .json(&json!({"password": "a-new-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(me(&app, &here).await.status(), 200, "this session stays");
+    assert_eq!(
+        me(&app, &elsewhere).await.status(),
+        401,
+        "the other one ended"
+    );
+    // The same through the form.
+    let third = app.session_token("admin", "a-new-password-1").await;
+    let page = Page::from(
+        form(
+            &app.with_session(Some(&here)),
+            app.at(&routes::user_password(admin_id)),
+            &[("password", "a-newer-password-2")],
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert_eq!(me(&app, &here).await.status(), 200);
+    assert_eq!(me(&app, &third).await.status(), 401);
+}
+
+/// `Secure` follows the configuration, never a forwarded header; HSTS with it.
+#[tokio::test]
+async fn the_secure_cookie_flag_and_hsts_follow_the_configuration_not_headers() {
+    let attrs = |r: &reqwest::Response| -> Vec<String> {
+        set_cookie(r)
+            .unwrap()
+            .split(';')
+            .map(|a| a.trim().to_ascii_lowercase())
+            .collect()
+    };
+    let login = |app: &TestApp| {
+        app.with_session(None)
+            .post(app.at(routes::API_LOGIN))
+            .header("X-Forwarded-Proto", "https")
+            .header("Forwarded", "proto=https")
+            .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+            .send()
+    };
+    let plain = TestApp::spawn().await;
+    let r = login(&plain).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        !attrs(&r).contains(&"secure".into()),
+        "a peer's header decided it"
+    );
+    assert!(r.headers().get("Strict-Transport-Security").is_none());
+
+    let public =
+        TestApp::spawn_with(|s| s.public_url = Some("HTTPS://backup.example.com".into())).await;
+    let r = login(&public).await.unwrap();
+    assert!(attrs(&r).contains(&"secure".into()));
+    assert_eq!(r.headers()["Strict-Transport-Security"], "max-age=31536000");
+
+    let flag = TestApp::spawn_with(|s| s.secure_cookies = true).await;
+    let r = flag
+        .anon()
+        .get(flag.at(routes::LOGIN))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("Strict-Transport-Security").is_some());
+    let r = login(&flag).await.unwrap();
+    assert!(attrs(&r).contains(&"secure".into()));
+}
+
 #[tokio::test]
 async fn removing_a_user_ends_their_access() {
     let app = TestApp::spawn().await;
@@ -936,4 +1117,69 @@ async fn bad_user_input_is_refused_with_codes_and_changes_nothing() {
         );
     }
     assert_eq!(app.snapshot().await, before);
+}
+
+/// Two admins demoting (or deleting) each other at the same moment: each
+/// transaction takes its locks, then both write before either commits. The
+/// second must wait for the first and then see one admin left (on Postgres
+/// under READ COMMITTED each would otherwise count the other). Runs on
+/// Postgres when TEST_DATABASE_URL is set, else SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admins_removing_each_other_at_once_leave_one_admin() {
+    use restic_manager::store::{self, users};
+    use sea_orm::TransactionTrait;
+    let app = TestApp::spawn().await;
+    for delete in [false, true] {
+        let a = user_id(&app, "admin").await;
+        let b = app
+            .user(if delete { "bob-2" } else { "bob" }, Role::Admin)
+            .await;
+        let db = app.db().clone();
+        let (locked_tx, locked_rx) = tokio::sync::oneshot::channel::<()>();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let (wrote_tx, wrote_rx) = tokio::sync::oneshot::channel::<()>();
+
+        let txn_a = app.db().begin().await.unwrap();
+        users::lock(&txn_a, b).await.unwrap();
+        // Bob removes the admin, in his own transaction.
+        let other = tokio::spawn(async move {
+            let txn = db.begin().await?;
+            users::lock(&txn, a).await?;
+            let _ = locked_tx.send(());
+            let _ = go_rx.await;
+            let r = if delete {
+                users::delete(&txn, a).await.map(|_| ())
+            } else {
+                users::set_role(&txn, a, Role::Viewer, 1).await.map(|_| ())
+            };
+            let _ = wrote_tx.send(());
+            r?;
+            txn.commit().await?;
+            Ok::<(), store::StoreError>(())
+        });
+        // Give the other transaction every chance to take its locks and
+        // write before this one commits (it must not be able to).
+        let _ = tokio::time::timeout(Duration::from_millis(500), locked_rx).await;
+        if delete {
+            users::delete(&txn_a, b).await.unwrap();
+        } else {
+            users::set_role(&txn_a, b, Role::Viewer, 1).await.unwrap();
+        }
+        let _ = go_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_millis(500), wrote_rx).await;
+        txn_a.commit().await.unwrap();
+        let r = tokio::time::timeout(WAIT, other).await.unwrap().unwrap();
+        assert!(
+            matches!(r, Err(store::StoreError::Conflict("last_admin", _))),
+            "the second removal must find the last admin: {r:?}"
+        );
+        let admins: Vec<Value> = app
+            .get_json::<Vec<Value>>(routes::API_USERS)
+            .await
+            .into_iter()
+            .filter(|u| u["role"] == "admin")
+            .collect();
+        assert_eq!(admins.len(), 1, "delete={delete}: {admins:?}");
+        assert_eq!(admins[0]["username"], "admin");
+    }
 }

@@ -232,6 +232,58 @@ async fn non_numeric_ids_are_404_not_500() {
     }
 }
 
+/// Every route with an `{id}` answers a non-number like an unknown number:
+/// 404 with the resource's own code (JSON) or its readable page, never the
+/// generic page-not-found.
+#[tokio::test]
+async fn a_non_numeric_id_answers_like_an_unknown_one_on_every_route() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let mut checked = 0;
+    for r in routes::ALL.iter().filter(|r| r.path.contains("{id}")) {
+        let rest = r.path.strip_prefix("/api").unwrap_or(r.path);
+        let rest = rest.strip_prefix("/settings").unwrap_or(rest);
+        let (code, what) = match rest.split('/').nth(1).unwrap() {
+            "hosts" => ("host_not_found", "no such host"),
+            "jobs" => ("job_not_found", "no such job"),
+            "repositories" => ("repository_not_found", "no such repository"),
+            "plans" => ("plan_not_found", "no such plan"),
+            "users" => ("user_not_found", "no such user"),
+            "alerts" => ("alert_not_found", "no such alert"),
+            "notifications" => ("target_not_found", "no such notification target"),
+            "fleet-updates" | "fleet-update" => ("fleet_update_not_found", "no such fleet update"),
+            other => panic!("{}: which resource is {other}?", r.path),
+        };
+        let path = r
+            .path
+            .replacen("{id}", "abc", 1)
+            .replacen("{snapshot_id}", "ab12", 1);
+        let m = reqwest::Method::from_bytes(r.method.as_str().as_bytes()).unwrap();
+        let req = admin.request(m, app.at(&path));
+        let req = if path.starts_with("/api/") {
+            req.json(&json!({}))
+        } else {
+            req.header("Content-Type", "application/x-www-form-urlencoded")
+                .body("")
+        };
+        let resp = req.send().await.unwrap();
+        let what_path = format!("{} {path}", r.method.as_str());
+        if path.starts_with("/api/") {
+            assert_error(resp, 404, code).await;
+        } else {
+            let page = Page::from(resp).await;
+            assert_eq!(page.status, 404, "{what_path}: {}", page.text);
+            assert!(
+                page.one("[data-testid=error-message]").contains(what),
+                "{what_path}: {}",
+                page.text
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked > 30, "{checked} routes");
+}
+
 // ---- List filters and paging ----------------------------------------------
 
 #[tokio::test]

@@ -552,6 +552,24 @@ async fn run_install_sh(
     token: &str,
     prefix: &Path,
 ) -> (std::process::Output, String) {
+    run_install_sh_with(app, token, prefix, None).await
+}
+
+/// [`run_install_sh`] with `path_first` put in front of `PATH`.
+async fn run_install_sh_with(
+    app: &TestApp,
+    token: &str,
+    prefix: &Path,
+    path_first: Option<&Path>,
+) -> (std::process::Output, String) {
+    let path = match path_first {
+        Some(dir) => format!(
+            "{}:{}",
+            dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+        None => std::env::var("PATH").unwrap_or_default(),
+    };
     let script = app
         .with_session(None)
         .get(app.at(routes::AGENT_INSTALL_SH))
@@ -566,6 +584,7 @@ async fn run_install_sh(
     let out = tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let mut child = std::process::Command::new("sh")
+            .env("PATH", &path)
             .args(["-s", "--", "--token", &token_arg, "--prefix"])
             .arg(&prefix_path)
             .arg("--no-systemd")
@@ -820,6 +839,74 @@ async fn an_old_token_that_begins_with_a_hyphen_enrolls_through_the_agent_binary
     let e = enroll(&app.url, &spaced, "old-1").await.unwrap_err();
     assert_eq!(refused(e), (401, "token_used".into()));
     assert_eq!(app.host_json(id).await["enrolled"], true);
+}
+
+/// Writes an executable shell script atomically (no half-written file is
+/// ever run).
+fn write_script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// install.sh hands the token to curl and to the agent without putting it
+/// on any command line (another local user could read it with `ps`): the
+/// curl on PATH and the staged agent record every argument they get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_sh_never_puts_the_token_on_a_command_line() {
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let argv_log = dir.path().join("argv.log");
+    let record = |name: &str, real: &Path| {
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"{name} $*\" >>'{}'\nexec '{}' \"$@\"\n",
+            argv_log.display(),
+            real.display()
+        )
+    };
+    let agent = dir.path().join("agent-recording-its-arguments");
+    write_script(&agent, &record("agent", &agent_binary()));
+    agent_binaries::stage_with_version(
+        app.db(),
+        &app.settings.data_dir,
+        &agent,
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        None,
+    )
+    .await
+    .expect("staging the recording agent");
+    let real_curl = std::process::Command::new("sh")
+        .args(["-c", "command -v curl"])
+        .output()
+        .unwrap();
+    let real_curl = String::from_utf8(real_curl.stdout).unwrap();
+    let path_dir = dir.path().join("path");
+    std::fs::create_dir(&path_dir).unwrap();
+    write_script(
+        &path_dir.join("curl"),
+        &record("curl", Path::new(real_curl.trim())),
+    );
+
+    let (id, token) = app.add_host("quiet-1").await;
+    let prefix = tempfile::tempdir().unwrap();
+    let (out, log) = run_install_sh_with(&app, &token, prefix.path(), Some(&path_dir)).await;
+    assert!(out.status.success(), "install.sh failed\n{log}");
+    assert_eq!(app.host_json(id).await["enrolled"], true);
+    let argv = std::fs::read_to_string(&argv_log).unwrap();
+    assert!(
+        argv.contains("curl ") && argv.contains("agent enroll "),
+        "curl and the agent were run:\n{argv}"
+    );
+    assert!(
+        !argv.contains(&token),
+        "the token on a command line:\n{argv}"
+    );
+    assert!(!argv.contains("Bearer"), "{argv}");
+    // The header file is gone with the temporary directory.
+    assert!(!log.contains(&token), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

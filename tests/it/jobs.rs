@@ -578,3 +578,67 @@ async fn watching_finished_jobs_leaves_nothing_behind() {
     .await;
     a.shutdown().await;
 }
+
+/// The viewer's session is re-checked at every keepalive: deleting a user
+/// ends each of their live logs. One user holds at most so many streams
+/// open; others are not affected, and closed streams give their place back.
+#[tokio::test]
+async fn a_deleted_users_live_logs_end_and_streams_per_user_are_capped() {
+    use restic_manager::web::job_events::MAX_STREAMS_PER_USER;
+    let app =
+        TestApp::spawn_with(|s| s.sse_keepalive = std::time::Duration::from_millis(200)).await;
+    let (cfg, a) = app.host("web-1").online().await;
+    let id = new_job(&app, cfg.host_id).await;
+    a.sender().send_message(&started(id)).await.unwrap();
+    let vera_id = app.user("vera", Role::Viewer).await;
+    let vera = app.login("vera", &TestApp::password_of("vera")).await;
+    let url = app.at(&routes::job_events(id));
+    let mut streams = vec![];
+    for _ in 0..MAX_STREAMS_PER_USER {
+        streams.push(Sse::open(&vera, url.clone(), None).await);
+    }
+    let page = Page::from(vera.get(&url).send().await.unwrap()).await;
+    assert_eq!(page.status, 429, "{}", page.text);
+    assert!(
+        page.text.contains("live logs open already"),
+        "{}",
+        page.text
+    );
+    let other = app.as_role(Role::Viewer).await;
+    let mut others = Sse::open(&other, url.clone(), None).await;
+    // A closed stream gives its place back.
+    drop(streams.pop());
+    eventually("the slot comes back", || async {
+        (app.state().streams.open_for(vera_id) < MAX_STREAMS_PER_USER).then_some(())
+    })
+    .await;
+    streams.push(Sse::open(&vera, url.clone(), None).await);
+
+    let r = app
+        .admin()
+        .await
+        .delete(app.at(&routes::api_user(vera_id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    for mut s in streams {
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while s.next().await.is_some() {}
+        })
+        .await
+        .expect("a deleted user's stream ends within a few keepalives");
+    }
+    eventually("her slots are given back", || async {
+        (app.state().streams.open_for(vera_id) == 0).then_some(())
+    })
+    .await;
+    // The other viewer still gets the job's lines.
+    a.sender()
+        .send_message(&line(id, 1, "still watched"))
+        .await
+        .unwrap();
+    let (_, data) = others.next_line().await.expect("a live line");
+    assert!(data.contains("still watched"), "{data}");
+    a.shutdown().await;
+}

@@ -192,3 +192,21 @@ async fn backup_health_columns_are_filled_from_the_jobs_already_recorded() {
     assert_eq!(row(1).await, "20 failed 10");
     assert_eq!(row(2).await, "- - -");
 }
+
+/// The data directory (database, secret key, staged binaries) is created
+/// private to the server's user, whatever the umask, and so are the
+/// directories made inside it.
+#[tokio::test]
+async fn the_data_directory_is_created_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::spawn().await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&app.settings.data_dir), 0o700);
+    crate::common::sim::stage_binary(&app, "v1").await;
+    assert_eq!(
+        mode(&restic_manager::agent_binaries::binaries_dir(
+            &app.settings.data_dir
+        )),
+        0o700
+    );
+}

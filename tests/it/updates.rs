@@ -524,3 +524,66 @@ async fn the_form_redirects_htmx_to_the_job_or_shows_an_inline_banner() {
     assert_eq!(page.status(), 200);
     a.shutdown().await;
 }
+
+/// A server upgraded in place (A → B on the same data directory) stages the
+/// agent beside it when what is staged is another version, so updating a
+/// host needs no `agent-binary add`; an agent of yet another version beside
+/// it is not staged.
+#[tokio::test]
+async fn a_server_restarted_at_a_new_version_stages_its_own_agent() {
+    use sha2::Digest;
+    let mut app = TestApp::spawn().await;
+    // What server A staged: its own agent.
+    sim::stage_binary(&app, OLD).await;
+    let bin_dir = app.dir.path().join("server-b");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let sibling = bin_dir.join("restic-manager-agent");
+    let write_agent = |version: &str| {
+        let tmp = bin_dir.join("agent.tmp");
+        std::fs::write(
+            &tmp,
+            format!("#!/bin/sh\necho restic-manager-agent {version}\n"),
+        )
+        .unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::rename(&tmp, &sibling).unwrap();
+    };
+
+    // A sibling that is not the server's version is left alone.
+    write_agent("v9.9.9-someone-else");
+    app.settings.stage_sibling_agent = true;
+    app.settings.sibling_agent = Some(sibling.clone());
+    app.restart().await;
+    let staged = restic_manager::store::agent_binaries::get(app.db(), "linux", "x86_64")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(staged.version, OLD);
+
+    // Server B restarts with its own agent beside it.
+    write_agent(VERSION);
+    app.restart().await;
+    let staged = restic_manager::store::agent_binaries::get(app.db(), "linux", "x86_64")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(staged.version, VERSION);
+    let want_sha = hex::encode(sha2::Sha256::digest(std::fs::read(&sibling).unwrap()));
+    assert_eq!(staged.sha256, want_sha);
+
+    let cfg = app.enrolled_host("web-1").await;
+    let (old, mut cmds) = sim::catching_updates(&cfg, OLD, None);
+    wait_acked(&old).await;
+    let r = dispatch(&app, cfg.host_id).await;
+    assert_eq!(r.status(), 200, "no manual staging needed");
+    let (cmd, _sender) = tokio::time::timeout(WAIT, cmds.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cmd.target_version, VERSION);
+    assert_eq!(cmd.sha256, want_sha);
+    old.shutdown().await;
+}

@@ -56,7 +56,7 @@ impl UpdateMarker {
         let tmp = with_suffix(path, ".tmp");
         let text = serde_json::to_string_pretty(self).unwrap_or_default();
         let written = (|| {
-            let mut file = std::fs::File::create(&tmp)?;
+            let mut file = super::files::create_fresh(&tmp, 0o600)?;
             file.write_all(text.as_bytes())?;
             file.sync_all()?;
             drop(file);

@@ -176,6 +176,7 @@ pub async fn fetch_verify_and_swap(
             bin.display()
         )));
     }
+    files::check_binary_dir(bin).map_err(UpdateError::OwnBinary)?;
     log(format!(
         "updating {} from {from_version} to {} (job {})",
         bin.display(),

@@ -406,6 +406,63 @@ async fn an_unusable_command_fails_without_a_request() {
     assert_untouched(&bin);
 }
 
+#[tokio::test]
+async fn a_binary_whose_directory_others_can_write_is_not_updated() {
+    use std::os::unix::fs::PermissionsExt;
+    let new = script("restic-manager-agent v2");
+    for (mode, who) in [
+        (0o777, "group and others"),
+        (0o775, "its group"),
+        (0o757, "others"),
+    ] {
+        let (url, mut requests) = serve(Reply::binary(&new)).await;
+        let (dir, bin) = setup();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        let (result, _) = update(&url, &bin, &command(&new)).await;
+        let err = result.expect_err("refused").to_string();
+        assert!(
+            err.starts_with("cannot update: the directory")
+                && err.contains(&format!("writable by {who} (mode 0{mode:o})"))
+                && err.contains("chmod go-w"),
+            "{err}"
+        );
+        assert!(requests.try_recv().is_err(), "no download was made");
+        assert_untouched(&bin);
+    }
+    // The sticky bit does not make /tmp-like directories acceptable either.
+    let (url, _requests) = serve(Reply::binary(&new)).await;
+    let (dir, bin) = setup();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    assert!(update(&url, &bin, &command(&new)).await.0.is_err());
+}
+
+#[tokio::test]
+async fn links_planted_as_the_old_copy_or_the_marker_temp_file_are_not_followed() {
+    let new = script("restic-manager-agent v2");
+    let (url, _requests) = serve(Reply::binary(&new)).await;
+    let (_dir, bin) = setup();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let victim_old = elsewhere.path().join("shadow");
+    let victim_tmp = elsewhere.path().join("sudoers");
+    std::fs::write(&victim_old, "VICTIM-1").unwrap();
+    std::fs::write(&victim_tmp, "VICTIM-2").unwrap();
+    std::os::unix::fs::symlink(&victim_old, old_path(&bin)).unwrap();
+    let marker_tmp = crate::files::with_suffix(&marker_path(&bin), ".tmp");
+    std::os::unix::fs::symlink(&victim_tmp, &marker_tmp).unwrap();
+
+    let (result, _) = update(&url, &bin, &command(&new)).await;
+    result.unwrap();
+    assert_eq!(std::fs::read_to_string(&victim_old).unwrap(), "VICTIM-1");
+    assert_eq!(std::fs::read_to_string(&victim_tmp).unwrap(), "VICTIM-2");
+    let old_meta = std::fs::symlink_metadata(old_path(&bin)).unwrap();
+    assert!(old_meta.file_type().is_file(), "the old copy is a new file");
+    assert_eq!(std::fs::read_to_string(old_path(&bin)).unwrap(), "OLD");
+    let marker_meta = std::fs::symlink_metadata(marker_path(&bin)).unwrap();
+    assert!(marker_meta.file_type().is_file());
+    assert!(!marker_tmp.exists());
+    assert_eq!(std::fs::read(&bin).unwrap(), new);
+}
+
 #[test]
 fn own_binary_paths_that_cannot_be_renamed_over_are_refused() {
     for path in ["/proc/self/exe", "/proc/1234/exe"] {

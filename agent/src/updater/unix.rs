@@ -14,9 +14,13 @@ pub(super) fn swap(
     log: &mut (dyn FnMut(String) + Send),
 ) -> Result<(), UpdateError> {
     let old = old_path(bin);
-    let copied = std::fs::copy(bin, &old)
-        .and_then(|_| std::fs::File::open(&old))
-        .and_then(|file| file.sync_all());
+    // Never `fs::copy`: it would write through a symlink planted as `.old`.
+    let copied = (|| {
+        let mut from = std::fs::File::open(bin)?;
+        let mut to = super::files::create_fresh(&old, 0o755)?;
+        std::io::copy(&mut from, &mut to)?;
+        to.sync_all()
+    })();
     if let Err(e) = copied {
         remove_quietly(&old);
         return Err(io_error("copy the running binary to", &old)(e));
