@@ -9,6 +9,7 @@ pub mod auth;
 pub mod enroll;
 pub mod error;
 pub mod fleet;
+pub mod forms;
 pub mod host_update;
 pub mod hosts;
 pub mod job_events;

@@ -5,7 +5,8 @@ use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{AppError, CurrentUser, Htmx, PageError, redirect};
+use super::forms::{field, pairs as form_pairs};
+use super::{AppError, CurrentUser, Htmx, PageError, html, redirect};
 use crate::{
     audit::{self, Entry},
     clock,
@@ -351,25 +352,6 @@ async fn api_host_patch(
 }
 
 // ---------------------------------------------------------------- pages
-
-fn html(status: StatusCode, m: maud::Markup) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(m.into_string())
-}
-
-fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, AppError> {
-    serde_urlencoded::from_bytes(body).map_err(|e| {
-        AppError::BadRequest("invalid_form", format!("the form could not be read: {e}"))
-    })
-}
-
-fn field<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
 
 fn split_lines(v: Option<&str>) -> Vec<String> {
     v.unwrap_or_default()

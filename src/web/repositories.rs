@@ -8,6 +8,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
+// Form fields repeat (`env_key`/`env_value` rows): the body is read as pairs.
+use super::forms::{field, nonempty, pairs as form_pairs};
 use super::{AppError, CurrentUser, Htmx, PageError, redirect};
 use crate::{
     audit::{self, Entry},
@@ -351,31 +353,10 @@ async fn render_list(
     status: actix_web::http::StatusCode,
 ) -> Result<HttpResponse, PageError> {
     let list = store::repositories::list(&state.db, Page::new(Some(1000), None)).await?;
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(views::repositories::list_page(user, &list, error.as_deref()).into_string()))
-}
-
-/// Form fields: repeated `env_key`/`env_value` rows, so the body is read
-/// as pairs.
-fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, AppError> {
-    serde_urlencoded::from_bytes(body).map_err(|e| {
-        AppError::BadRequest("invalid_form", format!("the form could not be read: {e}"))
-    })
-}
-
-fn field<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-fn nonempty(pairs: &[(String, String)], name: &str) -> Option<String> {
-    field(pairs, name)
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
+    Ok(super::html(
+        status,
+        views::repositories::list_page(user, &list, error.as_deref()),
+    ))
 }
 
 /// The env rows of a form: a row with a name and an empty value keeps the
@@ -524,9 +505,7 @@ async fn render_detail(
         error: error.as_deref(),
         now_ms: state.clock.now_ms(),
     };
-    Ok(HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(views::repositories::detail_page(&v).into_string()))
+    Ok(super::html(status, views::repositories::detail_page(&v)))
 }
 
 async fn detail_page(

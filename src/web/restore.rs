@@ -191,9 +191,7 @@ async fn api_restore(
 // ---------------------------------------------------------------- pages
 
 fn html(m: Markup) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(m.into_string())
+    super::html(actix_web::http::StatusCode::OK, m)
 }
 
 /// A fragment as its own page when the browser came without htmx.
@@ -308,9 +306,7 @@ async fn browse_partial(
 
 /// The restore form's fields (`include` repeats).
 fn form_request(page_host: i64, body: &[u8]) -> Result<(RestoreRequest, bool), AppError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|e| {
-        AppError::BadRequest("invalid_form", format!("the form could not be read: {e}"))
-    })?;
+    let pairs = super::forms::pairs(body)?;
     let get = |k: &str| {
         pairs
             .iter()
