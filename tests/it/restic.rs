@@ -111,9 +111,13 @@ impl<'a> Api<'a> {
         }
     }
 
+    /// Posts on a connection of its own (`Connection: close`): a POST sent
+    /// on a pooled connection that the server is just closing after a long
+    /// wait fails as an incomplete message, and is not retried.
     pub(crate) async fn post(&self, path: &str, body: Value) -> reqwest::Response {
         self.c
             .post(self.app.at(path))
+            .header(reqwest::header::CONNECTION, "close")
             .json(&body)
             .send()
             .await
