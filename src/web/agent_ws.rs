@@ -48,6 +48,7 @@ async fn agent_ws(
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
+    super::agent_request_allowed(&req)?;
     let Some(secret) = bearer(&req) else {
         return Err(AppError::Unauthenticated(
             "unauthorized",
@@ -127,6 +128,15 @@ fn is_too_large(e: &actix_ws::ProtocolError) -> bool {
     }
 }
 
+/// The per-connection message limiter (`agent_messages_per_sec`, burst).
+fn message_limiter(state: &AppState) -> governor::DefaultDirectRateLimiter {
+    let nz = |n: u32| std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    governor::RateLimiter::direct(
+        governor::Quota::per_second(nz(state.settings.agent_messages_per_sec))
+            .allow_burst(nz(state.settings.agent_messages_burst)),
+    )
+}
+
 /// Most `log.stream` messages stored in one transaction.
 const LOG_BATCH: usize = 256;
 
@@ -170,6 +180,7 @@ async fn connection(
     tracing::debug!(conn_id, "agent connected");
     let mut last_heard = Instant::now();
     let connected_at = Instant::now();
+    let limiter = message_limiter(&state);
     let mut said_hello = false;
     let mut ping = tokio::time::interval(state.settings.agent_ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -180,6 +191,9 @@ async fn connection(
         tokio::select! {
             msg = next_message(&mut pending, &mut stream) => {
                 let Some(msg) = msg else { break None };
+                // Slow the reading down to the connection's rate: an agent
+                // flooding messages waits, and the rest of the server does not.
+                let _ = limiter.until_ready().await;
                 // A ping from the peer proves nothing about it reading what
                 // we send: only its other frames (pongs to our pings among
                 // them) keep it alive.
@@ -207,6 +221,12 @@ async fn connection(
                                     }
                                     None => break,
                                 }
+                            }
+                            // The first was counted above; a batch never asks
+                            // for more than a burst at once.
+                            let more = (batch.len() as u32 - 1).min(state.settings.agent_messages_burst.max(1));
+                            if let Some(more) = std::num::NonZeroU32::new(more) {
+                                let _ = limiter.until_n_ready(more).await;
                             }
                             // Boxed, like handle_text: the database work's
                             // state lives on the heap only while it runs, not
@@ -288,6 +308,19 @@ async fn handle_text(
         }
     };
     match env.kind.as_str() {
+        // One hello per connection: a repeat is acknowledged again, and
+        // costs nothing else (no parsing, database, alerts or updates); what
+        // it says is not taken in.
+        wire::AGENT_HELLO if *said_hello => {
+            tracing::debug!("repeated hello on one connection: acknowledged, not taken in");
+            let ack = HelloAck {
+                host_id,
+                server_version: version::VERSION.to_string(),
+            };
+            if !sent(session.text(ack.envelope().to_text())).await {
+                return Err(None);
+            }
+        }
         wire::AGENT_HELLO => {
             let parsed = env.payload::<Hello>();
             let report = parsed.as_ref().ok().and_then(|h| h.update.clone());
