@@ -36,6 +36,13 @@ pub struct Settings {
     /// Close an agent connection that answered nothing for this long.
     pub agent_ping_interval: Duration,
     pub agent_ping_timeout: Duration,
+    /// Messages one agent connection may send per second, and in a burst;
+    /// beyond that the server reads its socket more slowly.
+    pub agent_messages_per_sec: u32,
+    pub agent_messages_burst: u32,
+    /// Requests per minute one client address may make to the agent
+    /// endpoints (`/agent/*`), which answer before anyone is authenticated.
+    pub agent_requests_per_min: u32,
     /// How often the hub writes `last_seen_at` for connected agents.
     pub presence_flush_interval: Duration,
     /// Per-job log limit; later lines are dropped after one notice.
@@ -85,6 +92,9 @@ impl Settings {
             notify_retry_base: Duration::from_secs(2),
             agent_ping_interval: Duration::from_secs(20),
             agent_ping_timeout: Duration::from_secs(60),
+            agent_messages_per_sec: 1_000,
+            agent_messages_burst: 5_000,
+            agent_requests_per_min: 120,
             presence_flush_interval: Duration::from_secs(30),
             job_log_cap_bytes: crate::store::jobs::LOG_CAP_BYTES,
             sse_keepalive: Duration::from_secs(15),

@@ -115,6 +115,9 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
         secrets: Arc::new(secrets),
         restic: restic::Restic::new(),
         streams: Arc::default(),
+        agent_requests: Arc::new(web::AgentRequestLimiter::per_minute(
+            settings.agent_requests_per_min,
+        )),
     };
     alerts::spawn_sweeper(state.clone());
     restic::dispatch::spawn(state.clone());

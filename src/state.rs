@@ -26,4 +26,6 @@ pub struct AppState {
     pub restic: Arc<crate::restic::Restic>,
     /// Open live log streams per user (the cap in `web::job_events`).
     pub streams: Arc<crate::web::job_events::Streams>,
+    /// Per client address, for the unauthenticated agent endpoints.
+    pub agent_requests: Arc<crate::web::AgentRequestLimiter>,
 }

@@ -68,11 +68,8 @@ pub async fn start(
         .iter()
         .map(|h| PlannedHost {
             host_id: h.id,
-            hostname: if h.hostname.is_empty() {
-                h.name.clone()
-            } else {
-                h.hostname.clone()
-            },
+            // The run's rows name hosts as every page does: by name.
+            hostname: h.name.clone(),
             from_version: h.agent_version.clone(),
         })
         .collect();

@@ -594,6 +594,25 @@ pub async fn append_logs(
     if lines.is_empty() {
         return Ok(Ok(out));
     }
+    // Read-only first: lines for another host's job, an unknown one or one
+    // that takes no more lines (a flood an agent may send) cost no write
+    // transaction. What is read here only ever changes towards refusing,
+    // and it is checked again under the lock.
+    let Some(job) = jobs::Entity::find_by_id(job_id).one(db).await? else {
+        return Ok(Err(Refusal::UnknownJob));
+    };
+    if job.host_id != host_id {
+        return Ok(Err(Refusal::OtherHost));
+    }
+    if JobStatus::parse(&job.status).is_none_or(JobStatus::is_terminal) || job.log_truncated {
+        let why = if job.log_truncated {
+            "log truncated"
+        } else {
+            "job already finished"
+        };
+        out.ignored = lines.iter().map(|l| (l.seq, why)).collect();
+        return Ok(Ok(out));
+    }
     let txn = db.begin().await?;
     lock_job(&txn, job_id).await?;
     let Some(job) = jobs::Entity::find_by_id(job_id).one(&txn).await? else {

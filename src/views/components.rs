@@ -9,6 +9,17 @@ pub fn pill(class: &str, testid: &str, label: &str) -> Markup {
     html! { span class=(class) data-testid=(testid) { (label) } }
 }
 
+/// A host as every page names it: its name, with the machine's hostname
+/// beside it when that says something else (cloned machines all say "vm").
+pub fn host_name(name: &str, hostname: &str) -> Markup {
+    html! {
+        span data-testid="host-name" { (name) }
+        @if !hostname.is_empty() && hostname != name {
+            " " span class="text-gray-500 text-sm" data-testid="host-hostname" { "(" (hostname) ")" }
+        }
+    }
+}
+
 pub fn online_pill(online: bool) -> Markup {
     if online {
         pill("pill-online", "status", "online")

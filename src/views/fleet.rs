@@ -134,11 +134,11 @@ fn idle(v: &FleetView) -> Markup {
             } @else {
                 div class="overflow-x-auto mb-4" {
                     table class="table-base" {
-                        thead { tr { th { "Hostname" } th { "Current" } th { "Target" } th { "Last seen" } } }
+                        thead { tr { th { "Host" } th { "Current" } th { "Target" } th { "Last seen" } } }
                         tbody {
                             @for h in v.candidates {
                                 tr data-testid="fleet-candidate" {
-                                    td { a class="link" href=(routes::host(h.id)) { (if h.hostname.is_empty() { &h.name } else { &h.hostname }) } }
+                                    td { a class="link" href=(routes::host(h.id)) { (super::components::host_name(&h.name, &h.hostname)) } }
                                     td { (h.agent_version) }
                                     td { (version::VERSION) }
                                     td { (last_seen(v.now_ms, h.last_seen_at)) }

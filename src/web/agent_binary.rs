@@ -43,6 +43,7 @@ async fn agent_binary(
     req: HttpRequest,
     q: web::Query<BinaryQuery>,
 ) -> Result<HttpResponse, AppError> {
+    super::agent_request_allowed(&req)?;
     let Some(token) = bearer(&req) else {
         return Err(AppError::Unauthenticated(
             "unauthorized",

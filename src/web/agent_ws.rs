@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, rt, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
-use agent::wire::{self, Envelope};
+use agent::wire::{self, Envelope, HelloAck, Message as _};
 use futures_util::{FutureExt, StreamExt};
 
 use super::{
@@ -44,6 +44,7 @@ async fn agent_ws(
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
+    super::agent_request_allowed(&req)?;
     let Some(secret) = bearer(&req) else {
         return Err(AppError::Unauthenticated(
             "unauthorized",
@@ -94,6 +95,15 @@ fn is_too_large(e: &actix_ws::ProtocolError) -> bool {
     }
 }
 
+/// The per-connection message limiter (`agent_messages_per_sec`, burst).
+fn message_limiter(state: &AppState) -> governor::DefaultDirectRateLimiter {
+    let nz = |n: u32| std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    governor::RateLimiter::direct(
+        governor::Quota::per_second(nz(state.settings.agent_messages_per_sec))
+            .allow_burst(nz(state.settings.agent_messages_burst)),
+    )
+}
+
 /// Most `log.stream` messages stored in one transaction.
 const LOG_BATCH: usize = 256;
 
@@ -133,6 +143,7 @@ async fn connection(
     tracing::debug!(conn_id, "agent connected");
     let mut last_heard = Instant::now();
     let connected_at = Instant::now();
+    let limiter = message_limiter(&state);
     let mut said_hello = false;
     let mut ping = tokio::time::interval(state.settings.agent_ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -143,6 +154,9 @@ async fn connection(
         tokio::select! {
             msg = next_message(&mut pending, &mut stream) => {
                 let Some(msg) = msg else { break None };
+                // Slow the reading down to the connection's rate: an agent
+                // flooding messages waits, and the rest of the server does not.
+                let _ = limiter.until_ready().await;
                 // A ping from the peer proves nothing about it reading what
                 // we send: only its other frames (pongs to our pings among
                 // them) keep it alive.
@@ -170,6 +184,12 @@ async fn connection(
                                     }
                                     None => break,
                                 }
+                            }
+                            // The first was counted above; a batch never asks
+                            // for more than a burst at once.
+                            let more = (batch.len() as u32 - 1).min(state.settings.agent_messages_burst.max(1));
+                            if let Some(more) = std::num::NonZeroU32::new(more) {
+                                let _ = limiter.until_n_ready(more).await;
                             }
                             // Boxed, like handle_text: the database work's
                             // state lives on the heap only while it runs, not
@@ -250,7 +270,19 @@ async fn handle_text(
             return Ok(());
         }
     };
-    if env.kind == wire::AGENT_HELLO {
+    if env.kind == wire::AGENT_HELLO && *said_hello {
+        // One hello per connection: a repeat is acknowledged again, and
+        // costs nothing else (no parsing, database, alerts or updates); what
+        // it says is not taken in.
+        tracing::debug!("repeated hello on one connection: acknowledged, not taken in");
+        let ack = HelloAck {
+            host_id,
+            server_version: crate::version::VERSION.to_string(),
+        };
+        if !sent(session.text(ack.envelope().to_text())).await {
+            return Err(None);
+        }
+    } else if env.kind == wire::AGENT_HELLO {
         let accepted = match hello::accept(state, host_id, conn_id, &env).await {
             Ok(a) => a,
             Err(Refused::Rejected { frame }) => {

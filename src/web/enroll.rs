@@ -33,7 +33,14 @@ async fn agent_enroll(
     req: HttpRequest,
     body: web::Json<EnrollBody>,
 ) -> Result<HttpResponse, AppError> {
+    super::agent_request_allowed(&req)?;
     let now = state.clock.now_ms();
+    // Checked read-only first: a wrong, used or expired token (what a
+    // guesser sends) costs no write transaction.
+    if let Err(e) = store::enrollment::check(&state.db, body.token.trim(), now).await {
+        tracing::warn!(error = %e, "enrollment refused");
+        return Err(token_error(e));
+    }
     let secret = auth::new_agent_secret();
     let txn = state.db.begin().await?;
     let host_id = match store::enrollment::redeem(&txn, body.token.trim(), now).await {
@@ -77,6 +84,7 @@ async fn install_sh(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, AppError> {
+    super::agent_request_allowed(&req)?;
     let url = public_url(&state, &req);
     if !safe_for_script(&url) {
         return Err(AppError::BadRequest(

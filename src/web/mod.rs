@@ -186,6 +186,61 @@ pub fn client_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
     crate::net::client_ip(peer, forwarded, trusted)
 }
 
+/// Requests per client address to the agent endpoints. A wrapper with the
+/// limiter's type spelled out: naming it through governor's defaults inside
+/// `AppState` trips a rustc internal error in the async tasks that hold it.
+pub struct AgentRequestLimiter(
+    governor::RateLimiter<
+        std::net::IpAddr,
+        governor::state::keyed::DefaultKeyedStateStore<std::net::IpAddr>,
+        governor::clock::QuantaClock,
+        governor::middleware::NoOpMiddleware<governor::clock::QuantaInstant>,
+    >,
+);
+
+impl AgentRequestLimiter {
+    pub fn per_minute(n: u32) -> Self {
+        let n = std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        AgentRequestLimiter(governor::RateLimiter::keyed(governor::Quota::per_minute(n)))
+    }
+
+    /// Ok, or how long until `ip` may ask again.
+    fn check(&self, ip: std::net::IpAddr) -> Result<(), std::time::Duration> {
+        if self.0.len() > 10_000 {
+            self.0.retain_recent();
+        }
+        self.0.check_key(&ip).map_err(|not_until| {
+            not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::QuantaClock::default(),
+            ))
+        })
+    }
+}
+
+/// Refuses a request to an agent endpoint (`/agent/*`, reachable without a
+/// login) when its client address has made too many lately: a flood of
+/// guesses or downloads from one place cannot take the server's time.
+pub fn agent_request_allowed(req: &HttpRequest) -> Result<(), AppError> {
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        return Ok(());
+    };
+    let Some(ip) = client_ip(req) else {
+        return Ok(());
+    };
+    match state.agent_requests.check(ip) {
+        Ok(()) => Ok(()),
+        Err(wait) => {
+            let secs = wait.as_secs().max(1);
+            tracing::warn!(%ip, path = req.path(), "agent endpoint rate limit reached");
+            Err(AppError::TooManyRequests(
+                "rate_limited",
+                format!("too many requests from this address: try again in {secs} seconds"),
+                secs,
+            ))
+        }
+    }
+}
+
 /// The client's address as the audit log stores it (empty when unknown).
 pub fn client_addr(req: &HttpRequest) -> String {
     client_ip(req).map(|i| i.to_string()).unwrap_or_default()

@@ -132,7 +132,7 @@ async fn a_failing_host_halts_the_run_raises_an_alert_and_the_next_stays_pending
     assert_eq!(statuses(&r), ["succeeded", "failed", "pending"]);
     let reason = r["fleet_update"]["halted_reason"].as_str().unwrap();
     assert!(
-        reason.starts_with("update failed on host-") && reason.contains("checksum mismatch"),
+        reason.starts_with("update failed on web-") && reason.contains("checksum mismatch"),
         "{reason}"
     );
     let alerts = active_alerts(&app).await;
@@ -474,4 +474,34 @@ async fn a_restarted_server_resumes_the_run_without_dispatching_twice() {
     for s in sims {
         s.task.abort();
     }
+}
+
+/// Cloned machines all report the same hostname: the fleet page names each
+/// host by its name, with the hostname beside it, as the dashboard does.
+#[tokio::test]
+async fn the_fleet_page_names_hosts_by_name_with_the_hostname_beside() {
+    let app = TestApp::spawn().await;
+    let mut sockets = vec![];
+    for name in ["web-1", "web-2"] {
+        let cfg = app.enrolled_host(name).await;
+        let mut ws = app.ws(Some(&cfg.secret)).await.expect("handshake");
+        ws_send(&mut ws, hello_frame(OLD, "linux", "x86_64", "vm")).await;
+        ws_expect(&mut ws, agent::wire::HELLO_ACK).await;
+        sockets.push(ws);
+    }
+    let page = Page::from(
+        app.admin()
+            .await
+            .get(app.at(routes::FLEET_UPDATE_PAGE))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let names = page.texts("[data-testid=fleet-candidate] [data-testid=host-name]");
+    let hostnames = page.texts("[data-testid=fleet-candidate] [data-testid=host-hostname]");
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["web-1", "web-2"], "{}", page.text);
+    assert_eq!(hostnames, ["(vm)", "(vm)"]);
 }
