@@ -926,13 +926,25 @@ async fn a_stale_lock_from_a_killed_run_is_removed_and_the_job_retried() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // restic creates the lock file before writing it: kill only once it
-    // has content, or the check sees no lock at all (a flake under load).
-    eventually("the killed run holds a lock", || async {
+    // restic creates the lock file before writing it, and a lock it cannot
+    // read is ignored: kill only once restic itself can read the lock, or
+    // the check sees no lock at all (a flake under load).
+    eventually("the killed run holds a readable lock", || async {
         std::fs::read_dir(path.join("locks"))
             .ok()?
             .flatten()
-            .any(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+            .any(|e| {
+                Command::new(restic_bin())
+                    .args(["cat", "lock", "--no-lock"])
+                    .arg(e.file_name())
+                    .env("RESTIC_REPOSITORY", &path)
+                    .env("RESTIC_PASSWORD_FILE", &pw)
+                    .env("RESTIC_CACHE_DIR", lab.path("cli-cache"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
             .then_some(())
     })
     .await;
