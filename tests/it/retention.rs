@@ -189,6 +189,12 @@ async fn purge_removes_what_is_old_and_keeps_what_users_see() {
     assert_eq!(b["status"], "succeeded", "{b}");
     let (a, b) = (a["id"].as_i64().unwrap(), b["id"].as_i64().unwrap());
     assert!(log_count(&api, b).await > 0, "a real backup logs lines");
+    // Each backup's snapshot is indexed with its job (maybe just after the
+    // job ends).
+    eventually("both snapshots are indexed", || async {
+        (count_where(&app, "snapshots", &format!("job_id IN ({a}, {b})")).await == 2).then_some(())
+    })
+    .await;
     let snapshots_before = app.count("snapshots").await;
     assert_eq!(
         count_where(&app, "snapshots", &format!("job_id = {a}")).await,
@@ -386,7 +392,11 @@ async fn purge_removes_what_is_old_and_keeps_what_users_see() {
             "old logs of job {kept} are gone"
         );
     }
-    assert_eq!(status_of(admin, &app, &routes::job(b)).await, 200);
+    let b_page = Page::from(admin.get(app.at(&routes::job(b))).send().await.unwrap()).await;
+    assert!(
+        b_page.has("[data-testid=log-purged]"),
+        "the job page says its log was purged"
+    );
     let host_after = api.get(&routes::api_host(web)).await;
     for k in ["last_backup_at", "last_backup_status", "backup_state"] {
         assert_eq!(host_after[k], host_before[k], "{k}");
