@@ -103,7 +103,13 @@ pub async fn purge_now(state: &AppState) -> store::Result<Report> {
     let mut p = Purged::default();
 
     if let Some(cut) = cutoff(now, r.job_logs) {
-        p.job_logs += drain(|| q::job_logs_batch(db, cut)).await?;
+        let mut after = 0;
+        loop {
+            let ids = q::jobs_with_old_logs(db, cut, after).await?;
+            let Some(last) = ids.last() else { break };
+            after = *last;
+            p.job_logs += drain(|| q::logs_of_batch(db, &ids)).await?;
+        }
     }
     if let Some(cut) = cutoff(now, r.jobs) {
         let mut after = 0;

@@ -20,19 +20,39 @@ async fn exec<C: ConnectionTrait>(db: &C, sql: &str) -> Result<u64> {
         .rows_affected())
 }
 
-/// Deletes up to [`BATCH`] log lines of jobs that finished before `cutoff`.
-pub async fn job_logs_batch<C: ConnectionTrait>(db: &C, cutoff: i64) -> Result<u64> {
-    exec(
+/// Jobs whose log lines go together: their ids are put in one statement.
+const JOBS_PER_LOG_BATCH: u64 = 100;
+
+/// Up to 100 ids above `after` (ascending) of jobs that finished before
+/// `cutoff` and still have log lines. Walks the jobs by id once per purge
+/// (each call resumes where the last stopped), never the whole log table.
+pub async fn jobs_with_old_logs<C: ConnectionTrait>(
+    db: &C,
+    cutoff: i64,
+    after: i64,
+) -> Result<Vec<i64>> {
+    ids(
         db,
-        &format!(
-            "DELETE FROM job_logs WHERE (job_id, pos) IN (\
-               SELECT l.job_id, l.pos FROM job_logs l JOIN jobs j ON j.id = l.job_id \
-               WHERE j.status IN {FINISHED} AND j.finished_at IS NOT NULL \
-                 AND j.finished_at < {cutoff} AND j.created_at < {cutoff} \
-               ORDER BY l.job_id, l.pos LIMIT {BATCH})"
+        format!(
+            "SELECT j.id FROM jobs j \
+             WHERE j.id > {after} AND j.status IN {FINISHED} AND j.finished_at IS NOT NULL \
+               AND j.finished_at < {cutoff} AND j.created_at < {cutoff} \
+               AND EXISTS (SELECT 1 FROM job_logs l WHERE l.job_id = j.id) \
+             ORDER BY j.id LIMIT {JOBS_PER_LOG_BATCH}"
         ),
     )
     .await
+}
+
+async fn ids<C: ConnectionTrait>(db: &C, sql: String) -> Result<Vec<i64>> {
+    let rows = db
+        .query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await?;
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in rows {
+        ids.push(row.try_get_by_index::<i64>(0)?);
+    }
+    Ok(ids)
 }
 
 /// Up to [`BATCH`] ids above `after` (ascending) of jobs that may go: they
@@ -57,14 +77,7 @@ pub async fn purgeable_jobs<C: ConnectionTrait>(
              AND COALESCE(n.repository_id, 0) = COALESCE(j.repository_id, 0)) \
          ORDER BY j.id LIMIT {BATCH}"
     );
-    let rows = db
-        .query_all_raw(Statement::from_string(db.get_database_backend(), sql))
-        .await?;
-    let mut ids = Vec::with_capacity(rows.len());
-    for row in rows {
-        ids.push(row.try_get_by_index::<i64>(0)?);
-    }
-    Ok(ids)
+    ids(db, sql).await
 }
 
 fn id_list(ids: &[i64]) -> String {

@@ -187,6 +187,11 @@ async fn purge_removes_what_is_old_and_keeps_what_users_see() {
     assert_eq!(a["status"], "succeeded", "{a}");
     let b = run_backup(&api, plan, web).await;
     assert_eq!(b["status"], "succeeded", "{b}");
+    let b_finished = b["finished_at"].clone();
+    eventually("the host shows the second backup", || async {
+        (api.get(&routes::api_host(web)).await["last_backup_at"] == b_finished).then_some(())
+    })
+    .await;
     let (a, b) = (a["id"].as_i64().unwrap(), b["id"].as_i64().unwrap());
     assert!(log_count(&api, b).await > 0, "a real backup logs lines");
     // Each backup's snapshot is indexed with its job (maybe just after the
@@ -515,10 +520,16 @@ async fn purge_removes_what_is_old_and_keeps_what_users_see() {
     // backup that was the latest until now.
     let c = run_backup(&api, plan, web).await;
     assert_eq!(c["status"], "succeeded", "{c}");
+    let c_finished = c["finished_at"].clone();
     let c = c["id"].as_i64().unwrap();
     let c_lines = log_count(&api, c).await;
     assert!(c_lines > 0);
-    let host_now = api.get(&routes::api_host(web)).await;
+    // Backup health follows the job's end (just after it).
+    let host_now = eventually("the host shows the new backup", || async {
+        let h = api.get(&routes::api_host(web)).await;
+        (h["last_backup_at"] == c_finished).then_some(h)
+    })
+    .await;
     retention::purge_now(app.state()).await.unwrap();
     assert_eq!(log_count(&api, c).await, c_lines);
     assert_eq!(status_of(admin, &app, &routes::api_job(b)).await, 404);
