@@ -295,6 +295,45 @@ async fn purge_removes_what_is_old_and_keeps_what_users_see() {
     )
     .await;
 
+    // An old fleet run updated idle with an update job that a later one
+    // on the same host superseded.
+    let old_update = job_row(
+        &app,
+        idle,
+        "update",
+        "succeeded",
+        0,
+        now - 450 * DAY_MS,
+        Some(now - 450 * DAY_MS),
+        2,
+    )
+    .await;
+    job_row(
+        &app,
+        idle,
+        "update",
+        "succeeded",
+        0,
+        now - 300 * DAY_MS,
+        Some(now - 300 * DAY_MS),
+        0,
+    )
+    .await;
+    let run = insert_id(
+        &app,
+        &format!(
+            "INSERT INTO fleet_updates (started_at, started_by, target_version, status, completed_at) \
+             VALUES ({t}, 'admin', 'v2', 'completed', {t})",
+            t = now - 450 * DAY_MS
+        ),
+    )
+    .await;
+    app.query(&format!(
+        "INSERT INTO fleet_update_hosts (fleet_update_id, host_id, position, hostname, from_version, status, job_id) \
+         VALUES ({run}, {idle}, 0, 'idle', 'v1', 'succeeded', {old_update})"
+    ))
+    .await;
+
     // Audit rows: one old, one recent (the real ones from the setup are
     // 401 days old by now).
     for at in [now - 401 * DAY_MS, now - 10 * DAY_MS] {
@@ -418,6 +457,15 @@ async fn purge_removes_what_is_old_and_keeps_what_users_see() {
         200,
         "a job of 100 days stays"
     );
+    // The fleet run keeps its host row, without the purged job's link.
+    assert_eq!(
+        status_of(admin, &app, &routes::api_job(old_update)).await,
+        404
+    );
+    let fleet = api.get(&routes::api_fleet_run(run)).await;
+    assert_eq!(fleet["hosts"][0]["status"], "succeeded", "{fleet}");
+    assert_eq!(fleet["hosts"][0]["job_id"], Value::Null, "{fleet}");
+    assert_eq!(status_of(admin, &app, routes::FLEET_UPDATE_PAGE).await, 200);
     // The snapshot of the purged backup stays, without its job.
     assert_eq!(app.count("snapshots").await, snapshots_before);
     assert_eq!(
@@ -484,7 +532,7 @@ async fn purge_removes_what_is_old_and_keeps_what_users_see() {
         hashes.contains(&"fresh".to_string()) && hashes.contains(&"just-used".to_string()),
         "{hashes:?}"
     );
-    assert!(p.jobs >= 2 && p.job_logs >= 3 + 3 + 3 + 4, "{p:?}");
+    assert!(p.jobs >= 3 && p.job_logs >= 3 + 3 + 3 + 4 + 2, "{p:?}");
 
     // The settings page shows the purge with its counts.
     let page = settings_page(&app, admin).await;
