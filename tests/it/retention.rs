@@ -729,3 +729,45 @@ fn a_bad_retention_days_stops_the_server_with_a_message_naming_it() {
         "{help}"
     );
 }
+
+#[tokio::test]
+async fn the_worker_purges_on_its_own_shortly_after_start() {
+    let app = TestApp::spawn_with(|s| {
+        s.retention_first_delay = Duration::from_millis(300);
+        s.retention_interval = Duration::from_millis(300);
+    })
+    .await;
+    let (host, _) = app.add_host_direct("h").await;
+    let now = app.clock.now_ms();
+    app.query(&format!(
+        "INSERT INTO enrollment_tokens (host_id, token_hash, created_at, expires_at) \
+         VALUES ({host}, 'spent', {}, {})",
+        now - 3 * DAY_MS,
+        now - 2 * DAY_MS
+    ))
+    .await;
+    eventually("a purge by the worker removes the spent token", || async {
+        (count_where(&app, "enrollment_tokens", "token_hash = 'spent'").await == 0).then_some(())
+    })
+    .await;
+    // The purge is recorded once it is done.
+    let report = eventually("the purge is recorded", || async {
+        retention::last_purge(app.db()).await.unwrap()
+    })
+    .await;
+    assert!(report.at >= now - 60_000, "{report:?}");
+    assert!(
+        count_where(
+            &app,
+            "audit_log",
+            "action = 'retention.purge' AND actor = 'system'"
+        )
+        .await
+            >= 1
+    );
+    assert_eq!(
+        count_where(&app, "enrollment_tokens", &format!("host_id = {host}")).await,
+        1,
+        "the host's fresh token stays"
+    );
+}
