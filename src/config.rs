@@ -68,6 +68,115 @@ pub struct Settings {
     pub backup_stale_after: Duration,
     /// Bearer token that may read `/metrics` without a session.
     pub metrics_token: Option<String>,
+    /// How long finished jobs, their logs, audit rows and resolved alerts
+    /// are kept (`--retention-days`; the daily purge in `retention.rs`).
+    pub retention: Retention,
+    /// How often the retention purge runs, and how long after start the
+    /// first one does.
+    pub retention_interval: Duration,
+    pub retention_first_delay: Duration,
+}
+
+/// Days each kind of record is kept before the daily purge removes it;
+/// 0 keeps it forever. Parsed from `--retention-days`
+/// (`job-logs=90,jobs=400,audit=400,alerts=90`; names not given keep their
+/// default). Used or expired enrollment tokens always go after a day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Log lines of jobs that finished longer ago.
+    pub job_logs: u32,
+    /// Finished jobs (each host's latest of each kind, plan and outcome is
+    /// kept whatever its age).
+    pub jobs: u32,
+    /// Audit log rows.
+    pub audit: u32,
+    /// Resolved alerts and their webhook deliveries.
+    pub alerts: u32,
+}
+
+impl Retention {
+    /// The names `--retention-days` takes, in the order pages list them.
+    pub const NAMES: [&'static str; 4] = ["job-logs", "jobs", "audit", "alerts"];
+    /// Longest period accepted (about 100 years).
+    pub const MAX_DAYS: u32 = 36_500;
+
+    /// Days kept for one of [`Self::NAMES`].
+    pub fn days(&self, name: &str) -> Option<u32> {
+        match name {
+            "job-logs" => Some(self.job_logs),
+            "jobs" => Some(self.jobs),
+            "audit" => Some(self.audit),
+            "alerts" => Some(self.alerts),
+            _ => None,
+        }
+    }
+
+    fn slot(&mut self, name: &str) -> Option<&mut u32> {
+        match name {
+            "job-logs" => Some(&mut self.job_logs),
+            "jobs" => Some(&mut self.jobs),
+            "audit" => Some(&mut self.audit),
+            "alerts" => Some(&mut self.alerts),
+            _ => None,
+        }
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            job_logs: 90,
+            jobs: 400,
+            audit: 400,
+            alerts: 90,
+        }
+    }
+}
+
+impl std::str::FromStr for Retention {
+    type Err = String;
+
+    /// `what=days` pairs separated by commas; an empty string is every default.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut r = Retention::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((name, days)) = part.split_once('=') else {
+                return Err(format!(
+                    "`{part}` is not `what=days` (e.g. jobs=400; what is one of {})",
+                    Self::NAMES.join(", ")
+                ));
+            };
+            let name = name.trim();
+            let Some(slot) = r.slot(name) else {
+                return Err(format!(
+                    "`{part}`: unknown kind `{name}` (known: {})",
+                    Self::NAMES.join(", ")
+                ));
+            };
+            *slot = days
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|d| *d <= Self::MAX_DAYS)
+                .ok_or_else(|| {
+                    format!(
+                        "`{part}`: days must be a whole number from 0 to {} (0 keeps forever)",
+                        Self::MAX_DAYS
+                    )
+                })?;
+        }
+        Ok(r)
+    }
+}
+
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "job-logs={},jobs={},audit={},alerts={}",
+            self.job_logs, self.jobs, self.audit, self.alerts
+        )
+    }
 }
 
 impl Settings {
@@ -108,6 +217,9 @@ impl Settings {
             timezone: chrono_tz::Tz::UTC,
             backup_stale_after: Duration::from_secs(26 * 3600),
             metrics_token: None,
+            retention: Retention::default(),
+            retention_interval: Duration::from_secs(24 * 3600),
+            retention_first_delay: Duration::from_secs(5 * 60),
         }
     }
 
@@ -168,6 +280,7 @@ impl std::fmt::Debug for Settings {
             .field("offline_alert_after", &self.offline_alert_after)
             .field("timezone", &self.timezone)
             .field("backup_stale_after", &self.backup_stale_after)
+            .field("retention", &self.retention.to_string())
             .field(
                 "metrics_token",
                 &self.metrics_token.as_ref().map(|_| "<redacted>"),
@@ -193,6 +306,36 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_days_parse_pairs_and_keep_defaults() {
+        let r: Retention = "jobs=30, audit=0".parse().unwrap();
+        assert_eq!(
+            r,
+            Retention {
+                job_logs: 90,
+                jobs: 30,
+                audit: 0,
+                alerts: 90
+            }
+        );
+        assert_eq!("".parse::<Retention>().unwrap(), Retention::default());
+        assert_eq!(
+            r.to_string().parse::<Retention>().unwrap(),
+            r,
+            "Display round-trips"
+        );
+        for (bad, says) in [
+            ("logs=3", "unknown kind `logs`"),
+            ("jobs=-1", "`jobs=-1`: days must be a whole number"),
+            ("jobs=abc", "`jobs=abc`"),
+            ("jobs", "not `what=days`"),
+            ("audit=99999999", "from 0 to 36500"),
+        ] {
+            let e = bad.parse::<Retention>().unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn database_password_is_redacted() {

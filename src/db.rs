@@ -19,6 +19,9 @@ pub async fn open(settings: &Settings) -> anyhow::Result<DatabaseConnection> {
         })?;
     }
     let db = connect(&settings.database_url).await?;
+    if settings.is_sqlite() {
+        ensure_incremental_vacuum(&db).await?;
+    }
     Migrator::up(&db, None)
         .await
         .context("applying database migrations")?;
@@ -34,7 +37,12 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
         // readers concurrent under WAL without piling up lock waits.
         opts.max_connections(8).min_connections(1);
         opts.map_sqlx_sqlite_opts(|o| {
-            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+            // Set before any table exists, a new database is made with
+            // incremental vacuum, so the retention purge can give freed
+            // pages back to the file system (`ensure_incremental_vacuum`
+            // converts an older database once).
+            o.auto_vacuum(sea_orm::sqlx::sqlite::SqliteAutoVacuum::Incremental)
+                .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10))
@@ -45,4 +53,49 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
     Database::connect(opts)
         .await
         .with_context(|| format!("connecting to the database at {}", redact_url(url)))
+}
+
+/// `PRAGMA auto_vacuum` reads 2 for INCREMENTAL.
+const AUTO_VACUUM_INCREMENTAL: i64 = 2;
+
+/// Reads an integer pragma (`PRAGMA auto_vacuum`, `PRAGMA freelist_count`…).
+pub async fn sqlite_pragma(db: &DatabaseConnection, name: &str) -> anyhow::Result<i64> {
+    use sea_orm::{ConnectionTrait, Statement};
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            format!("PRAGMA {name}"),
+        ))
+        .await
+        .with_context(|| format!("reading PRAGMA {name}"))?
+        .with_context(|| format!("PRAGMA {name} answered nothing"))?;
+    Ok(row.try_get_by_index::<i64>(0)?)
+}
+
+/// A SQLite database made before incremental vacuum was set (every
+/// connection asks for it, but an existing file keeps its mode until a
+/// full `VACUUM`) is rewritten once, so later purges can shrink the file.
+async fn ensure_incremental_vacuum(db: &DatabaseConnection) -> anyhow::Result<()> {
+    use sea_orm::ConnectionTrait;
+    let mode = sqlite_pragma(db, "auto_vacuum").await?;
+    if mode == AUTO_VACUUM_INCREMENTAL {
+        return Ok(());
+    }
+    tracing::info!(
+        auto_vacuum = mode,
+        "switching the SQLite database to incremental vacuum: rewriting it once with VACUUM (may take a while for a large database)"
+    );
+    let started = std::time::Instant::now();
+    // The pragma is per connection and VACUUM applies the one of the
+    // connection it runs on: both go in one batch.
+    db.execute_unprepared("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")
+        .await
+        .context("VACUUM to switch the database to incremental vacuum")?;
+    let now = sqlite_pragma(db, "auto_vacuum").await?;
+    tracing::info!(
+        auto_vacuum = now,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "SQLite database rewritten"
+    );
+    Ok(())
 }

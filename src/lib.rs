@@ -18,6 +18,7 @@ pub mod net;
 pub mod presence;
 pub mod provisioning;
 pub mod restic;
+pub mod retention;
 pub mod routes;
 pub mod secrets;
 pub mod state;
@@ -124,6 +125,7 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
     restic::scheduler::spawn(state.clone());
     jobs::deadlines::spawn_watcher(state.clone());
     fleet::spawn(state.clone());
+    retention::spawn(state.clone());
     let app_state = aweb::Data::new(state.clone());
     let https = settings.https();
     let server = HttpServer::new(move || {

@@ -104,6 +104,20 @@ struct ServeArgs {
     /// (`Authorization: Bearer <token>`). Without it only sessions can.
     #[arg(long, env = "RM_METRICS_TOKEN", hide_env_values = true)]
     metrics_token: Option<String>,
+    /// How many days records are kept before the daily purge removes them,
+    /// as comma-separated what=days pairs: job-logs (log lines of finished
+    /// jobs, default 90), jobs (finished jobs; each host's latest of each
+    /// kind and plan stays, default 400), audit (audit log, default 400),
+    /// alerts (resolved alerts and their webhook deliveries, default 90).
+    /// Names not given keep their default; 0 keeps forever. Used or expired
+    /// enrollment tokens always go after a day.
+    /// Example: --retention-days job-logs=30,audit=0
+    #[arg(long, env = "RM_RETENTION_DAYS", value_parser = parse_retention)]
+    retention_days: Option<restic_manager::config::Retention>,
+}
+
+fn parse_retention(s: &str) -> Result<restic_manager::config::Retention, String> {
+    s.parse()
 }
 
 fn parse_cidr(s: &str) -> Result<restic_manager::net::Cidr, String> {
@@ -211,6 +225,9 @@ fn settings(cli: &Cli) -> Settings {
     s.timezone = a.timezone;
     s.backup_stale_after = Duration::from_secs(a.backup_stale_after * 3600);
     s.metrics_token = a.metrics_token.clone().filter(|t| !t.is_empty());
+    if let Some(r) = a.retention_days {
+        s.retention = r;
+    }
     s
 }
 

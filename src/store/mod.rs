@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod notifications;
 pub mod plans;
 pub mod repositories;
+pub mod retention;
 pub mod sessions;
 pub mod snapshots;
 pub mod users;

@@ -213,7 +213,14 @@ pub fn job_page(
                     }
                     div id="job-log" class="bg-slate-900 font-mono text-xs p-3 h-[32rem] overflow-y-auto rounded-b" sse-swap="line" hx-swap="beforeend" data-autoscroll="true" {
                         @for l in lines { (log_line(l)) }
-                        @if lines.is_empty() && !live { div class="text-slate-500" { "No output." } }
+                        @if lines.is_empty() && !live {
+                            @if job.log_lines > 0 {
+                                // The lines were counted as they came: they are gone now.
+                                div class="text-slate-500" data-testid="log-purged" { "The log was removed by the retention purge (see --retention-days)." }
+                            } @else {
+                                div class="text-slate-500" { "No output." }
+                            }
+                        }
                     }
                 }
             }

@@ -1,6 +1,7 @@
 //! The notifications settings page (admin): webhook targets (a secret is
 //! only ever shown as "set" or "none"), add, remove, send a test, and the
-//! recent deliveries with status, attempts and last error, refreshing itself.
+//! recent deliveries with status, attempts and last error, refreshing itself;
+//! and the data retention settings with the last purge.
 use maud::{Markup, html};
 
 use super::{
@@ -27,6 +28,89 @@ pub struct NotificationsView<'a> {
     pub form_name: &'a str,
     pub form_url: &'a str,
     pub now_ms: i64,
+    /// `--retention-days` and the latest purge (None: not run yet).
+    pub retention: crate::config::Retention,
+    pub last_purge: Option<&'a crate::retention::Report>,
+}
+
+/// What a `--retention-days` name removes, in plain words.
+fn retention_meaning(name: &str) -> &'static str {
+    match name {
+        "job-logs" => "Log lines of jobs that finished longer ago (the job itself stays).",
+        "jobs" => {
+            "Finished jobs with their logs. Running and queued jobs, and each host's latest job of each kind and plan, always stay."
+        }
+        "audit" => "Audit log entries.",
+        "alerts" => "Resolved alerts and their webhook deliveries (open alerts always stay).",
+        _ => "",
+    }
+}
+
+fn days_text(days: u32) -> String {
+    match days {
+        0 => "forever".into(),
+        1 => "1 day".into(),
+        d => format!("{d} days"),
+    }
+}
+
+/// The data retention section: each setting, what it means, the last purge.
+pub fn retention_section(v: &NotificationsView) -> Markup {
+    let r = v.retention;
+    html! {
+        section id="retention" data-testid="retention" class="mt-6" {
+            h2 class="font-semibold mb-2" { "Data retention" }
+            p class="text-sm text-gray-600 mb-2" {
+                "Once a day the server removes records older than these periods, a few at a time. Set with "
+                code { "--retention-days" } " (" code { "RM_RETENTION_DAYS" } "), e.g. "
+                code { "job-logs=30,audit=0" } "; 0 keeps forever."
+            }
+            div class="card p-0 overflow-x-auto mb-4" {
+                table class="table-base" {
+                    thead { tr { th { "Records" } th { "Kept" } th { "What goes" } } }
+                    tbody {
+                        @for name in crate::config::Retention::NAMES {
+                            @let days = r.days(name).unwrap_or(0);
+                            tr data-testid="retention-row" data-name=(name) data-days=(days) {
+                                td class="font-mono text-xs" { (name) }
+                                td data-testid="retention-kept" { (days_text(days)) }
+                                td class="text-sm" { (retention_meaning(name)) }
+                            }
+                        }
+                        tr data-testid="retention-row" data-name="enrollment-tokens" data-days="1" {
+                            td class="font-mono text-xs" { "enrollment-tokens" }
+                            td data-testid="retention-kept" { "1 day" }
+                            td class="text-sm" { "Enrollment tokens once used or expired (fixed)." }
+                        }
+                    }
+                }
+            }
+            div class="card" data-testid="last-purge" {
+                @match v.last_purge {
+                    None => p class="text-sm text-gray-500" { "Last purge: not run yet (the first runs a few minutes after the server starts)." },
+                    Some(lp) => {
+                        p class="text-sm mb-2" {
+                            "Last purge: " span data-testid="last-purge-at" title=(crate::clock::rfc3339(lp.at)) { (last_seen(v.now_ms, Some(lp.at))) }
+                            ", took " (lp.duration_ms) " ms. Removed:"
+                        }
+                        dl class="grid grid-cols-2 gap-1 text-sm max-w-sm" {
+                            @for (label, key, n) in [
+                                ("job log lines", "job_logs", lp.purged.job_logs),
+                                ("jobs", "jobs", lp.purged.jobs),
+                                ("audit entries", "audit", lp.purged.audit),
+                                ("resolved alerts", "alerts", lp.purged.alerts),
+                                ("webhook deliveries", "deliveries", lp.purged.deliveries),
+                                ("enrollment tokens", "enrollment_tokens", lp.purged.enrollment_tokens),
+                            ] {
+                                dt class="text-gray-600" { (label) }
+                                dd class="tabular-nums" data-testid="purged" data-kind=(key) { (n) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn status_pill(s: DeliveryStatus) -> Markup {
@@ -137,6 +221,7 @@ pub fn notifications_page(v: &NotificationsView) -> Markup {
             }
             h2 class="font-semibold mb-2" { "Recent deliveries" }
             (deliveries_table(v))
+            (retention_section(v))
         },
     )
 }

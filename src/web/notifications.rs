@@ -60,6 +60,11 @@ async fn render(
             (d, name)
         })
         .collect();
+    let last_purge = if partial {
+        None
+    } else {
+        crate::retention::last_purge(&state.db).await?
+    };
     let v = NotificationsView {
         user,
         targets: &list,
@@ -69,6 +74,8 @@ async fn render(
         form_name,
         form_url,
         now_ms: state.clock.now_ms(),
+        retention: state.settings.retention,
+        last_purge: last_purge.as_ref(),
     };
     let markup = if partial {
         views::notifications::deliveries_table(&v)

@@ -128,6 +128,9 @@ impl TestApp {
         settings.agent_ping_timeout = Duration::from_secs(3);
         // Every test's agents and clients come from 127.0.0.1.
         settings.agent_requests_per_min = 1_000_000;
+        // Tests run the retention purge themselves (retention::purge_now):
+        // none at a moment of the worker's choosing.
+        settings.retention_first_delay = Duration::from_secs(30 * 86_400);
         if let Some(url) = fresh_postgres().await {
             settings.database_url = url;
         }
