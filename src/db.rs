@@ -86,14 +86,24 @@ pub mod testing {
             .await
             .context("TEST_DATABASE_URL is set but Postgres is unreachable")?;
         drop_stale_databases(&admin, now).await;
+        create_database(&admin, &base, &name).await.map(Some)
+    }
+
+    /// Creates Postgres database `name` through `admin`, connected at
+    /// `admin_url`, and returns the new database's URL.
+    pub async fn create_database(
+        admin: &DatabaseConnection,
+        admin_url: &str,
+        name: &str,
+    ) -> anyhow::Result<String> {
         admin
             .execute_unprepared(&format!("CREATE DATABASE {name}"))
             .await
-            .context("creating a per-test Postgres database (the role needs CREATEDB)")?;
-        let (prefix, _) = base
+            .with_context(|| format!("creating database {name} (the role needs CREATEDB)"))?;
+        let (prefix, _) = admin_url
             .rsplit_once('/')
-            .context("TEST_DATABASE_URL has no database name")?;
-        Ok(Some(format!("{prefix}/{name}")))
+            .context("the Postgres URL names no database")?;
+        Ok(format!("{prefix}/{name}"))
     }
 
     /// A database URL for one test: [`fresh_postgres_url`], else a SQLite

@@ -274,25 +274,13 @@ pub async fn mark_all_offline<C: ConnectionTrait>(db: &C) -> Result<()> {
     Ok(())
 }
 
-/// Takes host `id`'s row for writing before anything is read in `txn` (a
-/// no-op update, like `users::lock`): on Postgres a second removal, or
-/// anything else that locks the row, waits for this transaction and then
-/// finds what it left; on SQLite the transaction writes before it reads.
-async fn lock<C: ConnectionTrait>(txn: &C, id: i64) -> Result<()> {
-    hosts::Entity::update_many()
-        .col_expr(hosts::Column::Name, Expr::col(hosts::Column::Name))
-        .filter(hosts::Column::Id.eq(id))
-        .exec(txn)
-        .await?;
-    Ok(())
-}
-
 /// Removes host `id` (its jobs, logs and tokens go with it) and returns it
-/// as it was. Run it in a transaction: the row is locked first, so of two
-/// removals at once exactly one finds the host and the other gets
-/// `NotFound`; the delete's own row count checks it again.
+/// as it was. Run it in a transaction: the row is locked first (as
+/// `users::lock` does), so of two removals at once exactly one finds the
+/// host and the other gets `NotFound`; the delete's own row count checks it
+/// again.
 pub async fn delete<C: ConnectionTrait>(txn: &C, id: i64) -> Result<Host> {
-    lock(txn, id).await?;
+    super::lock_row::<hosts::Entity, _>(txn, hosts::Column::Name, hosts::Column::Id, id).await?;
     let h = get(txn, id).await?;
     let res = hosts::Entity::delete_by_id(id).exec(txn).await?;
     if res.rows_affected != 1 {

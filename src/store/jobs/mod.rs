@@ -255,12 +255,8 @@ pub struct NewLine<'a> {
 /// Postgres it queues concurrent appends to one job, so positions never
 /// collide. A no-op update, so an unknown job is simply not found next.
 async fn lock_job<C: ConnectionTrait>(txn: &C, job_id: i64) -> Result<()> {
-    jobs::Entity::update_many()
-        .col_expr(jobs::Column::LogLines, Expr::col(jobs::Column::LogLines))
-        .filter(jobs::Column::Id.eq(job_id))
-        .exec(txn)
-        .await?;
-    Ok(())
+    let (col, key) = (jobs::Column::LogLines, jobs::Column::Id);
+    super::lock_row::<jobs::Entity, _>(txn, col, key, job_id).await
 }
 
 /// Rows per INSERT: well under SQLite's and Postgres's bound-parameter limits.
