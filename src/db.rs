@@ -99,3 +99,111 @@ async fn ensure_incremental_vacuum(db: &DatabaseConnection) -> anyhow::Result<()
     );
     Ok(())
 }
+
+/// Test support shared by the unit tests and the integration harness
+/// (`tests/common`): a fresh database per test, a new Postgres database when
+/// `TEST_DATABASE_URL` is set (CI sets it), else SQLite in a directory the
+/// test owns. Not used by the server itself.
+#[doc(hidden)]
+pub mod testing {
+    use std::path::Path;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use anyhow::Context;
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+
+    /// Per-test Postgres databases are named `rm_t_<unix seconds>_<random>`;
+    /// ones older than this are left-overs of earlier runs and are dropped.
+    const STALE_TEST_DB_SECS: u64 = 3600;
+
+    /// A fresh, empty Postgres database for this test when
+    /// `TEST_DATABASE_URL` is set, else `None` (use SQLite).
+    pub async fn fresh_postgres_url() -> anyhow::Result<Option<String>> {
+        let Some(base) = std::env::var("TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            return Ok(None);
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let name = format!(
+            "rm_t_{now}_{}",
+            crate::auth::random_token()[..10]
+                .to_lowercase()
+                .replace(['-', '_'], "x")
+        );
+        let admin = Database::connect(base.as_str())
+            .await
+            .context("TEST_DATABASE_URL is set but Postgres is unreachable")?;
+        drop_stale_databases(&admin, now).await;
+        create_database(&admin, &base, &name).await.map(Some)
+    }
+
+    /// Creates Postgres database `name` through `admin`, connected at
+    /// `admin_url`, and returns the new database's URL.
+    pub async fn create_database(
+        admin: &DatabaseConnection,
+        admin_url: &str,
+        name: &str,
+    ) -> anyhow::Result<String> {
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .with_context(|| format!("creating database {name} (the role needs CREATEDB)"))?;
+        let (prefix, _) = admin_url
+            .rsplit_once('/')
+            .context("the Postgres URL names no database")?;
+        Ok(format!("{prefix}/{name}"))
+    }
+
+    /// A database URL for one test: [`fresh_postgres_url`], else a SQLite
+    /// file in `sqlite_dir`.
+    pub async fn fresh_url(sqlite_dir: &Path) -> anyhow::Result<String> {
+        Ok(match fresh_postgres_url().await? {
+            Some(url) => url,
+            None => format!("sqlite://{}/t.db?mode=rwc", sqlite_dir.display()),
+        })
+    }
+
+    /// [`fresh_url`], connected as the server connects and migrated.
+    pub async fn fresh_database(sqlite_dir: &Path) -> anyhow::Result<DatabaseConnection> {
+        let db = super::connect(&fresh_url(sqlite_dir).await?).await?;
+        Migrator::up(&db, None)
+            .await
+            .context("applying database migrations")?;
+        Ok(db)
+    }
+
+    /// Best effort: tests never drop their own database (the server may
+    /// still hold connections), so old ones are swept here instead.
+    async fn drop_stale_databases(admin: &DatabaseConnection, now: u64) {
+        let Ok(rows) = admin
+            .query_all_raw(Statement::from_string(
+                admin.get_database_backend(),
+                "SELECT datname FROM pg_database WHERE datname LIKE 'rm\\_t\\_%'",
+            ))
+            .await
+        else {
+            return;
+        };
+        for row in rows {
+            let Ok(name) = row.try_get_by_index::<String>(0) else {
+                continue;
+            };
+            let created = name
+                .strip_prefix("rm_t_")
+                .and_then(|rest| rest.split('_').next())
+                .and_then(|secs| secs.parse::<u64>().ok());
+            if created.is_some_and(|c| c + STALE_TEST_DB_SECS < now)
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                let _ = admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            }
+        }
+    }
+}

@@ -73,3 +73,17 @@ pub async fn new_token(
     txn.commit().await?;
     Ok((host, token))
 }
+
+/// Removes host `id` (its jobs and logs go with it) and closes its agent's
+/// connection; audited `host.remove` in the transaction of the removal.
+pub async fn remove(state: &AppState, by: &Actor, id: i64) -> Result<Host, AppError> {
+    let now = state.clock.now_ms();
+    let txn = state.db.begin().await?;
+    let host = hosts::delete(&txn, id).await?;
+    let entry = Entry::new("host.remove", "host", host.id, json!({"name": host.name}));
+    audit::record(&txn, now, by, entry).await?;
+    txn.commit().await?;
+    state.hub.disconnect(id, "host removed");
+    tracing::info!(host_id = host.id, by = %by.name, "host removed");
+    Ok(host)
+}

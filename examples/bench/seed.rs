@@ -125,14 +125,8 @@ pub async fn postgres_database(admin_url: &str) -> Result<(String, String)> {
         chrono::Utc::now().timestamp(),
         std::process::id()
     );
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .context("creating the benchmark database (the role needs CREATEDB)")?;
-    let (prefix, _) = admin_url
-        .rsplit_once('/')
-        .context("the Postgres URL names no database")?;
-    Ok((format!("{prefix}/{name}"), name))
+    let url = restic_manager::db::testing::create_database(&admin, admin_url, &name).await?;
+    Ok((url, name))
 }
 
 pub async fn drop_postgres_database(admin_url: &str, name: &str) {

@@ -58,9 +58,7 @@ fn host(id: i64, version: &str) -> Host {
 
 impl Fake {
     async fn new(dir: &tempfile::TempDir, hosts: &[(i64, &str)]) -> Arc<Fake> {
-        let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
-        let db = crate::db::connect(&url).await.unwrap();
-        <migration::Migrator as migration::MigratorTrait>::up(&db, None)
+        let db = crate::db::testing::fresh_database(dir.path())
             .await
             .unwrap();
         Arc::new(Fake {

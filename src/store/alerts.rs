@@ -339,16 +339,16 @@ pub async fn online_among<C: ConnectionTrait>(db: &C, ids: &[i64]) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+    use sea_orm::DatabaseConnection;
 
-    async fn db() -> DatabaseConnection {
-        use migration::MigratorTrait;
-        // One connection: each in-memory SQLite connection is its own database.
-        let mut o = ConnectOptions::new("sqlite::memory:");
-        o.max_connections(1).sqlx_logging(false);
-        let db = Database::connect(o).await.unwrap();
-        migration::Migrator::up(&db, None).await.unwrap();
-        db
+    /// A migrated database of its own (Postgres with `TEST_DATABASE_URL`,
+    /// else SQLite in the returned directory, which must outlive it).
+    async fn db() -> (tempfile::TempDir, DatabaseConnection) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::testing::fresh_database(dir.path())
+            .await
+            .unwrap();
+        (dir, db)
     }
 
     fn new<'a>(key: &'a str, message: &'a str) -> NewAlert<'a> {
@@ -363,7 +363,7 @@ mod tests {
 
     #[tokio::test]
     async fn repeat_raise_counts_and_resolve_reopens() {
-        let db = db().await;
+        let (_dir, db) = db().await;
         let first = raise(&db, &new("k", "one"), 1000).await.unwrap();
         assert!(first.is_new());
         let again = raise(&db, &new("k", "two"), 2000).await.unwrap();
@@ -387,7 +387,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_index_refuses_a_second_active_row() {
-        let db = db().await;
+        let (_dir, db) = db().await;
         raise(&db, &new("dup", "x"), 1).await.unwrap();
         let dup = alerts::ActiveModel {
             kind: Set("test".into()),

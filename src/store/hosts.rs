@@ -274,9 +274,18 @@ pub async fn mark_all_offline<C: ConnectionTrait>(db: &C) -> Result<()> {
     Ok(())
 }
 
-pub async fn delete<C: ConnectionTrait>(db: &C, id: i64) -> Result<Host> {
-    let h = get(db, id).await?;
-    hosts::Entity::delete_by_id(id).exec(db).await?;
+/// Removes host `id` (its jobs, logs and tokens go with it) and returns it
+/// as it was. Run it in a transaction: the row is locked first (as
+/// `users::lock` does), so of two removals at once exactly one finds the
+/// host and the other gets `NotFound`; the delete's own row count checks it
+/// again.
+pub async fn delete<C: ConnectionTrait>(txn: &C, id: i64) -> Result<Host> {
+    super::lock_row::<hosts::Entity, _>(txn, hosts::Column::Name, hosts::Column::Id, id).await?;
+    let h = get(txn, id).await?;
+    let res = hosts::Entity::delete_by_id(id).exec(txn).await?;
+    if res.rows_affected != 1 {
+        return Err(StoreError::NotFound("host"));
+    }
     Ok(h)
 }
 

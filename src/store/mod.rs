@@ -59,3 +59,23 @@ pub(crate) fn is_unique_violation(e: &sea_orm::DbErr) -> bool {
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
     )
 }
+
+/// Takes row `id` of `E` for writing before anything is read in `txn`: a
+/// no-op update of `col` where `key` is `id`. On SQLite a transaction that
+/// read first cannot take the write lock once another connection has
+/// written (it fails at once, without waiting); on Postgres other writers
+/// of the row wait for `txn` and then see what it left. A row that does not
+/// exist is simply not found next.
+pub(crate) async fn lock_row<E, C>(txn: &C, col: E::Column, key: E::Column, id: i64) -> Result<()>
+where
+    E: sea_orm::EntityTrait,
+    C: sea_orm::ConnectionTrait,
+{
+    use sea_orm::{ColumnTrait, QueryFilter, sea_query::Expr};
+    E::update_many()
+        .col_expr(col, Expr::col(col))
+        .filter(key.eq(id))
+        .exec(txn)
+        .await?;
+    Ok(())
+}

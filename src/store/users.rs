@@ -192,15 +192,8 @@ pub async fn lock<C: ConnectionTrait>(txn: &C, id: i64) -> Result<()> {
             .all(txn)
             .await?;
     }
-    users::Entity::update_many()
-        .col_expr(
-            users::Column::UpdatedAt,
-            Expr::col(users::Column::UpdatedAt),
-        )
-        .filter(users::Column::Id.eq(id))
-        .exec(txn)
-        .await?;
-    Ok(())
+    let (col, key) = (users::Column::UpdatedAt, users::Column::Id);
+    super::lock_row::<users::Entity, _>(txn, col, key, id).await
 }
 
 pub async fn set_role<C: ConnectionTrait>(db: &C, id: i64, role: Role, now: i64) -> Result<User> {

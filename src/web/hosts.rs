@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AppError, CurrentUser, Htmx, PageError, public_url, redirect};
 use crate::{
-    audit, clock, routes,
+    clock, routes,
     state::AppState,
     store::{
         self, Page,
@@ -199,29 +199,6 @@ async fn api_host_token(
     })))
 }
 
-async fn remove_host(
-    state: &AppState,
-    req: &HttpRequest,
-    user: &CurrentUser,
-    id: i64,
-) -> Result<Host, AppError> {
-    let h = store::hosts::delete(&state.db, id).await?;
-    state.hub.disconnect(id, "host removed");
-    tracing::info!(host_id = h.id, by = %user.username, "host removed");
-    audit::record_logged(
-        state,
-        &super::actor(user, req),
-        audit::Entry::new(
-            "host.remove",
-            "host",
-            h.id,
-            serde_json::json!({"name": h.name}),
-        ),
-    )
-    .await;
-    Ok(h)
-}
-
 async fn api_host_delete(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -229,7 +206,7 @@ async fn api_host_delete(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, AppError> {
     user.require(Role::Admin)?;
-    remove_host(&state, &req, &user, *id).await?;
+    crate::hosts::remove(&state, &super::actor(&user, &req), *id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -376,7 +353,7 @@ async fn host_delete_submit(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, PageError> {
     user.require(Role::Admin)?;
-    remove_host(&state, &req, &user, *id).await?;
+    crate::hosts::remove(&state, &super::actor(&user, &req), *id).await?;
     Ok(redirect(htmx.0, routes::DASHBOARD))
 }
 

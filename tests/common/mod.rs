@@ -19,7 +19,7 @@ use agent::{
 };
 use futures_util::{SinkExt, StreamExt};
 use restic_manager::{Running, clock::Clock, config::Settings, routes, store::users::Role};
-use sea_orm::{ConnectionTrait, Database, Statement};
+use sea_orm::{ConnectionTrait, Statement};
 use tokio_tungstenite::tungstenite::{
     self, Message as WsMessage, client::IntoClientRequest, protocol::WebSocketConfig,
 };
@@ -40,76 +40,12 @@ pub struct TestApp {
     pub settings: Settings,
 }
 
-/// Per-test Postgres databases are named `rm_t_<unix seconds>_<random>`;
-/// ones older than this are left-overs of earlier runs and are dropped.
-const STALE_TEST_DB_SECS: u64 = 3600;
-
 /// A database URL for a test that drives the schema itself: a fresh
 /// Postgres database when `TEST_DATABASE_URL` is set, else SQLite in `dir`.
 pub async fn fresh_database_url(dir: &Path) -> String {
-    match fresh_postgres().await {
-        Some(url) => url,
-        None => format!("sqlite://{}/t.db?mode=rwc", dir.display()),
-    }
-}
-
-/// A fresh, empty Postgres database for this test, or None for SQLite.
-async fn fresh_postgres() -> Option<String> {
-    let base = std::env::var("TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let name = format!(
-        "rm_t_{now}_{}",
-        restic_manager::auth::random_token()[..10]
-            .to_lowercase()
-            .replace(['-', '_'], "x")
-    );
-    let admin = Database::connect(base.as_str())
+    restic_manager::db::testing::fresh_url(dir)
         .await
-        .expect("TEST_DATABASE_URL is set but Postgres is unreachable");
-    drop_stale_databases(&admin, now).await;
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("creating a per-test Postgres database (the role needs CREATEDB)");
-    let (prefix, _) = base
-        .rsplit_once('/')
-        .expect("TEST_DATABASE_URL has a database name");
-    Some(format!("{prefix}/{name}"))
-}
-
-/// Best effort: tests never drop their own database (the server may still
-/// hold connections), so old ones are swept here instead.
-async fn drop_stale_databases(admin: &sea_orm::DatabaseConnection, now: u64) {
-    let Ok(rows) = admin
-        .query_all_raw(Statement::from_string(
-            admin.get_database_backend(),
-            "SELECT datname FROM pg_database WHERE datname LIKE 'rm\\_t\\_%'",
-        ))
-        .await
-    else {
-        return;
-    };
-    for row in rows {
-        let Ok(name) = row.try_get_by_index::<String>(0) else {
-            continue;
-        };
-        let created = name
-            .strip_prefix("rm_t_")
-            .and_then(|rest| rest.split('_').next())
-            .and_then(|secs| secs.parse::<u64>().ok());
-        if created.is_some_and(|c| c + STALE_TEST_DB_SECS < now)
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            let _ = admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await;
-        }
-    }
+        .expect("a fresh test database")
 }
 
 impl TestApp {
@@ -131,7 +67,10 @@ impl TestApp {
         // Tests run the retention purge themselves (retention::purge_now):
         // none at a moment of the worker's choosing.
         settings.retention_first_delay = Duration::from_secs(30 * 86_400);
-        if let Some(url) = fresh_postgres().await {
+        if let Some(url) = restic_manager::db::testing::fresh_postgres_url()
+            .await
+            .expect("a fresh Postgres test database")
+        {
             settings.database_url = url;
         }
         tweak(&mut settings);

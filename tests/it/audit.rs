@@ -142,3 +142,107 @@ async fn only_admins_read_the_audit_log() {
     // At least the admin's own logins are listed.
     assert!(html.select(&sel).count() >= 1);
 }
+
+/// A queued update job on `host_id`: a live job the removal takes with it.
+async fn live_job(app: &TestApp, host_id: i64) -> i64 {
+    use restic_manager::store::jobs;
+    let job = jobs::NewJob {
+        host_id,
+        kind: jobs::JobKind::Update,
+        actor_kind: jobs::ActorKind::System,
+        actor_id: None,
+        actor_name: "test".into(),
+        target_version: Some("9.9.9".into()),
+        deadline_at: None,
+    };
+    jobs::create(app.db(), &job, app.clock.now_ms())
+        .await
+        .unwrap()
+        .id
+}
+
+async fn host_remove_rows(app: &TestApp, host_id: i64) -> i64 {
+    app.query_one(&format!(
+        "SELECT CAST(COUNT(*) AS TEXT) FROM audit_log \
+         WHERE action = 'host.remove' AND target_id = '{host_id}'"
+    ))
+    .await
+    .unwrap()
+    .parse()
+    .unwrap()
+}
+
+/// The removal and its audit row are one transaction: while the row cannot
+/// be written the host and its live job stay; once it can, both go with
+/// exactly one row.
+#[tokio::test]
+async fn a_host_removal_and_its_audit_row_commit_together() {
+    use restic_manager::store::jobs;
+    use sea_orm::ConnectionTrait;
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let (host_id, _) = app.add_host_direct("doomed").await;
+    let job_id = live_job(&app, host_id).await;
+    let (refuse, allow): (&[&str], &str) = if app.is_sqlite() {
+        (
+            &[
+                "CREATE TRIGGER refuse_host_remove BEFORE INSERT ON audit_log \
+               WHEN NEW.action = 'host.remove' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+            ],
+            "DROP TRIGGER refuse_host_remove",
+        )
+    } else {
+        (
+            &[
+                "CREATE FUNCTION refuse_host_remove() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN IF NEW.action = 'host.remove' THEN RAISE EXCEPTION 'refused'; END IF; \
+                 RETURN NEW; END $$",
+                "CREATE TRIGGER refuse_host_remove BEFORE INSERT ON audit_log \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_host_remove()",
+            ],
+            "DROP TRIGGER refuse_host_remove ON audit_log",
+        )
+    };
+    for sql in refuse {
+        app.db().execute_unprepared(sql).await.unwrap();
+    }
+    let url = app.at(&routes::api_host(host_id));
+    let r = admin.delete(&url).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    assert!(app.host_row(host_id).await.is_some(), "removed unaudited");
+    assert!(jobs::get(app.db(), job_id).await.is_ok());
+    assert_eq!(host_remove_rows(&app, host_id).await, 0);
+
+    app.db().execute_unprepared(allow).await.unwrap();
+    let r = admin.delete(&url).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(app.host_row(host_id).await.is_none());
+    assert!(
+        jobs::get(app.db(), job_id).await.is_err(),
+        "job outlived its host"
+    );
+    assert_eq!(host_remove_rows(&app, host_id).await, 1);
+}
+
+/// Removals of one host (with a live job) at the same time: exactly one
+/// removes it (204) and writes the one audit row; the others find no host.
+#[tokio::test]
+async fn concurrent_removals_of_a_host_succeed_once() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    for round in 0..3 {
+        let (host_id, _) = app.add_host_direct(&format!("raced-{round}")).await;
+        live_job(&app, host_id).await;
+        let url = app.at(&routes::api_host(host_id));
+        let answers =
+            futures_util::future::join_all((0..4).map(|_| admin.delete(&url).send())).await;
+        let mut codes: Vec<u16> = answers
+            .into_iter()
+            .map(|r| r.unwrap().status().as_u16())
+            .collect();
+        codes.sort_unstable();
+        assert_eq!(codes, [204, 404, 404, 404], "round {round}");
+        assert!(app.host_row(host_id).await.is_none());
+        assert_eq!(host_remove_rows(&app, host_id).await, 1, "round {round}");
+    }
+}

@@ -294,7 +294,12 @@ async fn each_backup_state_filters_tiles_stale_alerts_and_metrics_follow_real_ba
         (a.len() == 2 && a.iter().all(|x| x["host_id"] != good)).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // a few sweeps
+    // Sweeps run now, whether or not the background ones did yet.
+    for _ in 0..2 {
+        restic_manager::alerts::sweep_once(app.state())
+            .await
+            .unwrap();
+    }
     assert_eq!(
         app.query_one("SELECT CAST(COUNT(*) AS TEXT) FROM alerts WHERE kind = 'backup_stale'")
             .await
@@ -344,7 +349,11 @@ async fn restic_missing_is_raised_for_a_covered_host_without_restic_and_resolved
     })
     .await;
     // Not covered by any plan: nothing to alert about.
-    tokio::time::sleep(Duration::from_millis(600)).await; // a few sweeps
+    for _ in 0..2 {
+        restic_manager::alerts::sweep_once(app.state())
+            .await
+            .unwrap();
+    }
     assert!(active_alerts(&api, "restic_missing").await.is_empty());
 
     let repo = repo_at(&api, "r", &lab.path("repo")).await;

@@ -556,8 +556,8 @@ async fn a_restart_across_two_due_times_runs_each_plan_and_host_once() {
         assert!(next.timestamp_millis() > now, "moved to the future: {c}");
     }
     // Another pass changes nothing.
-    app.state().restic.wake_scheduler();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ops = restic_manager::restic::scheduler::StateOps(app.state().clone());
+    restic_manager::restic::scheduler::pass(&ops).await.unwrap();
     assert_eq!(api.backups_of(plan).await.len(), 2);
 }
 

@@ -36,36 +36,9 @@ fn show(t: i64, tz: Tz) -> String {
 }
 
 async fn database(dir: &tempfile::TempDir) -> DatabaseConnection {
-    let url = match std::env::var("TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    {
-        Some(base) => {
-            use sea_orm::ConnectionTrait;
-            let name = format!(
-                "rm_t_{}_{}",
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs(),
-                crate::auth::random_token()[..10]
-                    .to_lowercase()
-                    .replace(['-', '_'], "x")
-            );
-            let admin = sea_orm::Database::connect(base.as_str()).await.unwrap();
-            admin
-                .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                .await
-                .unwrap();
-            format!("{}/{name}", base.rsplit_once('/').unwrap().0)
-        }
-        None => format!("sqlite://{}/t.db?mode=rwc", dir.path().display()),
-    };
-    let db = crate::db::connect(&url).await.unwrap();
-    <migration::Migrator as migration::MigratorTrait>::up(&db, None)
+    crate::db::testing::fresh_database(dir.path())
         .await
-        .unwrap();
-    db
+        .unwrap()
 }
 
 impl Fake {

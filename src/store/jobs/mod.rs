@@ -2,13 +2,24 @@
 //! terminal state never changes again and a job of another host can never
 //! be touched, whatever the caller passes in.
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait, sea_query::Expr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait, sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Page, Result, StoreError};
+use super::{Result, StoreError};
 use crate::entities::{job_logs, jobs};
+
+mod lifecycle;
+mod query;
+mod restic;
+
+pub use lifecycle::{Outcome, Refusal, Transition, finish, finish_with, start};
+pub use query::{JobFilter, count, list, live_of_kind, next_deadline, overdue};
+pub use restic::{
+    NewResticJob, create_restic, mark_dispatched, queued_restic, requeue, running_restic,
+    running_restic_on_host,
+};
 
 /// Default per-job log cap; past it one "log truncated" line is kept and
 /// the rest dropped (`Settings::job_log_cap_bytes`).
@@ -188,335 +199,12 @@ pub async fn create<C: ConnectionTrait>(db: &C, j: &NewJob, now: i64) -> Result<
     Ok(m.into())
 }
 
-/// A restic job to queue: what the dispatcher needs to send it later,
-/// after a restart too.
-#[derive(Clone, Debug)]
-pub struct NewResticJob {
-    pub host_id: i64,
-    pub kind: JobKind,
-    pub actor_kind: ActorKind,
-    pub actor_id: Option<i64>,
-    pub actor_name: String,
-    pub repository_id: i64,
-    pub plan_id: Option<i64>,
-    /// `wire::ResticOptions` as JSON (no secrets).
-    pub options: String,
-    pub scope: String,
-}
-
-pub async fn create_restic<C: ConnectionTrait>(db: &C, j: &NewResticJob, now: i64) -> Result<Job> {
-    let m = jobs::ActiveModel {
-        host_id: Set(j.host_id),
-        kind: Set(j.kind.as_str().into()),
-        status: Set(JobStatus::Queued.as_str().into()),
-        actor_kind: Set(j.actor_kind.as_str().into()),
-        actor_id: Set(j.actor_id),
-        actor_name: Set(j.actor_name.clone()),
-        created_at: Set(now),
-        log_bytes: Set(0),
-        log_lines: Set(0),
-        log_truncated: Set(false),
-        repository_id: Set(Some(j.repository_id)),
-        plan_id: Set(j.plan_id),
-        warning: Set(false),
-        options: Set(Some(j.options.clone())),
-        scope: Set(Some(j.scope.clone())),
-        ..Default::default()
-    }
-    .insert(db)
-    .await?;
-    Ok(m.into())
-}
-
-/// Queued restic jobs, oldest first (the dispatcher's work list). A
-/// restic job always names its repository; rows without one are not the
-/// dispatcher's.
-pub async fn queued_restic<C: ConnectionTrait>(db: &C, limit: u64) -> Result<Vec<Job>> {
-    Ok(jobs::Entity::find()
-        .filter(jobs::Column::Status.eq(JobStatus::Queued.as_str()))
-        .filter(jobs::Column::Kind.ne(JobKind::Update.as_str()))
-        .filter(jobs::Column::RepositoryId.is_not_null())
-        .order_by_asc(jobs::Column::Id)
-        .limit(limit)
-        .all(db)
-        .await?
-        .into_iter()
-        .map(Into::into)
-        .collect())
-}
-
-/// Running restic jobs (all hosts): what the dispatcher weighs a queued
-/// job against.
-pub async fn running_restic<C: ConnectionTrait>(db: &C) -> Result<Vec<Job>> {
-    Ok(jobs::Entity::find()
-        .filter(jobs::Column::Status.eq(JobStatus::Running.as_str()))
-        .filter(jobs::Column::Kind.ne(JobKind::Update.as_str()))
-        .filter(jobs::Column::RepositoryId.is_not_null())
-        .order_by_asc(jobs::Column::Id)
-        .all(db)
-        .await?
-        .into_iter()
-        .map(Into::into)
-        .collect())
-}
-
-/// Running restic jobs of one host.
-pub async fn running_restic_on_host<C: ConnectionTrait>(db: &C, host_id: i64) -> Result<Vec<Job>> {
-    Ok(jobs::Entity::find()
-        .filter(jobs::Column::HostId.eq(host_id))
-        .filter(jobs::Column::Status.eq(JobStatus::Running.as_str()))
-        .filter(jobs::Column::Kind.ne(JobKind::Update.as_str()))
-        .filter(jobs::Column::RepositoryId.is_not_null())
-        .all(db)
-        .await?
-        .into_iter()
-        .map(Into::into)
-        .collect())
-}
-
-/// queued → running as the command goes out, only if still queued.
-/// `started_at` stays empty until the agent says `job.started`: a job
-/// whose command was lost on the way can then be told from one that ran.
-pub async fn mark_dispatched<C: ConnectionTrait>(db: &C, job_id: i64, _now: i64) -> Result<bool> {
-    let res = jobs::Entity::update_many()
-        .col_expr(
-            jobs::Column::Status,
-            Expr::value(JobStatus::Running.as_str()),
-        )
-        .filter(jobs::Column::Id.eq(job_id))
-        .filter(jobs::Column::Status.eq(JobStatus::Queued.as_str()))
-        .exec(db)
-        .await?;
-    Ok(res.rows_affected == 1)
-}
-
-/// running → queued when the command could not be handed to the agent.
-pub async fn requeue<C: ConnectionTrait>(db: &C, job_id: i64) -> Result<bool> {
-    let res = jobs::Entity::update_many()
-        .col_expr(
-            jobs::Column::Status,
-            Expr::value(JobStatus::Queued.as_str()),
-        )
-        .col_expr(jobs::Column::StartedAt, Expr::value(Option::<i64>::None))
-        .filter(jobs::Column::Id.eq(job_id))
-        .filter(jobs::Column::Status.eq(JobStatus::Running.as_str()))
-        .exec(db)
-        .await?;
-    Ok(res.rows_affected == 1)
-}
-
 pub async fn get<C: ConnectionTrait>(db: &C, id: i64) -> Result<Job> {
     jobs::Entity::find_by_id(id)
         .one(db)
         .await?
         .map(Into::into)
         .ok_or(StoreError::NotFound("job"))
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct JobFilter {
-    pub host_id: Option<i64>,
-    pub kind: Option<JobKind>,
-    pub status: Option<JobStatus>,
-    pub plan_id: Option<i64>,
-    pub repository_id: Option<i64>,
-}
-
-impl JobFilter {
-    fn condition(&self) -> Condition {
-        let mut c = Condition::all();
-        if let Some(h) = self.host_id {
-            c = c.add(jobs::Column::HostId.eq(h));
-        }
-        if let Some(k) = self.kind {
-            c = c.add(jobs::Column::Kind.eq(k.as_str()));
-        }
-        if let Some(s) = self.status {
-            c = c.add(jobs::Column::Status.eq(s.as_str()));
-        }
-        if let Some(p) = self.plan_id {
-            c = c.add(jobs::Column::PlanId.eq(p));
-        }
-        if let Some(r) = self.repository_id {
-            c = c.add(jobs::Column::RepositoryId.eq(r));
-        }
-        c
-    }
-}
-
-pub async fn list<C: ConnectionTrait>(db: &C, f: &JobFilter, page: Page) -> Result<Vec<Job>> {
-    Ok(jobs::Entity::find()
-        .filter(f.condition())
-        .order_by_desc(jobs::Column::Id)
-        .limit(page.limit)
-        .offset(page.offset)
-        .all(db)
-        .await?
-        .into_iter()
-        .map(Into::into)
-        .collect())
-}
-
-pub async fn count<C: ConnectionTrait>(db: &C, f: &JobFilter) -> Result<u64> {
-    Ok(jobs::Entity::find().filter(f.condition()).count(db).await?)
-}
-
-/// The live (queued or running) job of `kind` on a host, if any.
-pub async fn live_of_kind<C: ConnectionTrait>(
-    db: &C,
-    host_id: i64,
-    kind: JobKind,
-) -> Result<Option<Job>> {
-    Ok(jobs::Entity::find()
-        .filter(jobs::Column::HostId.eq(host_id))
-        .filter(jobs::Column::Kind.eq(kind.as_str()))
-        .filter(jobs::Column::Status.is_in(JobStatus::LIVE))
-        .order_by_desc(jobs::Column::Id)
-        .one(db)
-        .await?
-        .map(Into::into))
-}
-
-/// Why an agent's job message was refused.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("unknown job")]
-    UnknownJob,
-    #[error("job belongs to another host")]
-    OtherHost,
-}
-
-/// The job if it exists and (when `host_id` is given) belongs to that host.
-async fn owned<C: ConnectionTrait>(
-    db: &C,
-    job_id: i64,
-    host_id: Option<i64>,
-) -> Result<std::result::Result<Job, Refusal>> {
-    let Some(job) = jobs::Entity::find_by_id(job_id).one(db).await? else {
-        return Ok(Err(Refusal::UnknownJob));
-    };
-    if host_id.is_some_and(|h| h != job.host_id) {
-        return Ok(Err(Refusal::OtherHost));
-    }
-    Ok(Ok(job.into()))
-}
-
-/// Outcome of a state change: the job after it, and whether it changed.
-#[derive(Debug)]
-pub struct Transition {
-    pub job: Job,
-    pub changed: bool,
-}
-
-/// queued → running. Idempotent; never touches a terminal job.
-pub async fn start<C: ConnectionTrait>(
-    db: &C,
-    job_id: i64,
-    host_id: Option<i64>,
-    now: i64,
-) -> Result<std::result::Result<Transition, Refusal>> {
-    if let Err(r) = owned(db, job_id, host_id).await? {
-        return Ok(Err(r));
-    }
-    let res = jobs::Entity::update_many()
-        .col_expr(
-            jobs::Column::Status,
-            Expr::value(JobStatus::Running.as_str()),
-        )
-        .col_expr(jobs::Column::StartedAt, Expr::value(now))
-        .filter(jobs::Column::Id.eq(job_id))
-        .filter(jobs::Column::Status.eq(JobStatus::Queued.as_str()))
-        .exec(db)
-        .await?;
-    // A dispatched restic job is already running: this is its real start.
-    let started = jobs::Entity::update_many()
-        .col_expr(jobs::Column::StartedAt, Expr::value(now))
-        .filter(jobs::Column::Id.eq(job_id))
-        .filter(jobs::Column::Status.eq(JobStatus::Running.as_str()))
-        .filter(jobs::Column::StartedAt.is_null())
-        .exec(db)
-        .await?;
-    let res_rows = res.rows_affected + started.rows_affected;
-    Ok(Ok(Transition {
-        job: get(db, job_id).await?,
-        changed: res_rows >= 1,
-    }))
-}
-
-/// How a job ended.
-#[derive(Clone, Debug, Default)]
-pub struct Outcome<'a> {
-    pub error: Option<&'a str>,
-    pub exit_code: Option<i32>,
-    pub warning: bool,
-    pub error_kind: Option<&'a str>,
-    /// JSON, stored as given.
-    pub result: Option<&'a str>,
-}
-
-/// → a terminal state, exactly once: a job already terminal stays as it is.
-pub async fn finish<C: ConnectionTrait>(
-    db: &C,
-    job_id: i64,
-    host_id: Option<i64>,
-    status: JobStatus,
-    error: Option<&str>,
-    exit_code: Option<i32>,
-    now: i64,
-) -> Result<std::result::Result<Transition, Refusal>> {
-    let outcome = Outcome {
-        error,
-        exit_code,
-        ..Outcome::default()
-    };
-    finish_with(db, job_id, host_id, status, &outcome, now).await
-}
-
-/// [`finish`] with everything a restic job reports.
-pub async fn finish_with<C: ConnectionTrait>(
-    db: &C,
-    job_id: i64,
-    host_id: Option<i64>,
-    status: JobStatus,
-    outcome: &Outcome<'_>,
-    now: i64,
-) -> Result<std::result::Result<Transition, Refusal>> {
-    debug_assert!(status.is_terminal());
-    if let Err(r) = owned(db, job_id, host_id).await? {
-        return Ok(Err(r));
-    }
-    let error: Option<String> = outcome.error.map(|e| e.chars().take(4000).collect());
-    // A job that never reported its start gets one now (portable SQL: no
-    // COALESCE with a bound parameter, which Postgres would need typed).
-    jobs::Entity::update_many()
-        .col_expr(jobs::Column::StartedAt, Expr::value(now))
-        .filter(jobs::Column::Id.eq(job_id))
-        .filter(jobs::Column::StartedAt.is_null())
-        .filter(jobs::Column::Status.is_in(JobStatus::LIVE))
-        .exec(db)
-        .await?;
-    let res = jobs::Entity::update_many()
-        .col_expr(jobs::Column::Status, Expr::value(status.as_str()))
-        .col_expr(jobs::Column::FinishedAt, Expr::value(now))
-        .col_expr(jobs::Column::Error, Expr::value(error))
-        .col_expr(jobs::Column::ExitCode, Expr::value(outcome.exit_code))
-        .col_expr(jobs::Column::Warning, Expr::value(outcome.warning))
-        .col_expr(
-            jobs::Column::ErrorKind,
-            Expr::value(outcome.error_kind.map(str::to_string)),
-        )
-        .col_expr(
-            jobs::Column::Result,
-            Expr::value(outcome.result.map(str::to_string)),
-        )
-        .filter(jobs::Column::Id.eq(job_id))
-        .filter(jobs::Column::Status.is_in(JobStatus::LIVE))
-        .exec(db)
-        .await?;
-    Ok(Ok(Transition {
-        job: get(db, job_id).await?,
-        changed: res.rows_affected == 1,
-    }))
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -567,12 +255,8 @@ pub struct NewLine<'a> {
 /// Postgres it queues concurrent appends to one job, so positions never
 /// collide. A no-op update, so an unknown job is simply not found next.
 async fn lock_job<C: ConnectionTrait>(txn: &C, job_id: i64) -> Result<()> {
-    jobs::Entity::update_many()
-        .col_expr(jobs::Column::LogLines, Expr::col(jobs::Column::LogLines))
-        .filter(jobs::Column::Id.eq(job_id))
-        .exec(txn)
-        .await?;
-    Ok(())
+    let (col, key) = (jobs::Column::LogLines, jobs::Column::Id);
+    super::lock_row::<jobs::Entity, _>(txn, col, key, job_id).await
 }
 
 /// Rows per INSERT: well under SQLite's and Postgres's bound-parameter limits.
@@ -766,28 +450,4 @@ pub async fn append_server_line(
         .await?;
     txn.commit().await?;
     Ok(Some(line))
-}
-
-/// The earliest deadline among live jobs that have one.
-pub async fn next_deadline<C: ConnectionTrait>(db: &C) -> Result<Option<i64>> {
-    Ok(jobs::Entity::find()
-        .filter(jobs::Column::Status.is_in(JobStatus::LIVE))
-        .filter(jobs::Column::DeadlineAt.is_not_null())
-        .order_by_asc(jobs::Column::DeadlineAt)
-        .one(db)
-        .await?
-        .and_then(|m| m.deadline_at))
-}
-
-/// Live jobs whose deadline has passed.
-pub async fn overdue<C: ConnectionTrait>(db: &C, now: i64) -> Result<Vec<Job>> {
-    Ok(jobs::Entity::find()
-        .filter(jobs::Column::Status.is_in(JobStatus::LIVE))
-        .filter(jobs::Column::DeadlineAt.lte(now))
-        .order_by_asc(jobs::Column::DeadlineAt)
-        .all(db)
-        .await?
-        .into_iter()
-        .map(Into::into)
-        .collect())
 }

@@ -1,0 +1,126 @@
+//! Restic jobs: queued for the dispatcher, handed out, and put back.
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, sea_query::Expr,
+};
+
+use super::{ActorKind, Job, JobKind, JobStatus};
+use crate::entities::jobs;
+use crate::store::Result;
+
+/// A restic job to queue: what the dispatcher needs to send it later,
+/// after a restart too.
+#[derive(Clone, Debug)]
+pub struct NewResticJob {
+    pub host_id: i64,
+    pub kind: JobKind,
+    pub actor_kind: ActorKind,
+    pub actor_id: Option<i64>,
+    pub actor_name: String,
+    pub repository_id: i64,
+    pub plan_id: Option<i64>,
+    /// `wire::ResticOptions` as JSON (no secrets).
+    pub options: String,
+    pub scope: String,
+}
+
+pub async fn create_restic<C: ConnectionTrait>(db: &C, j: &NewResticJob, now: i64) -> Result<Job> {
+    let m = jobs::ActiveModel {
+        host_id: Set(j.host_id),
+        kind: Set(j.kind.as_str().into()),
+        status: Set(JobStatus::Queued.as_str().into()),
+        actor_kind: Set(j.actor_kind.as_str().into()),
+        actor_id: Set(j.actor_id),
+        actor_name: Set(j.actor_name.clone()),
+        created_at: Set(now),
+        log_bytes: Set(0),
+        log_lines: Set(0),
+        log_truncated: Set(false),
+        repository_id: Set(Some(j.repository_id)),
+        plan_id: Set(j.plan_id),
+        warning: Set(false),
+        options: Set(Some(j.options.clone())),
+        scope: Set(Some(j.scope.clone())),
+        ..Default::default()
+    }
+    .insert(db)
+    .await?;
+    Ok(m.into())
+}
+
+/// Queued restic jobs, oldest first (the dispatcher's work list). A
+/// restic job always names its repository; rows without one are not the
+/// dispatcher's.
+pub async fn queued_restic<C: ConnectionTrait>(db: &C, limit: u64) -> Result<Vec<Job>> {
+    Ok(jobs::Entity::find()
+        .filter(jobs::Column::Status.eq(JobStatus::Queued.as_str()))
+        .filter(jobs::Column::Kind.ne(JobKind::Update.as_str()))
+        .filter(jobs::Column::RepositoryId.is_not_null())
+        .order_by_asc(jobs::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect())
+}
+
+/// Running restic jobs (all hosts): what the dispatcher weighs a queued
+/// job against.
+pub async fn running_restic<C: ConnectionTrait>(db: &C) -> Result<Vec<Job>> {
+    Ok(jobs::Entity::find()
+        .filter(jobs::Column::Status.eq(JobStatus::Running.as_str()))
+        .filter(jobs::Column::Kind.ne(JobKind::Update.as_str()))
+        .filter(jobs::Column::RepositoryId.is_not_null())
+        .order_by_asc(jobs::Column::Id)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect())
+}
+
+/// Running restic jobs of one host.
+pub async fn running_restic_on_host<C: ConnectionTrait>(db: &C, host_id: i64) -> Result<Vec<Job>> {
+    Ok(jobs::Entity::find()
+        .filter(jobs::Column::HostId.eq(host_id))
+        .filter(jobs::Column::Status.eq(JobStatus::Running.as_str()))
+        .filter(jobs::Column::Kind.ne(JobKind::Update.as_str()))
+        .filter(jobs::Column::RepositoryId.is_not_null())
+        .all(db)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect())
+}
+
+/// queued → running as the command goes out, only if still queued.
+/// `started_at` stays empty until the agent says `job.started`: a job
+/// whose command was lost on the way can then be told from one that ran.
+pub async fn mark_dispatched<C: ConnectionTrait>(db: &C, job_id: i64, _now: i64) -> Result<bool> {
+    let res = jobs::Entity::update_many()
+        .col_expr(
+            jobs::Column::Status,
+            Expr::value(JobStatus::Running.as_str()),
+        )
+        .filter(jobs::Column::Id.eq(job_id))
+        .filter(jobs::Column::Status.eq(JobStatus::Queued.as_str()))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// running → queued when the command could not be handed to the agent.
+pub async fn requeue<C: ConnectionTrait>(db: &C, job_id: i64) -> Result<bool> {
+    let res = jobs::Entity::update_many()
+        .col_expr(
+            jobs::Column::Status,
+            Expr::value(JobStatus::Queued.as_str()),
+        )
+        .col_expr(jobs::Column::StartedAt, Expr::value(Option::<i64>::None))
+        .filter(jobs::Column::Id.eq(job_id))
+        .filter(jobs::Column::Status.eq(JobStatus::Running.as_str()))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
