@@ -37,12 +37,12 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
         // readers concurrent under WAL without piling up lock waits.
         opts.max_connections(8).min_connections(1);
         opts.map_sqlx_sqlite_opts(|o| {
-            // Set before any table exists, a new database is made with
-            // incremental vacuum, so the retention purge can give freed
-            // pages back to the file system (`ensure_incremental_vacuum`
-            // converts an older database once).
-            o.auto_vacuum(sea_orm::sqlx::sqlite::SqliteAutoVacuum::Incremental)
-                .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+            // No `auto_vacuum` here: setting it makes every new connection
+            // open a write transaction (SQLite writes the header's
+            // incremental-vacuum flag), so a pooled connection opened while
+            // another holds the write lock would wait for it, even to read.
+            // `ensure_incremental_vacuum` sets it once, at start.
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10))
@@ -72,9 +72,10 @@ pub async fn sqlite_pragma(db: &DatabaseConnection, name: &str) -> anyhow::Resul
     Ok(row.try_get_by_index::<i64>(0)?)
 }
 
-/// A SQLite database made before incremental vacuum was set (every
-/// connection asks for it, but an existing file keeps its mode until a
-/// full `VACUUM`) is rewritten once, so later purges can shrink the file.
+/// Puts a SQLite database in incremental auto-vacuum mode, so the
+/// retention purge can give freed pages back to the file system: a new
+/// (empty) database at once, one made before this mode was used by a
+/// one-time full `VACUUM` (an existing file keeps its mode until then).
 async fn ensure_incremental_vacuum(db: &DatabaseConnection) -> anyhow::Result<()> {
     use sea_orm::ConnectionTrait;
     let mode = sqlite_pragma(db, "auto_vacuum").await?;

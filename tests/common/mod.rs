@@ -159,10 +159,14 @@ impl TestApp {
         }
     }
 
-    /// A client with no session.
+    /// A client with no session. It keeps no idle connection: a request
+    /// sent on a pooled connection just as the server closes it for being
+    /// idle fails as an incomplete message and is not retried (a flake
+    /// after any long wait in a test), so each request opens its own.
     pub fn anon(&self) -> reqwest::Client {
         restic_manager::install_crypto_provider();
         reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
             .cookie_store(true)
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -182,6 +186,7 @@ impl TestApp {
             );
         }
         reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
             .default_headers(headers)
             .redirect(reqwest::redirect::Policy::none())
             .build()

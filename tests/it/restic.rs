@@ -111,13 +111,11 @@ impl<'a> Api<'a> {
         }
     }
 
-    /// Posts on a connection of its own (`Connection: close`): a POST sent
-    /// on a pooled connection that the server is just closing after a long
-    /// wait fails as an incomplete message, and is not retried.
+    /// Posts JSON (the harness's clients keep no idle connection, so a POST
+    /// never lands on one the server is closing).
     pub(crate) async fn post(&self, path: &str, body: Value) -> reqwest::Response {
         self.c
             .post(self.app.at(path))
-            .header(reqwest::header::CONNECTION, "close")
             .json(&body)
             .send()
             .await
