@@ -20,4 +20,5 @@ mod migrations;
 mod plans;
 mod restic;
 mod restore;
+mod tls;
 mod updates;
