@@ -20,5 +20,6 @@ mod migrations;
 mod plans;
 mod restic;
 mod restore;
+mod server_log;
 mod tls;
 mod updates;
