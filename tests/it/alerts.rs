@@ -942,12 +942,23 @@ async fn a_failed_repository_check_raises_an_alert_that_webhooks_carry_and_a_pas
     assert_eq!(api.finished(init).await["status"], "succeeded");
     let c = api.job(repo, "check", cfg.host_id).await;
     assert_eq!(api.finished(c).await["status"], "succeeded");
-    let active = api_alerts(&admin, &app, "?state=active").await;
-    assert!(
-        !active
+    // The job reads as ended once its row is written; what its end means
+    // (the resolve and its webhook, one transaction) follows just after.
+    eventually("the check alert resolved", || async {
+        let active = api_alerts(&admin, &app, "?state=active").await;
+        (!active
             .iter()
-            .any(|a| a["kind"] == "repository_check_failed"),
-        "{active:?}"
+            .any(|a| a["kind"] == "repository_check_failed"))
+        .then_some(())
+    })
+    .await;
+    let got = hook.wait_for(2).await;
+    assert!(
+        got.iter()
+            .map(Received::json)
+            .any(|b| b["event"] == "alert.resolved"
+                && b["alert"]["kind"] == "repository_check_failed"),
+        "the webhook carried the resolve"
     );
     agent.shutdown().await;
 }
