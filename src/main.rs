@@ -22,7 +22,8 @@ struct Cli {
     version: bool,
     #[command(flatten)]
     db: DbArgs,
-    /// Log format: human-readable text or JSON lines.
+    /// Log format: human-readable text or JSON lines; one line per event either
+    /// way (control characters in values are escaped).
     #[arg(
         long,
         env = "RM_LOG_FORMAT",

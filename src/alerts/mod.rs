@@ -7,7 +7,7 @@ pub mod notify;
 
 use std::{collections::HashSet, time::Duration};
 
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, TransactionTrait};
 
 pub use crate::store::alerts::{Alert, Raised, Severity};
 use crate::{
@@ -19,6 +19,7 @@ use crate::{
         alerts::{AlertState, NewAlert},
         notifications::DeliveryEvent,
     },
+    text,
 };
 
 /// Kinds raised so far; the dedup key is `<kind>:<subject id>`.
@@ -62,7 +63,8 @@ impl Alerts {
 }
 
 /// Raises an alert, or counts a repeat of the active one with the same key
-/// (count, last-seen and message change; no notification).
+/// (count, last-seen and message change; no notification). A new alert and
+/// its webhook deliveries are written in one transaction: both or neither.
 pub async fn raise(
     state: &AppState,
     kind: &str,
@@ -78,20 +80,54 @@ pub async fn raise(
         severity,
         message,
     };
-    let raised = store::alerts::raise(&state.db, &new, state.clock.now_ms()).await?;
+    let now = state.clock.now_ms();
+    let txn = state.db.begin().await?;
+    store::alerts::lock_for_write(&txn).await?;
+    let raised = store::alerts::raise(&txn, &new, now).await?;
+    let queued = match &raised {
+        Raised::New(a) => notify::write_deliveries(&txn, DeliveryEvent::Raised, a, now).await?,
+        Raised::Repeat(_) => Vec::new(),
+    };
+    txn.commit().await?;
     if let Raised::New(a) = &raised {
-        tracing::warn!(alert_id = a.id, kind, host_id, %severity, message, "alert raised");
-        notify::alert_changed(state, DeliveryEvent::Raised, a).await;
+        tracing::warn!(
+            alert_id = a.id,
+            kind = %text::one_line(kind, 64),
+            host_id,
+            %severity,
+            message = %text::one_line(message, text::AGENT_TEXT_MAX_BYTES),
+            "alert raised"
+        );
+        notify::queue_all(state, &queued);
     }
     Ok(raised)
 }
 
-/// Resolves the active alert with this key; `None` if none was active.
+/// Resolves the active alert with this key; `None` if none was active. The
+/// resolve and its webhook deliveries are written in one transaction.
 pub async fn resolve(state: &AppState, dedup_key: &str) -> store::Result<Option<Alert>> {
-    let resolved = store::alerts::resolve(&state.db, dedup_key, state.clock.now_ms()).await?;
+    // Read-only first: most calls (every hello) find nothing to resolve and
+    // need no write transaction.
+    if store::alerts::active(&state.db, dedup_key).await?.is_none() {
+        return Ok(None);
+    }
+    let now = state.clock.now_ms();
+    let txn = state.db.begin().await?;
+    store::alerts::lock_for_write(&txn).await?;
+    let resolved = store::alerts::resolve(&txn, dedup_key, now).await?;
+    let queued = match &resolved {
+        Some(a) => notify::write_deliveries(&txn, DeliveryEvent::Resolved, a, now).await?,
+        None => Vec::new(),
+    };
+    txn.commit().await?;
     if let Some(a) = &resolved {
-        tracing::info!(alert_id = a.id, kind = %a.kind, host_id = a.host_id, "alert resolved");
-        notify::alert_changed(state, DeliveryEvent::Resolved, a).await;
+        tracing::info!(
+            alert_id = a.id,
+            kind = %text::one_line(&a.kind, 64),
+            host_id = a.host_id,
+            "alert resolved"
+        );
+        notify::queue_all(state, &queued);
     }
     Ok(resolved)
 }

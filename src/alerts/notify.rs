@@ -42,7 +42,7 @@ pub const EVENT_HEADER: &str = "X-RM-Event";
 pub const DELIVERY_HEADER: &str = "X-RM-Delivery";
 
 /// A queued delivery: `(delivery id, target id)`.
-type Queued = (i64, i64);
+pub(super) type Queued = (i64, i64);
 
 /// Queue of deliveries for the worker.
 #[derive(Clone)]
@@ -290,25 +290,22 @@ fn alert_object(a: &Alert, host_name: Option<&str>) -> Value {
     })
 }
 
-/// Queues one delivery of this change per enabled target. Failures are
-/// logged: an alert is recorded even when its notification cannot be.
-pub async fn alert_changed(state: &AppState, event: DeliveryEvent, alert: &Alert) {
-    if let Err(e) = enqueue_alert(state, event, alert).await {
-        tracing::error!(error = %e, alert_id = alert.id, "queueing webhook notifications failed");
-    }
-}
-
-async fn enqueue_alert(
-    state: &AppState,
+/// Writes one delivery of this change per enabled target, in the
+/// transaction that records the change itself: an alert is never left
+/// without its notifications (nor they without it). Returns what to queue
+/// once that transaction has committed ([`queue_all`]).
+pub(super) async fn write_deliveries<C: sea_orm::ConnectionTrait>(
+    txn: &C,
     event: DeliveryEvent,
     alert: &Alert,
-) -> store::Result<usize> {
-    let targets = store::notifications::enabled_targets(&state.db).await?;
+    now: i64,
+) -> store::Result<Vec<Queued>> {
+    let targets = store::notifications::enabled_targets(txn).await?;
     if targets.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let host_name = match alert.host_id {
-        Some(h) => store::hosts::names(&state.db, &[h]).await?.remove(&h),
+        Some(h) => store::hosts::names(txn, &[h]).await?.remove(&h),
         None => None,
     };
     let payload = json!({
@@ -316,20 +313,21 @@ async fn enqueue_alert(
         "alert": alert_object(alert, host_name.as_deref()),
     })
     .to_string();
-    let now = state.clock.now_ms();
+    let mut queued = Vec::with_capacity(targets.len());
     for t in &targets {
-        let d = store::notifications::create_delivery(
-            &state.db,
-            t.id,
-            Some(alert.id),
-            event,
-            &payload,
-            now,
-        )
-        .await?;
-        state.alerts.notifier.queue(d.id, d.target_id);
+        let d =
+            store::notifications::create_delivery(txn, t.id, Some(alert.id), event, &payload, now)
+                .await?;
+        queued.push((d.id, d.target_id));
     }
-    Ok(targets.len())
+    Ok(queued)
+}
+
+/// Hands committed deliveries to the worker.
+pub(super) fn queue_all(state: &AppState, queued: &[Queued]) {
+    for &(delivery_id, target_id) in queued {
+        state.alerts.notifier.queue(delivery_id, target_id);
+    }
 }
 
 /// Queues a `test` event to one target (the settings page's button).

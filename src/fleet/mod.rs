@@ -181,7 +181,10 @@ async fn halt<O: FleetOps>(
     let halted = store::fleet_updates::halt(&txn, run_id, &reason, ops.now_ms()).await?;
     txn.commit().await?;
     if halted {
-        tracing::warn!(%reason, "fleet update halted");
+        tracing::warn!(
+            reason = %crate::text::one_line(&reason, crate::text::AGENT_TEXT_MAX_BYTES),
+            "fleet update halted"
+        );
         ops.raise_halted(run_id, &reason).await;
     }
     Ok(())

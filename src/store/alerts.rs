@@ -5,7 +5,7 @@ use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    QuerySelect, TransactionSession, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 use serde::{Deserialize, Serialize};
@@ -127,10 +127,31 @@ pub async fn active<C: ConnectionTrait>(db: &C, dedup_key: &str) -> Result<Optio
         .map(Into::into))
 }
 
+/// Takes the write lock before a transaction reads anything: on SQLite a
+/// transaction that read first cannot take the write lock once another
+/// connection has written (it fails at once, without waiting). A no-op
+/// update of no row; on Postgres it locks nothing.
+pub async fn lock_for_write<C: ConnectionTrait>(txn: &C) -> Result<()> {
+    alerts::Entity::update_many()
+        .col_expr(alerts::Column::Count, Expr::col(alerts::Column::Count))
+        .filter(alerts::Column::Id.lt(0))
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
 /// Raises an alert. A repeat of an active key updates count, last-seen and
 /// message. Concurrent first raises race on the partial unique index: the
 /// loser sees a unique violation and counts itself as a repeat instead.
-pub async fn raise<C: ConnectionTrait>(db: &C, a: &NewAlert<'_>, now: i64) -> Result<Raised> {
+///
+/// The insert runs in a savepoint (a transaction of its own when `db` is
+/// not one), so a lost race does not abort the caller's transaction on
+/// Postgres.
+pub async fn raise<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    a: &NewAlert<'_>,
+    now: i64,
+) -> Result<Raised> {
     // Three rounds cover every interleaving of one concurrent raise and one
     // resolve; more would mean the key flaps faster than we can write it.
     for _ in 0..3 {
@@ -164,9 +185,16 @@ pub async fn raise<C: ConnectionTrait>(db: &C, a: &NewAlert<'_>, now: i64) -> Re
             resolved_at: Set(None),
             ..Default::default()
         };
-        match m.insert(db).await {
-            Ok(m) => return Ok(Raised::New(m.into())),
-            Err(e) if is_unique_violation(&e) => continue,
+        let savepoint = db.begin().await?;
+        match m.insert(&savepoint).await {
+            Ok(m) => {
+                savepoint.commit().await?;
+                return Ok(Raised::New(m.into()));
+            }
+            Err(e) if is_unique_violation(&e) => {
+                savepoint.rollback().await?;
+                continue;
+            }
             Err(e) => return Err(e.into()),
         }
     }

@@ -942,12 +942,97 @@ async fn a_failed_repository_check_raises_an_alert_that_webhooks_carry_and_a_pas
     assert_eq!(api.finished(init).await["status"], "succeeded");
     let c = api.job(repo, "check", cfg.host_id).await;
     assert_eq!(api.finished(c).await["status"], "succeeded");
-    let active = api_alerts(&admin, &app, "?state=active").await;
-    assert!(
-        !active
+    // The job reads as ended once its row is written; what its end means
+    // (the resolve and its webhook, one transaction) follows just after.
+    eventually("the check alert resolved", || async {
+        let active = api_alerts(&admin, &app, "?state=active").await;
+        (!active
             .iter()
-            .any(|a| a["kind"] == "repository_check_failed"),
-        "{active:?}"
+            .any(|a| a["kind"] == "repository_check_failed"))
+        .then_some(())
+    })
+    .await;
+    let got = hook.wait_for(2).await;
+    assert!(
+        got.iter()
+            .map(Received::json)
+            .any(|b| b["event"] == "alert.resolved"
+                && b["alert"]["kind"] == "repository_check_failed"),
+        "the webhook carried the resolve"
     );
     agent.shutdown().await;
+}
+
+/// Marks an alert message whose webhook delivery the database refuses.
+const REFUSED: &str = "REFUSE-DELIVERY";
+
+/// A trigger that makes inserting a delivery whose payload holds
+/// [`REFUSED`] fail: a failure injected between an alert and its
+/// deliveries, switched by the alert's message (no DDL while the server
+/// runs, whose SQLite connections cache the schema).
+async fn refuse_marked_deliveries(app: &TestApp) {
+    use sea_orm::ConnectionTrait;
+    let sql: &[&str] = if app.is_sqlite() {
+        &[
+            "CREATE TRIGGER refuse_deliveries BEFORE INSERT ON notification_deliveries \
+           WHEN NEW.payload LIKE '%REFUSE-DELIVERY%' \
+           BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+        ]
+    } else {
+        &[
+            "CREATE FUNCTION refuse_delivery() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF NEW.payload LIKE '%REFUSE-DELIVERY%' THEN RAISE EXCEPTION 'injected failure'; \
+             END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER refuse_deliveries BEFORE INSERT ON notification_deliveries \
+             FOR EACH ROW EXECUTE FUNCTION refuse_delivery()",
+        ]
+    };
+    for s in sql {
+        app.db().execute_unprepared(s).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_alert_and_its_webhook_deliveries_are_written_together() {
+    let app = TestApp::spawn_with(fast_retries).await;
+    let hook = Receiver::start(&[]).await;
+    add_target(&app, "ops", &hook.url, "").await;
+    refuse_marked_deliveries(&app).await;
+    let st = app.state();
+    let raise = |message: &'static str| {
+        alerts::raise(st, "test_kind", "test:tx", None, Severity::Warning, message)
+    };
+    let refused = "disk full REFUSE-DELIVERY";
+    assert!(refused.contains(REFUSED));
+
+    // Writing the delivery fails: the alert is not recorded either.
+    let r = raise(refused).await;
+    assert!(r.is_err(), "the raise reported success: {r:?}");
+    assert_eq!(
+        app.count("alerts").await,
+        0,
+        "an alert without its delivery"
+    );
+
+    assert!(raise("disk full").await.unwrap().is_new());
+    assert_eq!(app.count("notification_deliveries").await, 1);
+
+    // Resolving: the same; the alert stays active without its delivery. (A
+    // repeat raise sends nothing, and makes the resolve's payload refused.)
+    assert!(!raise(refused).await.unwrap().is_new());
+    assert!(alerts::resolve(st, "test:tx").await.is_err());
+    let active = || app.count("alerts WHERE resolved_at IS NULL");
+    assert_eq!(active().await, 1, "resolved without its delivery");
+    assert!(!raise("disk full").await.unwrap().is_new());
+    assert!(alerts::resolve(st, "test:tx").await.unwrap().is_some());
+    assert_eq!(active().await, 0);
+    assert_eq!(app.count("notification_deliveries").await, 2);
+
+    let events: Vec<_> = hook
+        .wait_for(2)
+        .await
+        .iter()
+        .map(|r| r.json()["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(events, ["alert.raised", "alert.resolved"]);
 }

@@ -642,3 +642,70 @@ async fn a_deleted_users_live_logs_end_and_streams_per_user_are_capped() {
     assert!(data.contains("still watched"), "{data}");
     a.shutdown().await;
 }
+
+/// Makes the database refuse every insert of a log line for the next
+/// `window` (by the database's clock): a trigger reading a table the test
+/// writes, so no lock has to be held from here.
+async fn refuse_log_writes_for(app: &TestApp, window: std::time::Duration) {
+    use sea_orm::ConnectionTrait;
+    let sql: &[&str] = if app.is_sqlite() {
+        &[
+            "CREATE TABLE refuse_log_writes (until_ms BIGINT NOT NULL)",
+            "CREATE TRIGGER refuse_log_writes BEFORE INSERT ON job_logs \
+             WHEN (SELECT MAX(until_ms) FROM refuse_log_writes) > \
+                  CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) \
+             BEGIN SELECT RAISE(ABORT, 'injected: writes refused'); END",
+            "INSERT INTO refuse_log_writes (until_ms) VALUES \
+             (CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) + {ms})",
+        ]
+    } else {
+        &[
+            "CREATE TABLE refuse_log_writes (until_ms BIGINT NOT NULL)",
+            "CREATE FUNCTION refuse_log_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF (SELECT MAX(until_ms) FROM refuse_log_writes) > \
+                (extract(epoch FROM clock_timestamp()) * 1000)::bigint \
+             THEN RAISE EXCEPTION 'injected: writes refused'; END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER refuse_log_writes BEFORE INSERT ON job_logs \
+             FOR EACH ROW EXECUTE FUNCTION refuse_log_write()",
+            "INSERT INTO refuse_log_writes (until_ms) VALUES \
+             ((extract(epoch FROM clock_timestamp()) * 1000)::bigint + {ms})",
+        ]
+    };
+    for s in sql {
+        let s = s.replace("{ms}", &window.as_millis().to_string());
+        app.db().execute_unprepared(&s).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn log_lines_the_database_refuses_for_a_moment_are_stored_in_order_after_it() {
+    let app = TestApp::spawn().await;
+    let (cfg, a) = app.host("web-1").online().await;
+    let id = new_job(&app, cfg.host_id).await;
+    let s = a.sender();
+    s.send_message(&started(id)).await.unwrap();
+    app.wait_job(id, "running").await;
+
+    let window = std::time::Duration::from_secs(1);
+    let since = std::time::Instant::now();
+    refuse_log_writes_for(&app, window).await;
+    const N: i64 = 600;
+    for seq in 1..=N {
+        s.send_message(&line(id, seq, &format!("line {seq}")))
+            .await
+            .unwrap();
+    }
+    s.send_message(&succeeded(id)).await.unwrap();
+    if since.elapsed() < window * 7 / 10 {
+        // The refusal works: nothing got in yet.
+        assert_eq!(logs(&app, id).await.len(), 0);
+    }
+    app.wait_job(id, "succeeded").await;
+    let all = logs(&app, id).await;
+    let seqs: Vec<i64> = all.iter().map(|v| v["seq"].as_i64().unwrap()).collect();
+    let pos: Vec<i64> = all.iter().map(|v| v["pos"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=N).collect::<Vec<_>>(), "every line, in order");
+    assert_eq!(pos, (1..=N).collect::<Vec<_>>());
+    assert_eq!(all.last().unwrap()["data"], format!("line {N}"));
+    a.shutdown().await;
+}

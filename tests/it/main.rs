@@ -21,4 +21,6 @@ mod plans;
 mod restic;
 mod restore;
 mod retention;
+mod server_log;
+mod tls;
 mod updates;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use rustls_platform_verifier::BuilderVerifierExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -14,7 +15,7 @@ use tokio_tungstenite::tungstenite::http::{self, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{debug, error, info, warn};
 use url::Url;
 
@@ -63,6 +64,28 @@ pub(super) fn ws_request(url: &Url, secret: &str) -> Result<http::Request<()>, C
         headers.insert(http::header::USER_AGENT, agent);
     }
     Ok(request)
+}
+
+/// The TLS setup of a `wss://` connection: the operating system's trust
+/// store through rustls-platform-verifier, as reqwest (enrollment, the
+/// updater's download) uses it, so a server on a private CA that the host
+/// trusts (or `SSL_CERT_FILE` / `SSL_CERT_DIR` name) works for both.
+/// Built per connection attempt: a CA installed while the agent runs is
+/// picked up at the next reconnect. `None` for `ws://`.
+fn tls_connector(url: &Url) -> Result<Option<Connector>, String> {
+    if url.scheme() != "wss" {
+        return Ok(None);
+    }
+    crate::install_crypto_provider();
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_platform_verifier())
+        .map_err(|e| format!("cannot set up TLS with the system's certificates: {e}"))?
+        .with_no_client_auth();
+    Ok(Some(Connector::Rustls(std::sync::Arc::new(config))))
 }
 
 fn ws_config() -> WebSocketConfig {
@@ -198,9 +221,24 @@ impl Runner {
 
     async fn attempt(&mut self) -> Result<Attempt, ClientError> {
         let request = ws_request(&self.url, &self.config.secret)?;
+        let connector = match tls_connector(&self.url) {
+            Ok(c) => c,
+            Err(message) => {
+                error!(url = %self.url, error = %message, "cannot connect to the server");
+                self.note_error(message);
+                return Ok(Attempt::NotConnected {
+                    fatal_for_now: true,
+                });
+            }
+        };
         let connect = tokio::time::timeout(
             self.opts.idle_timeout,
-            tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), true),
+            tokio_tungstenite::connect_async_tls_with_config(
+                request,
+                Some(ws_config()),
+                true,
+                connector,
+            ),
         );
         let result = tokio::select! {
             () = self.shutdown.wait() => return Ok(Attempt::Shutdown),

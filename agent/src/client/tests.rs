@@ -265,10 +265,8 @@ async fn unknown_and_malformed_frames_do_not_break_the_connection() {
                     WsMessage::Close(frame) => {
                         let _ = seen_tx.send((
                             ponged,
-                            frame.map(|f| Envelope {
-                                kind: format!("close:{}", u16::from(f.code)),
-                                id: None,
-                                payload: serde_json::Value::Null,
+                            frame.map(|f| {
+                                Envelope::of_kind(&format!("close:{}", u16::from(f.code)), &())
                             }),
                         ));
                     }
