@@ -132,6 +132,10 @@ pub struct Opts {
     /// Hosts (simulated agents) in the scheduling wave.
     #[arg(long, default_value_t = 10_000)]
     pub wave_hosts: usize,
+    /// Seconds between creating the wave's plan and its due minute (at
+    /// least): the scheduler must have stored every host's run by then.
+    #[arg(long, default_value_t = 240)]
+    pub wave_lead_secs: u64,
     /// Hosts in the history scenario.
     #[arg(long, default_value_t = 10_000)]
     pub history_hosts: usize,

@@ -195,7 +195,11 @@ pub fn check_wave(d: &[Dispatch], n: usize) -> Result<f64> {
     let mut hosts = HashSet::new();
     let mut jobs = HashSet::new();
     for x in d {
-        ensure!(x.host < n, "a job went to agent #{}, outside the fleet of {n}", x.host);
+        ensure!(
+            x.host < n,
+            "a job went to agent #{}, outside the fleet of {n}",
+            x.host
+        );
         ensure!(
             hosts.insert(x.host),
             "agent #{} received more than one job in the wave",
@@ -214,11 +218,7 @@ pub fn check_wave(d: &[Dispatch], n: usize) -> Result<f64> {
             -x.after_due_ms
         );
     }
-    ensure!(
-        d.len() == n,
-        "the wave dispatched {} of {n} jobs",
-        d.len()
-    );
+    ensure!(d.len() == n, "the wave dispatched {} of {n} jobs", d.len());
     Ok(d.iter().map(|x| x.after_due_ms).fold(0.0, f64::max))
 }
 
@@ -270,15 +270,20 @@ pub fn splay_histogram(
 pub struct HealthCounts {
     pub stale: String,
     pub failing: String,
-    pub ok: String,
+    pub unprotected: String,
 }
 
 /// The tiles must count what was seeded.
-pub fn check_health_tiles(c: &HealthCounts, stale: i64, failing: i64, ok: i64) -> Result<()> {
+pub fn check_health_tiles(
+    c: &HealthCounts,
+    stale: i64,
+    failing: i64,
+    unprotected: i64,
+) -> Result<()> {
     for (what, shown, want) in [
         ("stale", &c.stale, stale),
         ("failing", &c.failing, failing),
-        ("ok", &c.ok, ok),
+        ("unprotected", &c.unprotected, unprotected),
     ] {
         ensure!(
             shown.trim() == want.to_string(),
@@ -421,7 +426,10 @@ mod tests {
         assert!(check_wave(&[dispatch(0, 1, 1.0), dispatch(1, 1, 1.0)], 2).is_err());
         let early = check_wave(&[dispatch(0, 1, -500.0)], 1).unwrap_err();
         assert!(early.to_string().contains("before"), "{early}");
-        assert!(check_wave(&[dispatch(5, 1, 1.0)], 1).is_err(), "unknown agent");
+        assert!(
+            check_wave(&[dispatch(5, 1, 1.0)], 1).is_err(),
+            "unknown agent"
+        );
     }
 
     #[test]
@@ -433,9 +441,18 @@ mod tests {
         assert_eq!(h.buckets, vec![2, 1, 1]);
         assert_eq!(h.busiest, 2);
         assert!((h.average - 4.0 / 3.0).abs() < 1e-9);
-        assert!(splay_histogram(&runs, t0, 180_000, 60_000, 5).is_err(), "a host without a run");
-        assert!(splay_histogram(&[t0 - 1], t0, 180_000, 60_000, 1).is_err(), "before the time");
-        assert!(splay_histogram(&[t0 + 180_000], t0, 180_000, 60_000, 1).is_err(), "after the window");
+        assert!(
+            splay_histogram(&runs, t0, 180_000, 60_000, 5).is_err(),
+            "a host without a run"
+        );
+        assert!(
+            splay_histogram(&[t0 - 1], t0, 180_000, 60_000, 1).is_err(),
+            "before the time"
+        );
+        assert!(
+            splay_histogram(&[t0 + 180_000], t0, 180_000, 60_000, 1).is_err(),
+            "after the window"
+        );
     }
 
     #[test]
@@ -443,10 +460,12 @@ mod tests {
         let c = HealthCounts {
             stale: " 1000 ".into(),
             failing: "500".into(),
-            ok: "8500".into(),
+            unprotected: "0".into(),
         };
-        assert!(check_health_tiles(&c, 1000, 500, 8500).is_ok());
-        let e = check_health_tiles(&c, 1000, 499, 8501).unwrap_err().to_string();
+        assert!(check_health_tiles(&c, 1000, 500, 0).is_ok());
+        let e = check_health_tiles(&c, 1000, 499, 0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("failing"), "{e}");
     }
 

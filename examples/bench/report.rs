@@ -249,7 +249,11 @@ mod tests {
         let r = Row::new("s", "busiest", "runs", vec![1.0]).goal(Goal::RatioAtMost(1.5));
         assert_eq!(r.verdict(), Verdict::Miss, "no baseline, no pass");
         let t = Row::todo("s", "purge", "after the retention branch lands");
-        assert_eq!(t.verdict(), Verdict::NoTarget, "a TODO is neither pass nor miss");
+        assert_eq!(
+            t.verdict(),
+            Verdict::NoTarget,
+            "a TODO is neither pass nor miss"
+        );
         let md = markdown(&[t]);
         assert!(
             md.contains("| s | purge | TODO: after the retention branch lands |"),

@@ -437,9 +437,10 @@ async fn answer_restic(
         exit_code: Some(0),
         warning: false,
         error_kind: None,
-        result: result.map(|r| serde_json::to_value(r)).transpose()?,
+        result: result.map(serde_json::to_value).transpose()?,
     };
-    ws.send(Message::text(finished.envelope().to_text())).await?;
+    ws.send(Message::text(finished.envelope().to_text()))
+        .await?;
     let _ = ev.send(Ev::Answered {
         idx,
         at: Instant::now(),

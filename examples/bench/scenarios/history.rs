@@ -102,9 +102,15 @@ async fn seed_jobs(db: &DatabaseConnection, s: &Shape) -> Result<()> {
     while lo < s.jobs() {
         let hi = (lo + chunk).min(s.jobs());
         let (with, from) = series(b, lo, hi);
-        let (h, k) = (format!("(s.i % {})", s.hosts), format!("(s.i / {})", s.hosts));
+        let (h, k) = (
+            format!("(s.i % {})", s.hosts),
+            format!("(s.i / {})", s.hosts),
+        );
         let created = format!("({} - ({} - {k}) * {DAY} + {h} * 8)", s.now, s.per_host);
-        let failed = format!("({k} < {} AND ({k} + {h}) % 50 = 0)", s.per_host - s.snaps_per_host);
+        let failed = format!(
+            "({k} < {} AND ({k} + {h}) % 50 = 0)",
+            s.per_host - s.snaps_per_host
+        );
         let sql = format!(
             "INSERT INTO jobs (host_id, kind, status, actor_kind, actor_name, created_at, started_at, \
              finished_at, exit_code, error, log_bytes, log_lines, log_truncated, repository_id, plan_id, \
@@ -145,7 +151,10 @@ async fn seed_snapshots(db: &DatabaseConnection, s: &Shape) -> Result<()> {
     let (with, from) = series(b, first, s.jobs());
     let h = format!("(s.i % {})", s.hosts);
     let k = format!("(s.i / {})", s.hosts);
-    let time = format!("({} - ({} - {k}) * {DAY} + {h} * 8 + 60500)", s.now, s.per_host);
+    let time = format!(
+        "({} - ({} - {k}) * {DAY} + {h} * 8 + 60500)",
+        s.now, s.per_host
+    );
     let hex = hex64(b, "s.i + 1");
     let sql = format!(
         "INSERT INTO snapshots (repository_id, scope_host_id, host_id, snapshot_id, short_id, time, \
@@ -273,7 +282,11 @@ async fn raw_dashboard(db: &DatabaseConnection, q: &Raw, filter: Option<&str>) -
     scalar(db, &format!("SELECT COUNT(*) FROM hosts{w}")).await?;
     scalar(db, "SELECT COUNT(*) FROM hosts").await?;
     scalar(db, "SELECT COUNT(*) FROM hosts WHERE online = TRUE").await?;
-    scalar(db, &format!("SELECT COUNT(*) FROM hosts WHERE {}", q.behind)).await?;
+    scalar(
+        db,
+        &format!("SELECT COUNT(*) FROM hosts WHERE {}", q.behind),
+    )
+    .await?;
     Ok(())
 }
 
@@ -282,13 +295,21 @@ const SNAPSHOTS: &str = "SELECT id, repository_id, scope_host_id, host_id, snaps
      duration_ms FROM snapshots WHERE host_id = {h} ORDER BY time DESC, id DESC LIMIT {n} OFFSET 0";
 
 async fn raw_host_page(db: &DatabaseConnection, host: i64) -> Result<()> {
-    query(db, &format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = {host}")).await?;
+    query(
+        db,
+        &format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = {host}"),
+    )
+    .await?;
     query(
         db,
         &format!("SELECT * FROM jobs WHERE host_id = {host} ORDER BY id DESC LIMIT 10 OFFSET 0"),
     )
     .await?;
-    query(db, &format!("SELECT id, name FROM hosts WHERE id IN ({host})")).await?;
+    query(
+        db,
+        &format!("SELECT id, name FROM hosts WHERE id IN ({host})"),
+    )
+    .await?;
     query(
         db,
         &format!(
@@ -304,7 +325,11 @@ async fn raw_host_page(db: &DatabaseConnection, host: i64) -> Result<()> {
             .replace("{n}", "50"),
     )
     .await?;
-    query(db, "SELECT * FROM repositories ORDER BY name LIMIT 1000 OFFSET 0").await?;
+    query(
+        db,
+        "SELECT * FROM repositories ORDER BY name LIMIT 1000 OFFSET 0",
+    )
+    .await?;
     Ok(())
 }
 
@@ -357,7 +382,9 @@ async fn validate(c: &reqwest::Client, base: &str, s: &Shape) -> Result<()> {
     let sel = |x: &str| scraper::Selector::parse(x).expect("static selector");
     let tile = |doc: &scraper::Html, state: &str| -> Result<String> {
         Ok(doc
-            .select(&sel(&format!("[data-testid=tile-backup-{state}] .tile-value")))
+            .select(&sel(&format!(
+                "[data-testid=tile-backup-{state}] .tile-value"
+            )))
             .next()
             .with_context(|| format!("GET / shows no {state} tile"))?
             .text()
@@ -372,9 +399,9 @@ async fn validate(c: &reqwest::Client, base: &str, s: &Shape) -> Result<()> {
     let counts = checks::HealthCounts {
         stale: tile(&home, "stale")?,
         failing: tile(&home, "failing")?,
-        ok: tile(&home, "ok")?,
+        unprotected: tile(&home, "unprotected")?,
     };
-    checks::check_health_tiles(&counts, stale, failing, s.hosts - stale - failing)?;
+    checks::check_health_tiles(&counts, stale, failing, 0)?;
     let last = home.select(&sel("td[data-testid=last-backup]")).count();
     ensure!(last == 100, "GET / shows {last} last-backup cells");
     let page = scraper::Html::parse_document(&get(c, &format!("{base}/?backup=stale")).await?);
@@ -385,15 +412,16 @@ async fn validate(c: &reqwest::Client, base: &str, s: &Shape) -> Result<()> {
     );
     let host = s.first_host + 1;
     let page = scraper::Html::parse_document(&get(c, &format!("{base}/hosts/{host}")).await?);
-    let n = page.select(&sel("tr[data-testid=host-snapshot-row]")).count();
+    let n = page
+        .select(&sel("tr[data-testid=host-snapshot-row]"))
+        .count();
     ensure!(
         n as i64 == s.snaps_per_host.min(50),
         "the host page shows {n} snapshots, {} were seeded",
         s.snaps_per_host
     );
-    let api: Vec<serde_json::Value> = serde_json::from_str(
-        &get(c, &format!("{base}/api/snapshots?host_id={host}")).await?,
-    )?;
+    let api: Vec<serde_json::Value> =
+        serde_json::from_str(&get(c, &format!("{base}/api/snapshots?host_id={host}")).await?)?;
     ensure!(
         api.len() as i64 == s.snaps_per_host.min(100)
             && api.iter().all(|x| x["host_id"].as_i64() == Some(host)),

@@ -33,9 +33,6 @@ use crate::{
 
 pub const LABEL: &str = "bench-wave";
 const CONNECT_LIMIT: Duration = Duration::from_secs(300);
-/// The plan is created at least this long before its minute, so the
-/// scheduler has stored every host's run before it is due.
-const LEAD_MS: i64 = 40_000;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -108,7 +105,10 @@ pub async fn wait_planned(db: &DatabaseConnection, plan_id: i64, n: usize) -> Re
         if got == n {
             return Ok(t.elapsed());
         }
-        ensure!(got < n, "plan {plan_id} has {got} stored runs for {n} hosts");
+        ensure!(
+            got < n,
+            "plan {plan_id} has {got} stored runs for {n} hosts"
+        );
         if t.elapsed() > Duration::from_secs(300) {
             bail!("the scheduler stored {got} of {n} runs of plan {plan_id} in 300 s");
         }
@@ -166,13 +166,16 @@ async fn one_run(ctx: &Ctx, run: usize, n: usize) -> Result<Measured> {
     let repo = repository(&server, &c).await?;
 
     // splay 0: one minute for everyone.
-    let due = due_minute(now_ms(), LEAD_MS);
+    // Created this long before its minute, so the scheduler has stored
+    // every host's run before it is due (checked below).
+    let due = due_minute(now_ms(), ctx.opts.wave_lead_secs as i64 * 1000);
     let plan_id = plan(&server, &c, repo, "wave", &cron_at(due), 0).await?;
     let planned = wait_planned(&db, plan_id, n).await?;
     let (anchor_ms, anchor) = (now_ms(), Instant::now());
     ensure!(
         anchor_ms < due,
-        "the scheduler stored the {n} runs {:.1} s after the plan was created, past its due minute",
+        "the scheduler stored the {n} runs {:.1} s after the plan was created, past its due minute: \
+         raise --wave-lead-secs",
         planned.as_secs_f64()
     );
     let next_runs = scalar(
@@ -245,7 +248,9 @@ async fn one_run(ctx: &Ctx, run: usize, n: usize) -> Result<Measured> {
     loop {
         let ok = scalar(
             &db,
-            &format!("SELECT COUNT(*) FROM jobs WHERE plan_id = {plan_id} AND status = 'succeeded'"),
+            &format!(
+                "SELECT COUNT(*) FROM jobs WHERE plan_id = {plan_id} AND status = 'succeeded'"
+            ),
         )
         .await?;
         if ok as usize == n {
@@ -325,7 +330,8 @@ async fn raw_inserts(
             JobKind::Backup.as_str(),
             a.host_id
         );
-        txn.execute_raw(Statement::from_string(backend, sql)).await?;
+        txn.execute_raw(Statement::from_string(backend, sql))
+            .await?;
     }
     txn.commit().await?;
     Ok(t.elapsed().as_secs_f64())
@@ -362,7 +368,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         .goal(Goal::Below(10.0)),
         Row::new(
             &section,
-            "splay 0: due minute → last job.finished taken in",
+            "splay 0: due minute → last agent answered (job.started + job.finished sent)",
             "s",
             col(&|m| m.all_done_s),
         ),
