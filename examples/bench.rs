@@ -1,7 +1,7 @@
 //! `just bench`: benchmarks of the release server over real sockets on
 //! 127.0.0.1 — simulated agents on real WebSockets, the dashboard at 10,000
 //! hosts, a rolling update, binary downloads, live logs, the agent's
-//! footprint — each figure as median and spread over runs beside a
+//! footprint, a scheduling wave, history at scale — each figure as median and spread over runs beside a
 //! baseline measured in the same runs (see BENCHMARKS.md). It refuses to
 //! print a number for work the server did not do: a missing ack, an HTTP
 //! error, a short download or a lost log line ends it with an error.
@@ -58,15 +58,21 @@ pub enum Scenario {
     Logs,
     /// 6: agent binary size and idle RSS
     Footprint,
+    /// 7: a scheduling wave: 10,000 hosts due in the same minute, splay 0 and 3600
+    Wave,
+    /// 8: history at scale: 1,000,000 jobs and 300,000 snapshots, SQLite and Postgres
+    History,
 }
 
-const ALL: [Scenario; 6] = [
+const ALL: [Scenario; 8] = [
     Scenario::Agents,
     Scenario::Dashboard,
     Scenario::Rolling,
     Scenario::Downloads,
     Scenario::Logs,
     Scenario::Footprint,
+    Scenario::Wave,
+    Scenario::History,
 ];
 
 #[derive(Parser, Debug, Clone)]
@@ -123,6 +129,22 @@ pub struct Opts {
     /// Seconds of live log per run.
     #[arg(long, default_value_t = 5)]
     pub log_secs: u64,
+    /// Hosts (simulated agents) in the scheduling wave.
+    #[arg(long, default_value_t = 10_000)]
+    pub wave_hosts: usize,
+    /// Seconds between creating the wave's plan and its due minute (at
+    /// least): the scheduler must have stored every host's run by then.
+    #[arg(long, default_value_t = 240)]
+    pub wave_lead_secs: u64,
+    /// Hosts in the history scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub history_hosts: usize,
+    /// Finished backup jobs in the history scenario (spread evenly over the hosts).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub history_jobs: usize,
+    /// Indexed snapshots in the history scenario (the newest backups of each host).
+    #[arg(long, default_value_t = 300_000)]
+    pub history_snapshots: usize,
     /// Do not run `cargo build --release --workspace --bins --examples` first.
     #[arg(long)]
     pub no_build: bool,
@@ -259,6 +281,13 @@ async fn run(opts: Opts) -> Result<ExitCode> {
     } else {
         0
     }
+    .max(
+        if opts.only.is_empty() || opts.only.contains(&Scenario::Wave) {
+            opts.wave_hosts
+        } else {
+            0
+        },
+    )
     .max(opts.fleet)
     .max(opts.viewers);
     let limit = sys::raise_nofile(max_agents as u64 + 2048)?;
@@ -315,6 +344,8 @@ async fn run(opts: Opts) -> Result<ExitCode> {
             Scenario::Downloads => scenarios::downloads::run(&ctx).await,
             Scenario::Logs => scenarios::logs::run(&ctx).await,
             Scenario::Footprint => scenarios::footprint::run(&ctx).await,
+            Scenario::Wave => scenarios::wave::run(&ctx).await,
+            Scenario::History => scenarios::history::run(&ctx).await,
         }
         .with_context(|| format!("scenario {s:?}"));
         match r {
@@ -403,6 +434,9 @@ mod tests {
         assert_eq!(o.agents, vec![10]);
         assert_eq!(o.runs_or(5), 5);
         assert!(Opts::try_parse_from(["bench", "--only", "nonsense"]).is_err());
+        let o = Opts::try_parse_from(["bench", "--only", "wave,history"]).unwrap();
+        assert_eq!(o.only, vec![Scenario::Wave, Scenario::History]);
+        assert_eq!((o.wave_hosts, o.history_jobs), (10_000, 1_000_000));
         let o = Opts::try_parse_from(["bench", "--runs", "0"]).unwrap();
         assert_eq!(o.runs_or(5), 1, "at least one run");
     }

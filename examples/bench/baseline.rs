@@ -150,7 +150,7 @@ pub async fn agent(ws_url: String) -> Result<()> {
         .context("bad ws url")?
         .parse()?;
     let mut ws = super::sim::connect(&ws_url, addr, std::net::Ipv4Addr::LOCALHOST, &secret).await?;
-    super::sim::hello(&mut ws, "baseline", "baseline-agent", None).await?;
+    super::sim::hello(&mut ws, "baseline", "baseline-agent", None, false).await?;
     eprintln!("baseline agent connected");
     while let Some(m) = ws.next().await {
         m?;

@@ -176,6 +176,123 @@ pub fn rolling_overheads(steps: &[UpdateStep], n: usize) -> Result<Vec<f64>> {
     Ok(out)
 }
 
+/// One `command.restic` a simulated agent received in a scheduling wave:
+/// which agent, which job, and when relative to the plan's due instant.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dispatch {
+    pub host: usize,
+    pub job_id: i64,
+    pub after_due_ms: f64,
+}
+
+/// Clock slack allowed between the server's due instant and this tool's
+/// (both read the same system clock; the tool maps it onto `Instant`).
+pub const EARLY_SLACK_MS: f64 = 50.0;
+
+/// A wave of `n` hosts must dispatch exactly one job to each, no job twice,
+/// none before the due instant. Returns the last dispatch (ms after due).
+pub fn check_wave(d: &[Dispatch], n: usize) -> Result<f64> {
+    let mut hosts = HashSet::new();
+    let mut jobs = HashSet::new();
+    for x in d {
+        ensure!(
+            x.host < n,
+            "a job went to agent #{}, outside the fleet of {n}",
+            x.host
+        );
+        ensure!(
+            hosts.insert(x.host),
+            "agent #{} received more than one job in the wave",
+            x.host
+        );
+        ensure!(
+            jobs.insert(x.job_id),
+            "job {} was dispatched to two agents",
+            x.job_id
+        );
+        ensure!(
+            x.after_due_ms >= -EARLY_SLACK_MS,
+            "agent #{} received job {} {:.0} ms before the plan was due",
+            x.host,
+            x.job_id,
+            -x.after_due_ms
+        );
+    }
+    ensure!(d.len() == n, "the wave dispatched {} of {n} jobs", d.len());
+    Ok(d.iter().map(|x| x.after_due_ms).fold(0.0, f64::max))
+}
+
+/// Runs per bucket of a splayed schedule.
+#[derive(Debug, PartialEq)]
+pub struct Histogram {
+    pub buckets: Vec<usize>,
+    pub busiest: usize,
+    pub average: f64,
+}
+
+/// Buckets the stored next runs of one plan (ms) into `bucket`-wide slots
+/// of the `window` starting at `t0`. Every one of the `n` hosts must have a
+/// run, inside the window.
+pub fn splay_histogram(
+    runs: &[i64],
+    t0: i64,
+    window: i64,
+    bucket: i64,
+    n: usize,
+) -> Result<Histogram> {
+    ensure!(bucket > 0 && window >= bucket, "bad histogram shape");
+    ensure!(
+        runs.len() == n,
+        "the scheduler stored {} runs for {n} hosts",
+        runs.len()
+    );
+    let slots = (window / bucket) as usize;
+    let mut buckets = vec![0usize; slots];
+    for &r in runs {
+        let off = r - t0;
+        ensure!(
+            (0..window).contains(&off),
+            "a run is stored {:.1} s from the plan's time, outside its {} s splay",
+            off as f64 / 1e3,
+            window / 1000
+        );
+        buckets[((off / bucket) as usize).min(slots - 1)] += 1;
+    }
+    let busiest = buckets.iter().copied().max().unwrap_or(0);
+    Ok(Histogram {
+        average: n as f64 / slots as f64,
+        busiest,
+        buckets,
+    })
+}
+
+/// The dashboard's health tiles as shown (text of each tile's value).
+pub struct HealthCounts {
+    pub stale: String,
+    pub failing: String,
+    pub unprotected: String,
+}
+
+/// The tiles must count what was seeded.
+pub fn check_health_tiles(
+    c: &HealthCounts,
+    stale: i64,
+    failing: i64,
+    unprotected: i64,
+) -> Result<()> {
+    for (what, shown, want) in [
+        ("stale", &c.stale, stale),
+        ("failing", &c.failing, failing),
+        ("unprotected", &c.unprotected, unprotected),
+    ] {
+        ensure!(
+            shown.trim() == want.to_string(),
+            "the {what} tile shows {shown:?}, {want} were seeded"
+        );
+    }
+    Ok(())
+}
+
 /// A stripped ELF binary has no `.symtab` section (its name would sit in
 /// the section-name table).
 pub fn is_stripped(elf: &[u8]) -> bool {
@@ -283,6 +400,73 @@ mod tests {
             back: None,
         };
         assert!(rolling_overheads(&[step(0, 0.0, 1.0), lost], 2).is_err());
+    }
+
+    fn dispatch(host: usize, job_id: i64, after_due_ms: f64) -> Dispatch {
+        Dispatch {
+            host,
+            job_id,
+            after_due_ms,
+        }
+    }
+
+    #[test]
+    fn a_wave_dispatches_each_host_once_after_the_due_instant() {
+        let ok = [
+            dispatch(0, 10, 5.0),
+            dispatch(2, 12, 900.0),
+            dispatch(1, 11, -10.0),
+        ];
+        assert_eq!(check_wave(&ok, 3).unwrap(), 900.0);
+        // A host left out.
+        let e = check_wave(&ok[..2], 3).unwrap_err().to_string();
+        assert!(e.contains("2 of 3"), "{e}");
+        // A host served twice, a job sent twice, a job sent early.
+        assert!(check_wave(&[dispatch(0, 1, 1.0), dispatch(0, 2, 1.0)], 2).is_err());
+        assert!(check_wave(&[dispatch(0, 1, 1.0), dispatch(1, 1, 1.0)], 2).is_err());
+        let early = check_wave(&[dispatch(0, 1, -500.0)], 1).unwrap_err();
+        assert!(early.to_string().contains("before"), "{early}");
+        assert!(
+            check_wave(&[dispatch(5, 1, 1.0)], 1).is_err(),
+            "unknown agent"
+        );
+    }
+
+    #[test]
+    fn splay_histograms_bucket_per_minute_and_refuse_missing_or_outside_runs() {
+        let t0 = 1_000_000;
+        // 4 hosts over a 3-minute window: two in the first minute.
+        let runs = [t0, t0 + 59_999, t0 + 60_000, t0 + 179_999];
+        let h = splay_histogram(&runs, t0, 180_000, 60_000, 4).unwrap();
+        assert_eq!(h.buckets, vec![2, 1, 1]);
+        assert_eq!(h.busiest, 2);
+        assert!((h.average - 4.0 / 3.0).abs() < 1e-9);
+        assert!(
+            splay_histogram(&runs, t0, 180_000, 60_000, 5).is_err(),
+            "a host without a run"
+        );
+        assert!(
+            splay_histogram(&[t0 - 1], t0, 180_000, 60_000, 1).is_err(),
+            "before the time"
+        );
+        assert!(
+            splay_histogram(&[t0 + 180_000], t0, 180_000, 60_000, 1).is_err(),
+            "after the window"
+        );
+    }
+
+    #[test]
+    fn health_tiles_must_show_the_seeded_counts() {
+        let c = HealthCounts {
+            stale: " 1000 ".into(),
+            failing: "500".into(),
+            unprotected: "0".into(),
+        };
+        assert!(check_health_tiles(&c, 1000, 500, 0).is_ok());
+        let e = check_health_tiles(&c, 1000, 499, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("failing"), "{e}");
     }
 
     #[test]

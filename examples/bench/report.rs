@@ -12,6 +12,8 @@ pub enum Goal {
     Below(f64),
     /// Median / baseline median at least this.
     RatioAtLeast(f64),
+    /// Median / baseline median at most this.
+    RatioAtMost(f64),
 }
 
 #[derive(Clone, Debug)]
@@ -23,6 +25,8 @@ pub struct Row {
     pub baseline: Option<(String, Vec<f64>)>,
     pub goal: Goal,
     pub note: String,
+    /// Not measured yet: why (shown instead of a number; never a pass or a miss).
+    pub todo: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +46,15 @@ impl Row {
             baseline: None,
             goal: Goal::None,
             note: String::new(),
+            todo: None,
+        }
+    }
+
+    /// A figure not measured yet, said so in the table.
+    pub fn todo(section: &str, figure: &str, why: &str) -> Row {
+        Row {
+            todo: Some(why.into()),
+            ..Row::new(section, figure, "", vec![])
         }
     }
 
@@ -76,6 +89,9 @@ impl Row {
     }
 
     pub fn verdict(&self) -> Verdict {
+        if self.todo.is_some() {
+            return Verdict::NoTarget;
+        }
         let Some(s) = self.spread() else {
             return Verdict::Miss;
         };
@@ -83,6 +99,7 @@ impl Row {
             Goal::None => return Verdict::NoTarget,
             Goal::Below(x) => s.median < x,
             Goal::RatioAtLeast(x) => self.ratio().is_some_and(|r| r >= x),
+            Goal::RatioAtMost(x) => self.ratio().is_some_and(|r| r <= x),
         };
         if ok { Verdict::Pass } else { Verdict::Miss }
     }
@@ -92,6 +109,7 @@ impl Row {
             Goal::None => "—".into(),
             Goal::Below(x) => format!("< {} {}", num(x), self.unit),
             Goal::RatioAtLeast(x) => format!("ratio ≥ {}", num(x)),
+            Goal::RatioAtMost(x) => format!("ratio ≤ {}", num(x)),
         }
     }
 }
@@ -118,6 +136,13 @@ pub fn markdown(rows: &[Row]) -> String {
     out.push_str("| Section | Figure | Median | Spread (min–max) | Runs | Baseline (median) | Ratio | Target | Result |\n");
     out.push_str("|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
+        if let Some(why) = &r.todo {
+            out.push_str(&format!(
+                "| {} | {} | TODO: {why} | — | 0 | — | — | — | — |\n",
+                r.section, r.figure
+            ));
+            continue;
+        }
         let (median, spread, runs) = match r.spread() {
             Some(s) => (
                 format!("{} {}", num(s.median), r.unit),
@@ -208,6 +233,32 @@ mod tests {
         let md = markdown(&rows);
         assert!(md.contains("| agents | RSS | 110 MB | 100–120 (±9%) | 3 | 50.0 MB (bare ws) | 2.20× | < 300 MB | pass |"), "{md}");
         assert!(md.contains("no data") && md.contains("**MISS**"), "{md}");
+    }
+
+    #[test]
+    fn ratio_ceilings_and_todo_rows() {
+        let r = Row::new("s", "busiest", "runs", vec![240.0])
+            .baseline("average", vec![166.7])
+            .goal(Goal::RatioAtMost(1.5));
+        assert_eq!(r.verdict(), Verdict::Pass);
+        let r = Row::new("s", "busiest", "runs", vec![260.0])
+            .baseline("average", vec![166.7])
+            .goal(Goal::RatioAtMost(1.5));
+        assert_eq!(r.verdict(), Verdict::Miss);
+        assert!(markdown(&[r]).contains("ratio ≤ 1.50"));
+        let r = Row::new("s", "busiest", "runs", vec![1.0]).goal(Goal::RatioAtMost(1.5));
+        assert_eq!(r.verdict(), Verdict::Miss, "no baseline, no pass");
+        let t = Row::todo("s", "purge", "after the retention branch lands");
+        assert_eq!(
+            t.verdict(),
+            Verdict::NoTarget,
+            "a TODO is neither pass nor miss"
+        );
+        let md = markdown(&[t]);
+        assert!(
+            md.contains("| s | purge | TODO: after the retention branch lands |"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -93,6 +93,20 @@ pub async fn hosts(
     Ok(out)
 }
 
+/// Gives every host the label `label` (plans cover hosts by label).
+pub async fn label_all(db: &DatabaseConnection, label: &str) -> Result<()> {
+    let labels = serde_json::to_string(&[label])?;
+    hosts::Entity::update_many()
+        .col_expr(
+            hosts::Column::Labels,
+            sea_orm::sea_query::Expr::value(labels),
+        )
+        .exec(db)
+        .await
+        .context("labelling the benchmark hosts")?;
+    Ok(())
+}
+
 /// A queued backup job on `host_id` (the live-log scenario streams into it).
 pub async fn job(db: &DatabaseConnection, host_id: i64) -> Result<i64> {
     let j = NewJob {

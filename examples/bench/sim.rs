@@ -12,8 +12,8 @@ use std::{
 };
 
 use agent::wire::{
-    self, CommandUpdate, Envelope, Hello, HelloAck, HelloRejected, Message as _, UpdateOutcome,
-    UpdateReport,
+    self, BackupResult, CommandRestic, CommandUpdate, Envelope, FinishedStatus, Hello, HelloAck,
+    HelloRejected, JobFinished, JobStarted, Message as _, UpdateOutcome, UpdateReport,
 };
 use anyhow::{Context, Result, bail, ensure};
 use futures_util::{SinkExt, StreamExt};
@@ -75,13 +75,18 @@ pub async fn connect(ws_url: &str, server: SocketAddr, src: Ipv4Addr, secret: &s
     }
 }
 
+/// The restic version simulated agents report (with `SimCfg::restic`).
+pub const RESTIC_VERSION: &str = "0.17.3";
+
 /// Sends `agent.hello` and waits for `hello.ack`; a rejection, a close or
-/// 60 s of silence is an error.
+/// 60 s of silence is an error. With `restic`, the hello reports restic
+/// and no running jobs, as a current agent does.
 pub async fn hello(
     ws: &mut Ws,
     version: &str,
     hostname: &str,
     update: Option<UpdateReport>,
+    restic: bool,
 ) -> Result<HelloAck> {
     let h = Hello {
         agent_version: version.into(),
@@ -89,6 +94,8 @@ pub async fn hello(
         arch: "x86_64".into(),
         hostname: hostname.into(),
         update,
+        restic_version: restic.then(|| RESTIC_VERSION.to_string()),
+        running_jobs: restic.then(Vec::new),
         ..Default::default()
     };
     ws.send(Message::text(h.envelope().to_text())).await?;
@@ -130,6 +137,9 @@ pub struct SimCfg {
     pub check_host_id: bool,
     /// Answer `command.update` by reconnecting at the target version.
     pub obey_updates: bool,
+    /// Report restic in the hello and answer each `command.restic` at once
+    /// with `job.started` and a successful `job.finished`.
+    pub restic: bool,
 }
 
 #[derive(Debug)]
@@ -143,6 +153,18 @@ pub enum Ev {
         version: String,
     },
     Command {
+        idx: usize,
+        at: Instant,
+    },
+    /// A `command.restic` arrived (before it was answered).
+    Restic {
+        idx: usize,
+        job_id: i64,
+        kind: wire::JobKind,
+        at: Instant,
+    },
+    /// The agent wrote `job.started` and `job.finished` for it.
+    Answered {
         idx: usize,
         at: Instant,
     },
@@ -211,6 +233,9 @@ impl Fleet {
                 Ok(Some(Ev::Command { idx, .. })) => {
                     bail!("{what}: agent #{idx} got an unexpected command.update")
                 }
+                Ok(Some(Ev::Restic { idx, .. } | Ev::Answered { idx, .. })) => {
+                    bail!("{what}: agent #{idx} got an unexpected command.restic")
+                }
                 Ok(Some(Ev::Lost { idx, why })) => bail!("{what}: agent #{idx} failed: {why}"),
             }
         }
@@ -231,7 +256,10 @@ impl Fleet {
             match ev {
                 Ev::Lost { idx, why } => bail!("{what}: agent #{idx} lost its connection: {why}"),
                 Ev::Command { idx, .. } => bail!("{what}: agent #{idx} got an unexpected command"),
-                Ev::Acked { .. } => {}
+                Ev::Restic { idx, .. } => {
+                    bail!("{what}: agent #{idx} got an unexpected command.restic")
+                }
+                Ev::Acked { .. } | Ev::Answered { .. } => {}
             }
         }
         Ok(())
@@ -273,7 +301,7 @@ async fn agent_task(
         let res = async {
             let mut ws = connect(&cfg.ws_url, cfg.server, source_addr(idx), &me.secret).await?;
             hello_at = Instant::now();
-            let ack = hello(&mut ws, &version, &hostname, report.clone()).await?;
+            let ack = hello(&mut ws, &version, &hostname, report.clone(), cfg.restic).await?;
             if let Some(v) = &cfg.expect_server_version {
                 ensure!(
                     &ack.server_version == v,
@@ -314,6 +342,13 @@ async fn agent_task(
                 m = ws.next() => match m {
                     Some(Ok(Message::Text(t))) => {
                         let Ok(env) = Envelope::parse(t.as_str()) else { continue };
+                        if env.kind == wire::COMMAND_RESTIC && cfg.restic {
+                            if let Err(e) = answer_restic(idx, &env, &mut ws, &ev).await {
+                                let _ = ev.send(Ev::Lost { idx, why: format!("answering command.restic: {e:#}") });
+                                return;
+                            }
+                            continue;
+                        }
                         if env.kind != wire::COMMAND_UPDATE {
                             continue;
                         }
@@ -364,6 +399,53 @@ async fn agent_task(
             }
         }
     }
+}
+
+/// Reports a `command.restic`, then answers it as a restic run that
+/// succeeded at once (a backup's result names a snapshot).
+async fn answer_restic(
+    idx: usize,
+    env: &Envelope,
+    ws: &mut Ws,
+    ev: &mpsc::UnboundedSender<Ev>,
+) -> Result<()> {
+    let at = Instant::now();
+    let cmd: CommandRestic = env.payload().context("bad command.restic")?;
+    let _ = ev.send(Ev::Restic {
+        idx,
+        job_id: cmd.job_id,
+        kind: cmd.kind,
+        at,
+    });
+    let started = JobStarted {
+        job_id: cmd.job_id,
+        kind: Some(cmd.kind),
+    };
+    ws.send(Message::text(started.envelope().to_text())).await?;
+    let result = (cmd.kind == wire::JobKind::Backup).then(|| BackupResult {
+        snapshot_id: format!("{:064x}", cmd.job_id),
+        files_new: 1,
+        data_added: 1024,
+        total_bytes_processed: 1_000_000,
+        duration_secs: 0.01,
+        ..Default::default()
+    });
+    let finished = JobFinished {
+        job_id: cmd.job_id,
+        status: FinishedStatus::Succeeded,
+        error: None,
+        exit_code: Some(0),
+        warning: false,
+        error_kind: None,
+        result: result.map(serde_json::to_value).transpose()?,
+    };
+    ws.send(Message::text(finished.envelope().to_text()))
+        .await?;
+    let _ = ev.send(Ev::Answered {
+        idx,
+        at: Instant::now(),
+    });
+    Ok(())
 }
 
 #[cfg(test)]

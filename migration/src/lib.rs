@@ -11,6 +11,7 @@ mod m0006_fleet_updates;
 mod m0007_restic_core;
 mod m0008_plans;
 mod m0009_backup_health;
+mod m0010_jobs_host_id;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0007_restic_core::Migration),
             Box::new(m0008_plans::Migration),
             Box::new(m0009_backup_health::Migration),
+            Box::new(m0010_jobs_host_id::Migration),
         ]
     }
 }

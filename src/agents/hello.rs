@@ -31,6 +31,11 @@ pub fn validate_hello(h: &Hello) -> Result<HelloFacts, String> {
         os: os.to_string(),
         arch: arch.to_string(),
         hostname: h.hostname.clone(),
+        restic_version: h
+            .restic_version
+            .as_deref()
+            .map(|v| crate::text::one_line(v, 64)),
+        restic_capable: h.running_jobs.is_some(),
     })
 }
 
@@ -42,6 +47,8 @@ fn truncate(s: &str) -> String {
 pub struct Accepted {
     hello: Hello,
     facts: HelloFacts,
+    /// The alerts this hello may settle that were open when it arrived.
+    open: crate::alerts::OpenOnHello,
     /// The `hello.ack` frame for the transport to send.
     pub ack: String,
 }
@@ -85,7 +92,10 @@ pub async fn accept(
         tracing::error!(error = %e, "recording hello failed");
         return Err(Refused::ServerError);
     }
-    crate::alerts::on_hello(state, host_id).await;
+    let open = crate::alerts::open_on_hello(state, host_id).await;
+    if open.host_offline {
+        crate::alerts::on_hello(state, host_id).await;
+    }
     tracing::info!(agent_version = %facts.agent_version, hostname = %facts.hostname, "agent hello");
     let ack = HelloAck {
         host_id,
@@ -93,7 +103,12 @@ pub async fn accept(
     }
     .envelope()
     .to_text();
-    Ok(Accepted { hello, facts, ack })
+    Ok(Accepted {
+        hello,
+        facts,
+        open,
+        ack,
+    })
 }
 
 /// What an acknowledged hello settles: the host's update job, then its
@@ -105,7 +120,8 @@ pub async fn after_ack(state: &AppState, host_id: i64, conn_id: u64, a: &Accepte
         conn_id,
         &a.facts.agent_version,
         a.hello.update.as_ref(),
+        a.open.update_failed,
     )
     .await;
-    crate::restic::events::on_hello(state, host_id, &a.hello).await;
+    crate::restic::events::on_hello(state, host_id, &a.hello, a.open.restic_missing).await;
 }

@@ -147,6 +147,44 @@ fn log_failure<T>(r: store::Result<T>, what: &str) {
     }
 }
 
+/// Which of the alerts a hello can settle are open for the host: read once
+/// per hello, so a host with none (the usual case) costs one indexed read
+/// instead of one per alert kind. A failed read counts them all open (the
+/// resolves then look for themselves, as before).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenOnHello {
+    pub host_offline: bool,
+    pub update_failed: bool,
+    pub restic_missing: bool,
+}
+
+impl OpenOnHello {
+    pub const ALL: OpenOnHello = OpenOnHello {
+        host_offline: true,
+        update_failed: true,
+        restic_missing: true,
+    };
+}
+
+pub async fn open_on_hello(state: &AppState, host_id: i64) -> OpenOnHello {
+    let keys = [
+        host_offline_key(host_id),
+        update_failed_key(host_id),
+        health::restic_missing_key(host_id),
+    ];
+    match store::alerts::active_among(&state.db, &keys).await {
+        Ok(open) => OpenOnHello {
+            host_offline: open.contains(&keys[0]),
+            update_failed: open.contains(&keys[1]),
+            restic_missing: open.contains(&keys[2]),
+        },
+        Err(e) => {
+            tracing::error!(error = %e, host_id, "reading a host's open alerts failed");
+            OpenOnHello::ALL
+        }
+    }
+}
+
 /// Called once a host's hello is recorded: it is back, so `host_offline`
 /// resolves. Never fails the hello.
 pub async fn on_hello(state: &AppState, host_id: i64) {

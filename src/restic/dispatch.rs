@@ -16,7 +16,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use agent::wire::{CommandRestic, Message as _, ResticOptions};
+use agent::wire::{CommandRestic, Message as _, ResticOptions, ResticRepository};
+use sea_orm::TransactionTrait;
 
 use crate::{
     state::AppState,
@@ -90,7 +91,18 @@ pub async fn round(state: &AppState) -> store::Result<()> {
     // Hosts whose queue head could not start: later jobs there wait too.
     let mut held_hosts: HashSet<i64> = HashSet::new();
     let mut limits: HashMap<i64, i32> = HashMap::new();
-    let mut hosts: HashMap<i64, Option<store::hosts::Host>> = HashMap::new();
+    // The hosts of the whole queue in a few reads, not one per job.
+    let mut ids: Vec<i64> = queued
+        .iter()
+        .map(|j| j.host_id)
+        .filter(|h| state.hub.is_online(*h))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let hosts = store::hosts::get_many(&state.db, &ids).await?;
+    // Each repository is opened for agents once per round.
+    let mut opened: HashMap<i64, Option<ResticRepository>> = HashMap::new();
+    let mut picked: Vec<(Job, String)> = Vec::new();
     for job in queued {
         let is_ls = job.kind == JobKind::Ls;
         if !is_ls && (busy_hosts.contains(&job.host_id) || held_hosts.contains(&job.host_id)) {
@@ -99,15 +111,9 @@ pub async fn round(state: &AppState) -> store::Result<()> {
         if !state.hub.is_online(job.host_id) {
             continue;
         }
-        let host = match hosts.get(&job.host_id) {
-            Some(h) => h.clone(),
-            None => {
-                let h = store::hosts::get(&state.db, job.host_id).await.ok();
-                hosts.insert(job.host_id, h.clone());
-                h
-            }
+        let Some(host) = hosts.get(&job.host_id) else {
+            continue;
         };
-        let Some(host) = host else { continue };
         if !host.restic_capable {
             fail(state, &job, AGENT_TOO_OLD, Some("agent_outdated")).await;
             continue;
@@ -152,28 +158,51 @@ pub async fn round(state: &AppState) -> store::Result<()> {
             }
             continue;
         }
-        match send(state, &job).await {
-            Ok(true) => {
-                if job.kind.is_exclusive() {
-                    s.exclusive = true;
-                } else {
-                    s.shared += 1;
-                }
-                if !is_ls {
-                    busy_hosts.insert(job.host_id);
-                }
-            }
-            Ok(false) => {
-                if !is_ls {
-                    held_hosts.insert(job.host_id);
-                }
-            }
-            Err(e) => {
-                tracing::error!(job_id = job.id, error = %e, "dispatching a restic job failed");
+        let Some(command) = command_for(state, &job, &mut opened).await else {
+            continue;
+        };
+        if job.kind.is_exclusive() {
+            s.exclusive = true;
+        } else {
+            s.shared += 1;
+        }
+        if !is_ls {
+            busy_hosts.insert(job.host_id);
+        }
+        picked.push((job, command));
+    }
+    // Marked running in a few transactions (one write each on SQLite), then
+    // sent in queue order.
+    let mut requeued = false;
+    for chunk in picked.chunks(MARK_BATCH) {
+        let marked = mark_dispatched(state, chunk).await?;
+        for ((job, command), marked) in chunk.iter().zip(marked) {
+            if marked {
+                requeued |= !send(state, job, command).await?;
             }
         }
     }
+    if requeued {
+        // The places those jobs took in their scopes are free again.
+        state.restic.wake();
+    }
     Ok(())
+}
+
+/// Jobs marked running per transaction.
+const MARK_BATCH: usize = 256;
+
+/// queued → running for each job still queued, in one transaction; says
+/// which were.
+async fn mark_dispatched(state: &AppState, jobs: &[(Job, String)]) -> store::Result<Vec<bool>> {
+    let now = state.clock.now_ms();
+    let txn = state.db.begin().await?;
+    let mut out = Vec::with_capacity(jobs.len());
+    for (job, _) in jobs {
+        out.push(store::jobs::mark_dispatched(&txn, job.id, now).await?);
+    }
+    txn.commit().await?;
+    Ok(out)
 }
 
 /// Fails running jobs whose host has been offline past
@@ -207,28 +236,42 @@ async fn fail(state: &AppState, job: &Job, error: &str, kind: Option<&str>) {
     }
 }
 
-/// Marks the job running and hands its command to the agent. `Ok(false)`:
-/// the agent could not take it now; the job is queued again.
-async fn send(state: &AppState, job: &Job) -> store::Result<bool> {
+/// The `command.restic` frame for a job, its repository opened for the
+/// agent (once per repository per round, in `opened`). None when the job
+/// cannot run: it has been failed with the reason.
+async fn command_for(
+    state: &AppState,
+    job: &Job,
+    opened: &mut HashMap<i64, Option<ResticRepository>>,
+) -> Option<String> {
     let Some(repository_id) = job.repository_id else {
         fail(state, job, "the job names no repository", None).await;
-        return Ok(false);
+        return None;
     };
-    let repository =
-        match super::repositories::open_for_agent(&state.db, &state.secrets, repository_id).await {
-            Ok(r) => r,
-            Err(e) => {
-                // No secret in the message: it says which key, never a value.
-                fail(
-                    state,
-                    job,
-                    &format!("cannot hand the repository to the agent: {e}"),
-                    None,
-                )
-                .await;
-                return Ok(false);
-            }
-        };
+    let repository = match opened.get(&repository_id) {
+        Some(r) => r.clone(),
+        None => {
+            let r =
+                match super::repositories::open_for_agent(&state.db, &state.secrets, repository_id)
+                    .await
+                {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        // No secret in the message: it says which key, never a value.
+                        fail(
+                            state,
+                            job,
+                            &format!("cannot hand the repository to the agent: {e}"),
+                            None,
+                        )
+                        .await;
+                        return None;
+                    }
+                };
+            opened.insert(repository_id, r.clone());
+            r
+        }
+    }?;
     let options: ResticOptions = job
         .options
         .as_deref()
@@ -240,17 +283,23 @@ async fn send(state: &AppState, job: &Job) -> store::Result<bool> {
         repository,
         options,
     };
-    if !store::jobs::mark_dispatched(&state.db, job.id, state.clock.now_ms()).await? {
-        return Ok(false);
-    }
-    match state.hub.send(job.host_id, command.envelope().to_text()) {
+    Some(command.envelope().to_text())
+}
+
+/// Hands a job marked running to its agent. `Ok(false)`: the agent could
+/// not take it now; the job is queued again.
+async fn send(state: &AppState, job: &Job, command: &str) -> store::Result<bool> {
+    match state.hub.send(job.host_id, command.to_string()) {
         Ok(()) => {
             tracing::info!(job_id = job.id, host_id = job.host_id, kind = %job.kind, "restic job dispatched");
-            if let Ok(j) = store::jobs::get(&state.db, job.id).await {
-                state
-                    .live
-                    .publish(j.id, crate::jobs::LiveEvent::Status(Box::new(j)));
-            }
+            // Marking it running changed nothing else in the row.
+            let j = Job {
+                status: JobStatus::Running,
+                ..job.clone()
+            };
+            state
+                .live
+                .publish(j.id, crate::jobs::LiveEvent::Status(Box::new(j)));
             Ok(true)
         }
         Err(e) => {

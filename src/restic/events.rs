@@ -28,24 +28,16 @@ pub const AGENT_RESTARTED: &str =
 /// Most snapshots one listing may collect before it is refused.
 const MAX_LISTING: usize = 1_000_000;
 
-/// A hello's restic facts, recent finishes and running jobs.
-pub async fn on_hello(state: &AppState, host_id: i64, hello: &Hello) {
-    let capable = hello.running_jobs.is_some();
-    if let Err(e) = store::hosts::set_restic(
-        &state.db,
-        host_id,
-        hello
-            .restic_version
-            .as_deref()
-            .map(|v| text::one_line(v, 64))
-            .as_deref(),
-        capable,
-    )
-    .await
-    {
-        tracing::error!(error = %e, host_id, "recording restic facts failed");
+/// A hello's recent finishes and running jobs (its restic facts were
+/// stored with the hello itself). `restic_missing_open`: the host's
+/// `restic_missing` alert was open when the hello arrived.
+pub async fn on_hello(state: &AppState, host_id: i64, hello: &Hello, restic_missing_open: bool) {
+    // restic_missing can only hold for a restic-capable agent without
+    // restic; otherwise there is at most an open alert to resolve.
+    let may_be_missing = hello.running_jobs.is_some() && hello.restic_version.is_none();
+    if may_be_missing || restic_missing_open {
+        crate::alerts::health::on_hello(state, host_id).await;
     }
-    crate::alerts::health::on_hello(state, host_id).await;
     for f in hello.recent_finished.iter().take(64) {
         crate::jobs::agent_finished(state, host_id, f).await;
     }
@@ -63,13 +55,19 @@ pub async fn on_hello(state: &AppState, host_id: i64, hello: &Hello) {
                 .send(host_id, wire::Message::envelope(&cancel).to_text());
         }
     }
-    match store::jobs::running_restic_on_host(&state.db, host_id).await {
+    // Wake the dispatcher only when this host has restic work waiting.
+    let wake = match store::jobs::live_restic_on_host(&state.db, host_id).await {
         Ok(jobs) => {
-            for job in jobs.into_iter().filter(|j| !running.contains(&j.id)) {
+            let mut wake = jobs.iter().any(|j| j.status == JobStatus::Queued);
+            let orphans = jobs
+                .into_iter()
+                .filter(|j| j.status == JobStatus::Running && !running.contains(&j.id));
+            for job in orphans {
                 if job.started_at.is_none() {
                     // Sent but never started: the command was lost with the
                     // old connection. Queue it again.
                     if let Ok(true) = store::jobs::requeue(&state.db, job.id).await {
+                        wake = true;
                         tracing::info!(
                             job_id = job.id,
                             host_id,
@@ -89,10 +87,16 @@ pub async fn on_hello(state: &AppState, host_id: i64, hello: &Hello) {
                     tracing::error!(error = %e, job_id = job.id, "failing an orphaned job failed");
                 }
             }
+            wake
         }
-        Err(e) => tracing::error!(error = %e, host_id, "reading running restic jobs failed"),
+        Err(e) => {
+            tracing::error!(error = %e, host_id, "reading running restic jobs failed");
+            true
+        }
+    };
+    if wake {
+        state.restic.wake();
     }
-    state.restic.wake();
 }
 
 /// `job.progress` and `job.snapshots`.

@@ -140,6 +140,21 @@ pub async fn lock_for_write<C: ConnectionTrait>(txn: &C) -> Result<()> {
     Ok(())
 }
 
+/// Which of `keys` have an active alert: one read over the active-key index.
+pub async fn active_among<C: ConnectionTrait>(db: &C, keys: &[String]) -> Result<Vec<String>> {
+    if keys.is_empty() {
+        return Ok(vec![]);
+    }
+    Ok(alerts::Entity::find()
+        .select_only()
+        .column(alerts::Column::DedupKey)
+        .filter(alerts::Column::DedupKey.is_in(keys.iter().cloned()))
+        .filter(alerts::Column::ResolvedAt.is_null())
+        .into_tuple::<String>()
+        .all(db)
+        .await?)
+}
+
 /// Raises an alert. A repeat of an active key updates count, last-seen and
 /// message. Concurrent first raises race on the partial unique index: the
 /// loser sees a unique violation and counts itself as a repeat instead.

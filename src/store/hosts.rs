@@ -146,6 +146,25 @@ pub async fn get<C: ConnectionTrait>(db: &C, id: i64) -> Result<Host> {
         .ok_or(StoreError::NotFound("host"))
 }
 
+/// Several hosts by id, in chunks of 500 (the dispatcher reads the hosts of
+/// a whole queue at once).
+pub async fn get_many<C: ConnectionTrait>(
+    db: &C,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, Host>> {
+    let mut out = std::collections::HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        for m in hosts::Entity::find()
+            .filter(hosts::Column::Id.is_in(chunk.iter().copied()))
+            .all(db)
+            .await?
+        {
+            out.insert(m.id, m.into());
+        }
+    }
+    Ok(out)
+}
+
 pub async fn list<C: ConnectionTrait>(
     db: &C,
     filter: &HostFilter,
@@ -215,6 +234,11 @@ pub struct HelloFacts {
     pub os: String,
     pub arch: String,
     pub hostname: String,
+    /// `restic version` as the agent reported it (cleaned); None when
+    /// restic is missing or the agent is older than the restic core.
+    pub restic_version: Option<String>,
+    /// The agent runs restic jobs (its hello carries `running_jobs`).
+    pub restic_capable: bool,
 }
 
 pub async fn record_hello<C: ConnectionTrait>(
@@ -231,6 +255,11 @@ pub async fn record_hello<C: ConnectionTrait>(
         .col_expr(hosts::Column::Os, Expr::value(f.os.as_str()))
         .col_expr(hosts::Column::Arch, Expr::value(f.arch.as_str()))
         .col_expr(hosts::Column::Hostname, Expr::value(f.hostname.as_str()))
+        .col_expr(
+            hosts::Column::ResticVersion,
+            Expr::value(f.restic_version.clone()),
+        )
+        .col_expr(hosts::Column::ResticCapable, Expr::value(f.restic_capable))
         .col_expr(hosts::Column::Online, Expr::value(true))
         .col_expr(hosts::Column::LastSeenAt, Expr::value(now))
         .filter(hosts::Column::Id.eq(id))

@@ -298,13 +298,14 @@ pub async fn on_hello(
     conn_id: u64,
     agent_version: &str,
     report: Option<&UpdateReport>,
+    update_failed_open: bool,
 ) {
     let job = match store::jobs::live_of_kind(&state.db, host_id, JobKind::Update).await {
         Ok(Some(j)) => j,
         Ok(None) => {
             // Back at the server's version some other way (e.g. a manual
             // install): an earlier failed update no longer matters.
-            if agent_version == version::VERSION {
+            if agent_version == version::VERSION && update_failed_open {
                 crate::alerts::resolve_update_failed(state, host_id).await;
             }
             return;

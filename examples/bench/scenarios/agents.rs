@@ -101,6 +101,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
                 expect_server_version: Some(ctx.version.clone()),
                 check_host_id: true,
                 obey_updates: false,
+                restic: false,
             };
             let m = measure(ctx, &mut server.proc, cfg, &agents).await?;
             server.proc.kill();
@@ -113,6 +114,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
                 expect_server_version: Some(ctx.version.clone()),
                 check_host_id: false,
                 obey_updates: false,
+                restic: false,
             };
             let b = measure(ctx, &mut bp, cfg, &agents).await?;
             bp.kill();

@@ -246,7 +246,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             &agents[0].secret,
         )
         .await?;
-        sim::hello(&mut ws, &ctx.version, "bench-logs", None).await?;
+        sim::hello(&mut ws, &ctx.version, "bench-logs", None, false).await?;
         let client = server.admin().await?;
         let viewer_url = format!("{}/jobs/{job_id}/events", server.url);
         let m = stream(
@@ -271,7 +271,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             "x",
         )
         .await?;
-        sim::hello(&mut ws, &ctx.version, "bench-logs", None).await?;
+        sim::hello(&mut ws, &ctx.version, "bench-logs", None, false).await?;
         let b = stream(
             ctx,
             Target {

@@ -1,7 +1,9 @@
-//! One module per measured item of issue 6; each returns its table rows.
+//! One module per measured item of issues 6 and 15; each returns its table rows.
 pub mod agents;
 pub mod dashboard;
 pub mod downloads;
 pub mod footprint;
+pub mod history;
 pub mod logs;
 pub mod rolling;
+pub mod wave;

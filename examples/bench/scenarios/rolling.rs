@@ -54,6 +54,7 @@ async fn one_run(ctx: &Ctx, run: usize) -> Result<Measured> {
         expect_server_version: Some(ctx.version.clone()),
         check_host_id: true,
         obey_updates: true,
+        restic: false,
     };
     let mut fleet = Fleet::launch(Arc::new(cfg), &agents);
     fleet
@@ -121,6 +122,9 @@ async fn one_run(ctx: &Ctx, run: usize) -> Result<Measured> {
                 bail!("host #{idx} reconnected at {version}, not {}", ctx.version)
             }
             Ev::Lost { idx, why } => bail!("host #{idx} failed during the update: {why}"),
+            Ev::Restic { idx, .. } | Ev::Answered { idx, .. } => {
+                bail!("host #{idx} got an unexpected command.restic")
+            }
         }
     }
     let total_s = last_back.duration_since(t0).as_secs_f64();

@@ -17,8 +17,8 @@ mod restic;
 pub use lifecycle::{Outcome, Refusal, Transition, finish, finish_with, start};
 pub use query::{JobFilter, count, list, live_of_kind, next_deadline, overdue};
 pub use restic::{
-    NewResticJob, create_restic, mark_dispatched, queued_restic, requeue, running_restic,
-    running_restic_on_host,
+    NewResticJob, create_restic, live_restic_on_host, mark_dispatched, queued_restic, requeue,
+    running_restic, running_restic_on_host,
 };
 
 /// Default per-job log cap; past it one "log truncated" line is kept and

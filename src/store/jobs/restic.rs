@@ -94,6 +94,20 @@ pub async fn running_restic_on_host<C: ConnectionTrait>(db: &C, host_id: i64) ->
         .collect())
 }
 
+/// A host's queued and running restic jobs (one read over `jobs_host_created`).
+pub async fn live_restic_on_host<C: ConnectionTrait>(db: &C, host_id: i64) -> Result<Vec<Job>> {
+    Ok(jobs::Entity::find()
+        .filter(jobs::Column::HostId.eq(host_id))
+        .filter(jobs::Column::Status.is_in(JobStatus::LIVE))
+        .filter(jobs::Column::Kind.ne(JobKind::Update.as_str()))
+        .filter(jobs::Column::RepositoryId.is_not_null())
+        .all(db)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect())
+}
+
 /// queued → running as the command goes out, only if still queued.
 /// `started_at` stays empty until the agent says `job.started`: a job
 /// whose command was lost on the way can then be told from one that ran.

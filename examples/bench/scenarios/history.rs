@@ -1,0 +1,627 @@
+//! 8. History at scale: H hosts (10,000) covered by one plan, J finished
+//! backup jobs (1,000,000: 100 a host, a day apart) and S indexed snapshots
+//! (300,000: the last 30 of each host), seeded straight into the database
+//! with set-based INSERT … SELECT (generate_series on Postgres, a recursive
+//! CTE on SQLite) after the server created the repository and the plan
+//! through its API; the plan's health columns say 10% of the hosts are
+//! stale and 5% failing. Then p50/p99 (one logged-in client, sequential
+//! requests) of the dashboard `/` (backup columns and health tiles),
+//! `/?backup=stale`, a host page (its jobs and snapshots) and
+//! `/api/snapshots?host_id=`, each beside the raw SQL its handler runs,
+//! interleaved request by request; and the database size per job and per
+//! snapshot (SQLite: growth of the file; Postgres: `pg_total_relation_size`
+//! of the table over its rows).
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use sea_orm::{ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, Statement};
+
+use crate::{
+    Ctx, checks,
+    procs::Server,
+    report::{Goal, Row},
+    say, seed,
+    stats::Latency,
+};
+
+use super::wave::{self, LABEL};
+
+const DAY: i64 = 86_400_000;
+
+async fn exec(db: &DatabaseConnection, sql: &str) -> Result<u64> {
+    Ok(db
+        .execute_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .with_context(|| format!("running {}", &sql[..sql.len().min(120)]))?
+        .rows_affected())
+}
+
+async fn scalar(db: &DatabaseConnection, sql: &str) -> Result<i64> {
+    let r = db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await?
+        .with_context(|| format!("no row from {sql}"))?;
+    Ok(r.try_get_by_index(0)?)
+}
+
+/// `FROM …` giving `s.i` in `lo..hi`, per backend.
+fn series(b: DatabaseBackend, lo: i64, hi: i64) -> (String, String) {
+    match b {
+        DatabaseBackend::Postgres => (
+            String::new(),
+            format!("generate_series(CAST({lo} AS BIGINT), {}) AS s(i)", hi - 1),
+        ),
+        _ => (
+            format!(
+                "WITH RECURSIVE s(i) AS (SELECT {lo} UNION ALL SELECT i + 1 FROM s WHERE i < {}) ",
+                hi - 1
+            ),
+            "s".into(),
+        ),
+    }
+}
+
+/// 64 hex digits from an integer expression, per backend.
+fn hex64(b: DatabaseBackend, e: &str) -> String {
+    match b {
+        DatabaseBackend::Postgres => format!("lpad(to_hex({e}), 64, '0')"),
+        _ => format!("printf('%064x', {e})"),
+    }
+}
+
+fn padded5(b: DatabaseBackend, e: &str) -> String {
+    match b {
+        DatabaseBackend::Postgres => format!("lpad(CAST({e} AS TEXT), 5, '0')"),
+        _ => format!("printf('%05d', {e})"),
+    }
+}
+
+struct Shape {
+    hosts: i64,
+    per_host: i64,
+    snaps_per_host: i64,
+    first_host: i64,
+    first_job: i64,
+    repo: i64,
+    plan: i64,
+    now: i64,
+}
+
+impl Shape {
+    fn jobs(&self) -> i64 {
+        self.hosts * self.per_host
+    }
+}
+
+/// Job `i` (0-based) is host `i % H`'s backup number `i / H` (oldest first),
+/// one a day ending yesterday; 2% of the older ones failed.
+async fn seed_jobs(db: &DatabaseConnection, s: &Shape) -> Result<()> {
+    let b = db.get_database_backend();
+    let chunk = 100_000;
+    let mut lo = 0;
+    while lo < s.jobs() {
+        let hi = (lo + chunk).min(s.jobs());
+        let (with, from) = series(b, lo, hi);
+        let (h, k) = (
+            format!("(s.i % {})", s.hosts),
+            format!("(s.i / {})", s.hosts),
+        );
+        let created = format!("({} - ({} - {k}) * {DAY} + {h} * 8)", s.now, s.per_host);
+        let failed = format!(
+            "({k} < {} AND ({k} + {h}) % 50 = 0)",
+            s.per_host - s.snaps_per_host
+        );
+        let sql = format!(
+            "INSERT INTO jobs (host_id, kind, status, actor_kind, actor_name, created_at, started_at, \
+             finished_at, exit_code, error, log_bytes, log_lines, log_truncated, repository_id, plan_id, \
+             warning, error_kind, result, options, scope) \
+             {with}SELECT {fh} + {h}, 'backup', \
+             CASE WHEN {failed} THEN 'failed' ELSE 'succeeded' END, 'schedule', 'schedule', \
+             {created}, {created} + 500, {created} + 60500, \
+             CASE WHEN {failed} THEN 1 ELSE 0 END, \
+             CASE WHEN {failed} THEN 'Fatal: unable to open config file: Stat: permission denied' ELSE NULL END, \
+             2400, 24, FALSE, {repo}, {plan}, FALSE, \
+             CASE WHEN {failed} THEN 'restic_failed' ELSE NULL END, \
+             CASE WHEN {failed} THEN NULL ELSE \
+             '{{\"snapshot_id\":\"' || {hex} || '\",\"files_new\":12,\"files_changed\":3,\"files_unmodified\":20000,\
+             \"data_added\":1048576,\"total_bytes_processed\":1000000000,\"duration_secs\":60.0}}' END, \
+             '{{\"paths\":[\"/etc\"],\"tags\":[\"rm-plan:{plan}\"],\"host\":\"bench-' || {name} || '\"}}', \
+             'r{repo}h' || CAST({fh} + {h} AS TEXT) FROM {from}",
+            fh = s.first_host,
+            repo = s.repo,
+            plan = s.plan,
+            hex = hex64(b, "s.i + 1"),
+            name = padded5(b, h.as_str()),
+        );
+        let n = exec(db, &sql).await?;
+        ensure!(
+            n == (hi - lo) as u64,
+            "inserted {n} jobs, wanted {}",
+            hi - lo
+        );
+        lo = hi;
+    }
+    Ok(())
+}
+
+/// The last `snaps_per_host` backups of each host, indexed.
+async fn seed_snapshots(db: &DatabaseConnection, s: &Shape) -> Result<()> {
+    let b = db.get_database_backend();
+    let first = (s.per_host - s.snaps_per_host) * s.hosts;
+    let (with, from) = series(b, first, s.jobs());
+    let h = format!("(s.i % {})", s.hosts);
+    let k = format!("(s.i / {})", s.hosts);
+    let time = format!(
+        "({} - ({} - {k}) * {DAY} + {h} * 8 + 60500)",
+        s.now, s.per_host
+    );
+    let hex = hex64(b, "s.i + 1");
+    let sql = format!(
+        "INSERT INTO snapshots (repository_id, scope_host_id, host_id, snapshot_id, short_id, time, \
+         hostname, paths, tags, plan_id, job_id, files_new, files_changed, data_added, \
+         total_bytes_processed, duration_ms) \
+         {with}SELECT {repo}, {fh} + {h}, {fh} + {h}, {hex}, substr({hex}, 1, 8), {time}, \
+         'bench-' || {name} || '.bench.internal', '[\"/etc\"]', '[\"rm-plan:{plan}\"]', {plan}, \
+         {fj} + s.i, 12, 3, 1048576, 1000000000, 60000 FROM {from}",
+        repo = s.repo,
+        fh = s.first_host,
+        fj = s.first_job,
+        plan = s.plan,
+        name = padded5(b, h.as_str()),
+    );
+    let n = exec(db, &sql).await?;
+    ensure!(
+        n == (s.hosts * s.snaps_per_host) as u64,
+        "inserted {n} snapshots, wanted {}",
+        s.hosts * s.snaps_per_host
+    );
+    Ok(())
+}
+
+/// What the jobs say about each host, in the plan's health columns: host
+/// index % 10 = 0 stale (last success 10 days ago), % 20 = 5 failing (the
+/// last run failed), the rest ok.
+async fn seed_health(db: &DatabaseConnection, s: &Shape) -> Result<()> {
+    let i = format!("(host_id - {})", s.first_host);
+    let sql = format!(
+        "UPDATE plan_schedules SET covered_since = {cov}, \
+         last_finished_at = CASE WHEN {i} % 10 = 0 THEN {stale} ELSE {yesterday} END, \
+         last_status = CASE WHEN {i} % 20 = 5 THEN 'failed' ELSE 'succeeded' END, \
+         last_success_at = CASE WHEN {i} % 10 = 0 THEN {stale} WHEN {i} % 20 = 5 THEN {before} ELSE {yesterday} END, \
+         last_duration_ms = 60000, last_data_added = 1048576 WHERE plan_id = {plan}",
+        cov = s.now - s.per_host * DAY - DAY,
+        stale = s.now - 10 * DAY,
+        yesterday = s.now - DAY + 60_500,
+        before = s.now - 2 * DAY,
+        plan = s.plan,
+    );
+    let n = exec(db, &sql).await?;
+    ensure!(
+        n == s.hosts as u64,
+        "health set on {n} of {} hosts",
+        s.hosts
+    );
+    Ok(())
+}
+
+/// SQLite: the file's size after a checkpoint; Postgres: the database's.
+async fn size(db: &DatabaseConnection, sqlite_file: Option<&std::path::Path>) -> Result<u64> {
+    match sqlite_file {
+        Some(p) => {
+            db.execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)")
+                .await?;
+            Ok(std::fs::metadata(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .len())
+        }
+        None => Ok(scalar(db, "SELECT pg_database_size(current_database())").await? as u64),
+    }
+}
+
+const PAIRS: &str = "SELECT ps.plan_id, ps.host_id, ps.next_run_at, ps.covered_since, \
+     ps.last_finished_at, ps.last_status, ps.last_success_at, ps.last_duration_ms, ps.last_data_added \
+     FROM plan_schedules ps JOIN plans p ON p.id = ps.plan_id WHERE p.enabled = TRUE AND ps.host_id IN ({ids}) \
+     ORDER BY ps.host_id, ps.plan_id";
+const COVERING: &str = "SELECT 1 FROM plan_schedules ps JOIN plans p ON p.id = ps.plan_id \
+     WHERE ps.host_id = hosts.id AND p.enabled = TRUE";
+const HOST_COLUMNS: &str = "id, name, hostname, os, arch, agent_version, online, last_seen_at, \
+     secret_hash, created_at, labels, restic_version, restic_capable";
+
+/// The raw SQL of each measured item, as its handler runs it (same
+/// queries, same order; no session check, no ORM, no HTML).
+struct Raw {
+    behind: String,
+    stale: String,
+    counts: String,
+}
+
+impl Raw {
+    fn new(version: &str, cutoff: i64) -> Raw {
+        let e = |t: &str| format!("EXISTS ({COVERING} AND {t})");
+        let failing = e("ps.last_status = 'failed'");
+        let stale = e(&format!(
+            "ps.covered_since < {cutoff} AND (ps.last_success_at IS NULL OR ps.last_success_at < {cutoff})"
+        ));
+        let pending = e("ps.last_finished_at IS NULL");
+        let covered = format!("EXISTS ({COVERING})");
+        Raw {
+            behind: format!(
+                "agent_version <> '' AND agent_version <> '{}'",
+                version.replace('\'', "''")
+            ),
+            counts: format!(
+                "SELECT t.backup_state, COUNT(*) AS n FROM (SELECT CASE WHEN NOT {covered} THEN 'unprotected' \
+                 WHEN {failing} THEN 'failing' WHEN {stale} THEN 'stale' WHEN {pending} THEN 'pending' \
+                 ELSE 'ok' END AS backup_state FROM hosts) t GROUP BY t.backup_state"
+            ),
+            stale: format!("(NOT {failing} AND {stale})"),
+        }
+    }
+}
+
+async fn query(db: &DatabaseConnection, sql: &str) -> Result<Vec<sea_orm::QueryResult>> {
+    Ok(db
+        .query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await?)
+}
+
+/// A page of hosts, their plan rows, the tiles' counts.
+async fn raw_dashboard(db: &DatabaseConnection, q: &Raw, filter: Option<&str>) -> Result<()> {
+    let w = filter.map(|f| format!(" WHERE {f}")).unwrap_or_default();
+    let hosts = query(
+        db,
+        &format!("SELECT {HOST_COLUMNS} FROM hosts{w} ORDER BY name LIMIT 100 OFFSET 0"),
+    )
+    .await?;
+    let mut ids = Vec::with_capacity(hosts.len());
+    for h in &hosts {
+        ids.push(h.try_get_by_index::<i64>(0)?.to_string());
+    }
+    query(db, &PAIRS.replace("{ids}", &ids.join(","))).await?;
+    query(db, &q.counts).await?;
+    scalar(db, &format!("SELECT COUNT(*) FROM hosts{w}")).await?;
+    scalar(db, "SELECT COUNT(*) FROM hosts").await?;
+    scalar(db, "SELECT COUNT(*) FROM hosts WHERE online = TRUE").await?;
+    scalar(
+        db,
+        &format!("SELECT COUNT(*) FROM hosts WHERE {}", q.behind),
+    )
+    .await?;
+    Ok(())
+}
+
+const SNAPSHOTS: &str = "SELECT id, repository_id, scope_host_id, host_id, snapshot_id, short_id, time, \
+     hostname, paths, tags, plan_id, job_id, files_new, files_changed, data_added, total_bytes_processed, \
+     duration_ms FROM snapshots WHERE host_id = {h} ORDER BY time DESC, id DESC LIMIT {n} OFFSET 0";
+
+async fn raw_host_page(db: &DatabaseConnection, host: i64) -> Result<()> {
+    query(
+        db,
+        &format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = {host}"),
+    )
+    .await?;
+    query(
+        db,
+        &format!("SELECT * FROM jobs WHERE host_id = {host} ORDER BY id DESC LIMIT 10 OFFSET 0"),
+    )
+    .await?;
+    query(
+        db,
+        &format!("SELECT id, name FROM hosts WHERE id IN ({host})"),
+    )
+    .await?;
+    query(
+        db,
+        &format!(
+            "SELECT * FROM jobs WHERE host_id = {host} AND kind = 'update' AND status IN ('queued', 'running') \
+             ORDER BY id DESC LIMIT 1"
+        ),
+    )
+    .await?;
+    query(
+        db,
+        &SNAPSHOTS
+            .replace("{h}", &host.to_string())
+            .replace("{n}", "50"),
+    )
+    .await?;
+    query(
+        db,
+        "SELECT * FROM repositories ORDER BY name LIMIT 1000 OFFSET 0",
+    )
+    .await?;
+    Ok(())
+}
+
+const ITEMS: [&str; 4] = [
+    "GET / (backup columns, health tiles)",
+    "GET /?backup=stale",
+    "GET /hosts/{id} (jobs, snapshots)",
+    "GET /api/snapshots?host_id=",
+];
+
+async fn get(c: &reqwest::Client, url: &str) -> Result<String> {
+    let r = c
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = r.status().as_u16();
+    let body = r.text().await?;
+    checks::expect_success(&format!("GET {url}"), status, &body)?;
+    Ok(body)
+}
+
+fn path(item: usize, host: i64) -> String {
+    match item {
+        0 => "/".into(),
+        1 => "/?backup=stale".into(),
+        2 => format!("/hosts/{host}"),
+        _ => format!("/api/snapshots?host_id={host}"),
+    }
+}
+
+async fn raw_for(db: &DatabaseConnection, q: &Raw, item: usize, host: i64) -> Result<()> {
+    match item {
+        0 => raw_dashboard(db, q, None).await,
+        1 => raw_dashboard(db, q, Some(&q.stale)).await,
+        2 => raw_host_page(db, host).await,
+        _ => query(
+            db,
+            &SNAPSHOTS
+                .replace("{h}", &host.to_string())
+                .replace("{n}", "100"),
+        )
+        .await
+        .map(|_| ()),
+    }
+}
+
+/// The pages show what was seeded.
+async fn validate(c: &reqwest::Client, base: &str, s: &Shape) -> Result<()> {
+    let sel = |x: &str| scraper::Selector::parse(x).expect("static selector");
+    let tile = |doc: &scraper::Html, state: &str| -> Result<String> {
+        Ok(doc
+            .select(&sel(&format!(
+                "[data-testid=tile-backup-{state}] .tile-value"
+            )))
+            .next()
+            .with_context(|| format!("GET / shows no {state} tile"))?
+            .text()
+            .collect::<String>()
+            .trim()
+            .to_string())
+    };
+    let home = scraper::Html::parse_document(&get(c, &format!("{base}/")).await?);
+    let rows = home.select(&sel("tr[data-testid=host-row]")).count();
+    ensure!(rows == 100, "GET / shows {rows} host rows, expected 100");
+    let (stale, failing) = ((s.hosts + 9) / 10, (s.hosts + 14) / 20);
+    let counts = checks::HealthCounts {
+        stale: tile(&home, "stale")?,
+        failing: tile(&home, "failing")?,
+        unprotected: tile(&home, "unprotected")?,
+    };
+    checks::check_health_tiles(&counts, stale, failing, 0)?;
+    let last = home.select(&sel("td[data-testid=last-backup]")).count();
+    ensure!(last == 100, "GET / shows {last} last-backup cells");
+    let page = scraper::Html::parse_document(&get(c, &format!("{base}/?backup=stale")).await?);
+    let n = page.select(&sel("tr[data-testid=host-row]")).count();
+    ensure!(
+        n as i64 == stale.min(100),
+        "GET /?backup=stale shows {n} rows"
+    );
+    let host = s.first_host + 1;
+    let page = scraper::Html::parse_document(&get(c, &format!("{base}/hosts/{host}")).await?);
+    let n = page
+        .select(&sel("tr[data-testid=host-snapshot-row]"))
+        .count();
+    ensure!(
+        n as i64 == s.snaps_per_host.min(50),
+        "the host page shows {n} snapshots, {} were seeded",
+        s.snaps_per_host
+    );
+    let api: Vec<serde_json::Value> =
+        serde_json::from_str(&get(c, &format!("{base}/api/snapshots?host_id={host}")).await?)?;
+    ensure!(
+        api.len() as i64 == s.snaps_per_host.min(100)
+            && api.iter().all(|x| x["host_id"].as_i64() == Some(host)),
+        "GET /api/snapshots?host_id={host} returned {} snapshots, not {} of that host",
+        api.len(),
+        s.snaps_per_host
+    );
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+async fn backend(ctx: &Ctx, name: &str, pg: Option<&str>) -> Result<Vec<Row>> {
+    let o = &ctx.opts;
+    let (hosts, per_host, snaps) = (
+        o.history_hosts as i64,
+        (o.history_jobs / o.history_hosts.max(1)) as i64,
+        (o.history_snapshots / o.history_hosts.max(1)) as i64,
+    );
+    ensure!(
+        per_host >= snaps && snaps >= 1,
+        "--history-jobs must be at least --history-snapshots, both at least --history-hosts"
+    );
+    let runs = o.runs_or(5);
+    let requests = o.dashboard_requests.max(1);
+    let dir = ctx.dir(&format!("history-{name}"))?;
+    let db = seed::open(&dir, pg).await?;
+    let agents = seed::hosts(&db, hosts as usize, |_| ctx.version.clone()).await?;
+    seed::label_all(&db, LABEL).await?;
+    db.close().await?;
+    let url = match pg {
+        Some(u) => u.to_string(),
+        None => restic_manager::config::default_database_url(&dir),
+    };
+    let sqlite_file = pg.is_none().then(|| dir.join("restic-manager.db"));
+    let server = Server::start(&ctx.bins, &dir, pg, &[]).await?;
+    let c = server.admin().await?;
+    let repo = wave::repository(&server, &c).await?;
+    let plan = wave::plan(&server, &c, repo, "history", "0 3 * * *", 0).await?;
+    let db = Database::connect(url.as_str()).await?;
+    wave::wait_planned(&db, plan, hosts as usize).await?;
+    server.proc.kill();
+    let first_host = agents.first().map(|a| a.host_id).context("no hosts")?;
+    ensure!(
+        agents.last().map(|a| a.host_id) == Some(first_host + hosts - 1),
+        "host ids are not contiguous"
+    );
+    let first_job = scalar(&db, "SELECT COALESCE(MAX(id), 0) FROM jobs").await? + 1;
+    let s = Shape {
+        hosts,
+        per_host,
+        snaps_per_host: snaps,
+        first_host,
+        first_job,
+        repo,
+        plan,
+        now: chrono::Utc::now().timestamp_millis(),
+    };
+    let size0 = size(&db, sqlite_file.as_deref()).await?;
+    let t = Instant::now();
+    seed_jobs(&db, &s).await?;
+    let size1 = size(&db, sqlite_file.as_deref()).await?;
+    seed_snapshots(&db, &s).await?;
+    let size2 = size(&db, sqlite_file.as_deref()).await?;
+    seed_health(&db, &s).await?;
+    let (jobs_n, snaps_n) = (
+        scalar(&db, "SELECT COUNT(*) FROM jobs").await?,
+        scalar(&db, "SELECT COUNT(*) FROM snapshots").await?,
+    );
+    ensure!(
+        jobs_n == s.jobs() && snaps_n == hosts * snaps,
+        "seeded {jobs_n} jobs and {snaps_n} snapshots, wanted {} and {}",
+        s.jobs(),
+        hosts * snaps
+    );
+    let (per_job, per_snap) = match pg {
+        None => (
+            size1.saturating_sub(size0) as f64 / jobs_n as f64,
+            size2.saturating_sub(size1) as f64 / snaps_n as f64,
+        ),
+        Some(_) => {
+            // What autovacuum would have done by now.
+            exec(&db, "ANALYZE").await?;
+            (
+                scalar(&db, "SELECT pg_total_relation_size('jobs')").await? as f64 / jobs_n as f64,
+                scalar(&db, "SELECT pg_total_relation_size('snapshots')").await? as f64
+                    / snaps_n as f64,
+            )
+        }
+    };
+    say!(
+        "history {name}: seeded {jobs_n} jobs and {snaps_n} snapshots in {:.0} s; {:.0} B per job, {:.0} B per snapshot; database {:.0} MB",
+        t.elapsed().as_secs_f64(),
+        per_job,
+        per_snap,
+        crate::mb(size2)
+    );
+
+    let mut server = Server::start(&ctx.bins, &dir, pg, &[]).await?;
+    let c = server.admin().await?;
+    validate(&c, &server.url, &s).await?;
+    let cutoff = s.now - 26 * 3_600_000;
+    let q = Raw::new(&ctx.version, cutoff);
+    let mut page = vec![(Vec::new(), Vec::new()); ITEMS.len()];
+    let mut raw = vec![(Vec::new(), Vec::new()); ITEMS.len()];
+    let mut req = 0i64;
+    for round in 0..=runs {
+        let reps = if round == 0 { 20 } else { requests };
+        let mut p_samples = vec![Vec::with_capacity(reps); ITEMS.len()];
+        let mut r_samples = vec![Vec::with_capacity(reps); ITEMS.len()];
+        for _ in 0..reps {
+            req += 1;
+            // A different host each time, the same for the page and its SQL.
+            let host = first_host + (req * 7919) % hosts;
+            for item in 0..ITEMS.len() {
+                let t = Instant::now();
+                get(&c, &format!("{}{}", server.url, path(item, host))).await?;
+                p_samples[item].push(ms(t.elapsed()));
+                let t = Instant::now();
+                raw_for(&db, &q, item, host).await?;
+                r_samples[item].push(ms(t.elapsed()));
+            }
+        }
+        server.proc.check_alive()?;
+        if round == 0 {
+            continue;
+        }
+        for item in 0..ITEMS.len() {
+            let p = Latency::of(&p_samples[item]).context("no samples")?;
+            let r = Latency::of(&r_samples[item]).context("no samples")?;
+            say!(
+                "history {name} run {round}/{runs}: {} p50 {:.2} ms p99 {:.2} ms (raw SQL p50 {:.2} p99 {:.2})",
+                ITEMS[item],
+                p.p50,
+                p.p99,
+                r.p50,
+                r.p99
+            );
+            page[item].0.push(p.p50);
+            page[item].1.push(p.p99);
+            raw[item].0.push(r.p50);
+            raw[item].1.push(r.p99);
+        }
+    }
+    db.close().await?;
+    server.proc.kill();
+    let section = format!(
+        "8. history, {hosts} hosts, {} jobs, {} snapshots, {name}",
+        s.jobs(),
+        hosts * snaps
+    );
+    let mut out = Vec::new();
+    for item in 0..ITEMS.len() {
+        out.push(
+            Row::new(
+                &section,
+                &format!("{} p50", ITEMS[item]),
+                "ms",
+                page[item].0.clone(),
+            )
+            .baseline("raw SQL", raw[item].0.clone())
+            .note(format!("{requests} requests/run")),
+        );
+        out.push(
+            Row::new(
+                &section,
+                &format!("{} p99", ITEMS[item]),
+                "ms",
+                page[item].1.clone(),
+            )
+            .baseline("raw SQL", raw[item].1.clone())
+            .goal(Goal::Below(50.0)),
+        );
+    }
+    let how = if pg.is_some() {
+        "pg_total_relation_size / rows"
+    } else {
+        "file growth / rows"
+    };
+    out.push(Row::new(&section, "database size per job", "B", vec![per_job]).note(how));
+    out.push(Row::new(&section, "database size per snapshot", "B", vec![per_snap]).note(how));
+    out.push(Row::todo(
+        &section,
+        "daily retention purge",
+        "measured after the retention branch lands",
+    ));
+    Ok(out)
+}
+
+pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
+    let mut rows = backend(ctx, "SQLite", None).await?;
+    if ctx.opts.skip_postgres {
+        say!("history: Postgres skipped (--skip-postgres)");
+        return Ok(rows);
+    }
+    let (url, name) = seed::postgres_database(&ctx.opts.pg_url).await?;
+    let r = backend(ctx, "Postgres", Some(&url)).await;
+    seed::drop_postgres_database(&ctx.opts.pg_url, &name).await;
+    rows.extend(r?);
+    Ok(rows)
+}
