@@ -58,15 +58,18 @@ pub enum Scenario {
     Logs,
     /// 6: agent binary size and idle RSS
     Footprint,
+    /// 7: a 1 GB backup through the agent against bare restic
+    Backup,
 }
 
-const ALL: [Scenario; 6] = [
+const ALL: [Scenario; 7] = [
     Scenario::Agents,
     Scenario::Dashboard,
     Scenario::Rolling,
     Scenario::Downloads,
     Scenario::Logs,
     Scenario::Footprint,
+    Scenario::Backup,
 ];
 
 #[derive(Parser, Debug, Clone)]
@@ -123,6 +126,15 @@ pub struct Opts {
     /// Seconds of live log per run.
     #[arg(long, default_value_t = 5)]
     pub log_secs: u64,
+    /// restic for the backup scenario (a name looked up on PATH, or a path).
+    #[arg(long, default_value = "restic")]
+    pub restic: PathBuf,
+    /// Files in the backup scenario's generated tree.
+    #[arg(long, default_value_t = 20_000)]
+    pub backup_files: usize,
+    /// Size of the backup scenario's generated tree, MB (10^6 bytes).
+    #[arg(long, default_value_t = 1000)]
+    pub backup_mb: u64,
     /// Do not run `cargo build --release --workspace --bins --examples` first.
     #[arg(long)]
     pub no_build: bool,
@@ -315,6 +327,7 @@ async fn run(opts: Opts) -> Result<ExitCode> {
             Scenario::Downloads => scenarios::downloads::run(&ctx).await,
             Scenario::Logs => scenarios::logs::run(&ctx).await,
             Scenario::Footprint => scenarios::footprint::run(&ctx).await,
+            Scenario::Backup => scenarios::backup::run(&ctx).await,
         }
         .with_context(|| format!("scenario {s:?}"));
         match r {

@@ -12,6 +12,8 @@ pub enum Goal {
     Below(f64),
     /// Median / baseline median at least this.
     RatioAtLeast(f64),
+    /// Median / baseline median at most this.
+    RatioAtMost(f64),
 }
 
 #[derive(Clone, Debug)]
@@ -83,6 +85,7 @@ impl Row {
             Goal::None => return Verdict::NoTarget,
             Goal::Below(x) => s.median < x,
             Goal::RatioAtLeast(x) => self.ratio().is_some_and(|r| r >= x),
+            Goal::RatioAtMost(x) => self.ratio().is_some_and(|r| r <= x),
         };
         if ok { Verdict::Pass } else { Verdict::Miss }
     }
@@ -92,6 +95,7 @@ impl Row {
             Goal::None => "—".into(),
             Goal::Below(x) => format!("< {} {}", num(x), self.unit),
             Goal::RatioAtLeast(x) => format!("ratio ≥ {}", num(x)),
+            Goal::RatioAtMost(x) => format!("ratio ≤ {}", num(x)),
         }
     }
 }
@@ -194,6 +198,21 @@ mod tests {
             .goal(Goal::RatioAtLeast(0.5));
         assert_eq!(r.verdict(), Verdict::Pass);
         let r = Row::new("s", "throughput", "MB/s", vec![600.0]).goal(Goal::RatioAtLeast(0.5));
+        assert_eq!(r.verdict(), Verdict::Miss, "no baseline, no ratio, no pass");
+    }
+
+    #[test]
+    fn an_overhead_ratio_passes_at_or_under_its_limit() {
+        let r = Row::new("s", "wall", "s", vec![10.4])
+            .baseline("bare", vec![10.0])
+            .goal(Goal::RatioAtMost(1.05));
+        assert_eq!(r.verdict(), Verdict::Pass);
+        let r = Row::new("s", "wall", "s", vec![10.6])
+            .baseline("bare", vec![10.0])
+            .goal(Goal::RatioAtMost(1.05));
+        assert_eq!(r.verdict(), Verdict::Miss);
+        assert!(markdown(&[r]).contains("ratio ≤ 1.05"));
+        let r = Row::new("s", "wall", "s", vec![1.0]).goal(Goal::RatioAtMost(1.05));
         assert_eq!(r.verdict(), Verdict::Miss, "no baseline, no ratio, no pass");
     }
 
