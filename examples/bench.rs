@@ -62,9 +62,11 @@ pub enum Scenario {
     Wave,
     /// 8: history at scale: 1,000,000 jobs and 300,000 snapshots, SQLite and Postgres
     History,
+    /// 9: a 1 GB backup through the agent against bare restic
+    Backup,
 }
 
-const ALL: [Scenario; 8] = [
+const ALL: [Scenario; 9] = [
     Scenario::Agents,
     Scenario::Dashboard,
     Scenario::Rolling,
@@ -73,6 +75,7 @@ const ALL: [Scenario; 8] = [
     Scenario::Footprint,
     Scenario::Wave,
     Scenario::History,
+    Scenario::Backup,
 ];
 
 #[derive(Parser, Debug, Clone)]
@@ -145,6 +148,15 @@ pub struct Opts {
     /// Indexed snapshots in the history scenario (the newest backups of each host).
     #[arg(long, default_value_t = 300_000)]
     pub history_snapshots: usize,
+    /// restic for the backup scenario (a name looked up on PATH, or a path).
+    #[arg(long, default_value = "restic")]
+    pub restic: PathBuf,
+    /// Files in the backup scenario's generated tree.
+    #[arg(long, default_value_t = 20_000)]
+    pub backup_files: usize,
+    /// Size of the backup scenario's generated tree, MB (10^6 bytes).
+    #[arg(long, default_value_t = 1000)]
+    pub backup_mb: u64,
     /// Do not run `cargo build --release --workspace --bins --examples` first.
     #[arg(long)]
     pub no_build: bool,
@@ -346,6 +358,7 @@ async fn run(opts: Opts) -> Result<ExitCode> {
             Scenario::Footprint => scenarios::footprint::run(&ctx).await,
             Scenario::Wave => scenarios::wave::run(&ctx).await,
             Scenario::History => scenarios::history::run(&ctx).await,
+            Scenario::Backup => scenarios::backup::run(&ctx).await,
         }
         .with_context(|| format!("scenario {s:?}"));
         match r {

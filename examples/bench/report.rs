@@ -223,6 +223,21 @@ mod tests {
     }
 
     #[test]
+    fn an_overhead_ratio_passes_at_or_under_its_limit() {
+        let r = Row::new("s", "wall", "s", vec![10.4])
+            .baseline("bare", vec![10.0])
+            .goal(Goal::RatioAtMost(1.05));
+        assert_eq!(r.verdict(), Verdict::Pass);
+        let r = Row::new("s", "wall", "s", vec![10.6])
+            .baseline("bare", vec![10.0])
+            .goal(Goal::RatioAtMost(1.05));
+        assert_eq!(r.verdict(), Verdict::Miss);
+        assert!(markdown(&[r]).contains("ratio ≤ 1.05"));
+        let r = Row::new("s", "wall", "s", vec![1.0]).goal(Goal::RatioAtMost(1.05));
+        assert_eq!(r.verdict(), Verdict::Miss, "no baseline, no ratio, no pass");
+    }
+
+    #[test]
     fn markdown_shows_median_spread_baseline_ratio_and_verdict() {
         let rows = [
             Row::new("agents", "RSS", "MB", vec![100.0, 120.0, 110.0])

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// Waits until the server shows host `id` online at `version`.
-async fn wait_online(
+pub(crate) async fn wait_online(
     server: &Server,
     admin: &reqwest::Client,
     agent: &mut Proc,

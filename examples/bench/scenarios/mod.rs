@@ -1,5 +1,6 @@
 //! One module per measured item of issues 6 and 15; each returns its table rows.
 pub mod agents;
+pub mod backup;
 pub mod dashboard;
 pub mod downloads;
 pub mod footprint;
