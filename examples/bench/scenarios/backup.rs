@@ -248,7 +248,6 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         secret: host.secret.clone(),
         restic_path: Some(restic_bin.clone()),
         restic_cache_dir: Some(dir.join("agent-cache")),
-        ..AgentConfig::default()
     }
     .save(&config)?;
     let mut agent = procs::agent(&agent_bin, &config, &dir)?;
