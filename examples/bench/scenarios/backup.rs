@@ -386,7 +386,11 @@ mod tests {
         assert_eq!(sizes.len(), 20_000);
         assert_eq!(sizes.iter().sum::<u64>(), 1_000_000_000);
         assert_eq!(sizes, spec.sizes(), "deterministic");
-        assert!(sizes[..19_800].iter().all(|&s| (1024..16 * 1024).contains(&s)));
+        assert!(
+            sizes[..19_800]
+                .iter()
+                .all(|&s| (1024..16 * 1024).contains(&s))
+        );
     }
 
     #[test]
