@@ -3,8 +3,10 @@
 //! matches say what a kind does beyond its row:
 //!
 //! - [`agent_may_finish`]: which ends an agent may report;
+//! - [`record_end`]: what an agent's end writes beyond the row, in the
+//!   same transaction as the end;
 //! - [`on_finished`]: what an end means (run once, by the call that ended
-//!   the job, before the end is published);
+//!   the job, after it is recorded and before it is published);
 //! - [`on_deadline`]: what a job past its deadline becomes;
 //! - [`agent_report`]: the kind's own messages while it runs.
 //!
@@ -31,12 +33,25 @@ pub(super) fn agent_may_finish(kind: JobKind, status: JobStatus) -> bool {
     }
 }
 
-/// What a job's end means beyond its row. `report` is the agent's
-/// `job.finished` when the agent ended it.
-pub(super) async fn on_finished(state: &AppState, job: &Job, report: Option<&JobFinished>) {
+/// What a job's end means beyond its row, once it is recorded.
+pub(super) async fn on_finished(state: &AppState, job: &Job) {
     match job.kind {
         JobKind::Update => crate::updates::on_finished(state, job).await,
-        _ => crate::restic::events::on_finished(state, job, report).await,
+        _ => crate::restic::events::on_finished(state, job).await,
+    }
+}
+
+/// What an agent's end writes beyond the job's row, in the transaction
+/// that records the end (see `finish_and_record`).
+pub(super) async fn record_end(
+    txn: &sea_orm::DatabaseTransaction,
+    state: &AppState,
+    job: &Job,
+    report: &JobFinished,
+) {
+    match job.kind {
+        JobKind::Update => {}
+        _ => crate::restic::events::record_end(txn, state, job, report).await,
     }
 }
 

@@ -10,6 +10,8 @@ pub mod live;
 
 use agent::wire::{self, Envelope, FinishedStatus, JobFinished, JobStarted, LogStream};
 
+use sea_orm::TransactionTrait;
+
 use crate::{
     state::AppState,
     store::{
@@ -112,9 +114,8 @@ pub async fn agent_finished(state: &AppState, host_id: i64, m: &JobFinished) -> 
         result: result.as_deref(),
     };
     let now = state.clock.now_ms();
-    match store::jobs::finish_with(&state.db, m.job_id, Some(host_id), status, &outcome, now).await
-    {
-        Ok(Ok(t)) => ended(state, t, Some(m)).await,
+    match finish_and_record(state, host_id, m, status, &outcome, now).await {
+        Ok(Ok(t)) => ended(state, t).await,
         Ok(Err(r)) => {
             refused("job.finished", m.job_id, host_id, r);
             None
@@ -126,13 +127,37 @@ pub async fn agent_finished(state: &AppState, host_id: i64, m: &JobFinished) -> 
     }
 }
 
+/// Records the agent's end of a job and, when this call ended it, what the
+/// end writes beyond the row (a backup's snapshot in the index, a forget's
+/// removals) in the same transaction: whoever reads the job as ended also
+/// reads its effects, and a server that dies in between loses neither.
+async fn finish_and_record(
+    state: &AppState,
+    host_id: i64,
+    m: &JobFinished,
+    status: JobStatus,
+    outcome: &Outcome<'_>,
+    now: i64,
+) -> store::Result<Result<Transition, Refusal>> {
+    let txn = state.db.begin().await?;
+    store::jobs::lock_job(&txn, m.job_id).await?;
+    let r = store::jobs::finish_with(&txn, m.job_id, Some(host_id), status, outcome, now).await?;
+    if let Ok(t) = &r
+        && t.changed
+    {
+        kinds::record_end(&txn, state, &t.job, m).await;
+    }
+    txn.commit().await?;
+    Ok(r)
+}
+
 /// After a recorded end: the kind's end (once, by the call that ended the
 /// job), then the new status to watchers.
-async fn ended(state: &AppState, t: Transition, report: Option<&JobFinished>) -> Option<Job> {
+async fn ended(state: &AppState, t: Transition) -> Option<Job> {
     if !t.changed {
         return None;
     }
-    kinds::on_finished(state, &t.job, report).await;
+    kinds::on_finished(state, &t.job).await;
     publish_status(state, &t);
     Some(t.job)
 }
@@ -279,7 +304,7 @@ pub async fn finish_with(
 ) -> store::Result<Option<Job>> {
     let now = state.clock.now_ms();
     match store::jobs::finish_with(&state.db, job_id, None, status, outcome, now).await? {
-        Ok(t) => Ok(ended(state, t, None).await),
+        Ok(t) => Ok(ended(state, t).await),
         Err(_) => Ok(None),
     }
 }

@@ -8,6 +8,8 @@ use agent::wire::{
     SnapshotInfo,
 };
 
+use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
+
 use super::{Restic, lock, scope_host};
 use crate::{
     jobs::LiveEvent,
@@ -147,26 +149,47 @@ async fn owns_running(state: &AppState, host_id: i64, job_id: i64) -> bool {
 }
 
 /// A restic job ended (the job lifecycle calls this once per job, however
-/// it ended, before the end is published): a success's result goes into the
-/// snapshot index and the repository, the in-memory progress goes, the
+/// it ended, after the end and [`record_end`]'s writes are committed and
+/// before the end is published): the in-memory progress goes, the
 /// dispatcher wakes and the plans learn of it.
-pub async fn on_finished(state: &AppState, job: &Job, report: Option<&JobFinished>) {
-    if job.status == JobStatus::Succeeded
-        && let Some(m) = report
-        && let Err(e) = apply(state, job, m).await
-    {
-        tracing::error!(error = %e, job_id = job.id, "updating the snapshot index failed");
-    }
+pub async fn on_finished(state: &AppState, job: &Job) {
     state.restic.clear(job.id);
     state.restic.wake();
     super::plans::on_job_end(state, job).await;
 }
 
-async fn apply(state: &AppState, job: &Job, m: &JobFinished) -> store::Result<()> {
+/// What a restic job's successful end writes beyond its row, in `txn` (the
+/// transaction that records the end): a backup's snapshot goes into the
+/// index, a forget's removals out of it, a listing replaces it, a check
+/// dates the repository. Written under a savepoint: if it fails, the end is
+/// still recorded (the index is re-synced by the next `snapshots` job) and
+/// the failure logged.
+pub async fn record_end(txn: &DatabaseTransaction, state: &AppState, job: &Job, m: &JobFinished) {
+    if job.status != JobStatus::Succeeded {
+        return;
+    }
+    let res = async {
+        let sp = txn.begin().await?;
+        apply(&sp, state, job, m).await?;
+        sp.commit().await?;
+        store::Result::Ok(())
+    }
+    .await;
+    if let Err(e) = res {
+        tracing::error!(error = %e, job_id = job.id, "updating the snapshot index failed");
+    }
+}
+
+async fn apply(
+    db: &DatabaseTransaction,
+    state: &AppState,
+    job: &Job,
+    m: &JobFinished,
+) -> store::Result<()> {
     let Some(repository_id) = job.repository_id else {
         return Ok(());
     };
-    let repo = store::repositories::get(&state.db, repository_id).await?;
+    let repo = store::repositories::get(db, repository_id).await?;
     let scope_host_id = scope_host(repo.local, job.host_id);
     match job.kind {
         JobKind::Backup => {
@@ -188,7 +211,7 @@ async fn apply(state: &AppState, job: &Job, m: &JobFinished) -> store::Result<()
                 paths: vec![],
                 tags: vec![],
             });
-            let mut snap = snapshot(state, &info, job.host_id, Some(job.host_id)).await;
+            let mut snap = snapshot(db, &info, Some(job.host_id)).await;
             snap.job_id = Some(job.id);
             snap.plan_id = job.plan_id.or(snap.plan_id);
             snap.files_new = Some(r.files_new as i64);
@@ -197,7 +220,7 @@ async fn apply(state: &AppState, job: &Job, m: &JobFinished) -> store::Result<()
             snap.total_bytes_processed = Some(r.total_bytes_processed as i64);
             snap.duration_ms = Some((r.duration_secs * 1000.0) as i64);
             store::snapshots::upsert(
-                &state.db,
+                db,
                 &NewSnapshot {
                     repository_id,
                     scope_host_id,
@@ -214,7 +237,7 @@ async fn apply(state: &AppState, job: &Job, m: &JobFinished) -> store::Result<()
             else {
                 return Ok(());
             };
-            store::snapshots::remove(&state.db, repository_id, scope_host_id, &r.removed)
+            store::snapshots::remove(db, repository_id, scope_host_id, &r.removed)
                 .await
                 .map(|_| ())
         }
@@ -228,14 +251,13 @@ async fn apply(state: &AppState, job: &Job, m: &JobFinished) -> store::Result<()
                 rows.push(NewSnapshot {
                     repository_id,
                     scope_host_id,
-                    snap: snapshot(state, info, job.host_id, host).await,
+                    snap: snapshot(db, info, host).await,
                 });
             }
-            store::snapshots::replace(&state.db, repository_id, scope_host_id, None, &rows).await
+            store::snapshots::replace(db, repository_id, scope_host_id, None, &rows).await
         }
         JobKind::Check => {
-            store::repositories::set_last_check(&state.db, repository_id, state.clock.now_ms())
-                .await
+            store::repositories::set_last_check(db, repository_id, state.clock.now_ms()).await
         }
         _ => Ok(()),
     }
@@ -244,15 +266,10 @@ async fn apply(state: &AppState, job: &Job, m: &JobFinished) -> store::Result<()
 /// An index row from restic's listing. The host is the given one, else the
 /// host whose restic-manager name is the snapshot's hostname (backups run
 /// with `--host <name>`).
-async fn snapshot(
-    state: &AppState,
-    info: &SnapshotInfo,
-    _runner: i64,
-    host: Option<i64>,
-) -> Snapshot {
+async fn snapshot<C: ConnectionTrait>(db: &C, info: &SnapshotInfo, host: Option<i64>) -> Snapshot {
     let host_id = match host {
         Some(h) => Some(h),
-        None => store::hosts::id_by_name(&state.db, &info.hostname)
+        None => store::hosts::id_by_name(db, &info.hostname)
             .await
             .ok()
             .flatten(),

@@ -136,7 +136,7 @@ pub async fn remove<C: ConnectionTrait>(
 /// only that restic host's snapshots are replaced (a listing filtered by
 /// `--host`).
 pub async fn replace(
-    db: &sea_orm::DatabaseConnection,
+    db: &sea_orm::DatabaseTransaction,
     repository_id: i64,
     scope_host_id: i64,
     hostname: Option<&str>,

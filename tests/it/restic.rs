@@ -744,6 +744,80 @@ async fn init_backup_check_snapshots_and_stats_run_real_restic_on_a_local_reposi
     agent.shutdown().await;
 }
 
+/// A backup's snapshot is written with its job's end: whoever sees the job
+/// succeeded sees the snapshot (no moment where the page says succeeded and
+/// the index lacks it; a server dying in between loses neither). An index
+/// write the database refuses does not undo the end: the job still
+/// succeeds, and a `snapshots` job brings the index back.
+#[tokio::test]
+async fn a_backups_snapshot_is_indexed_with_its_end_and_a_refused_index_write_keeps_the_end() {
+    let lab = Lab::new();
+    let app = TestApp::spawn().await;
+    let api = Api::new(&app).await;
+    let cfg = app.enrolled_host("idx-1").await;
+    let agent = lab.agent(&cfg, &restic_bin());
+    wait_acked(&agent).await;
+    let host = cfg.host_id;
+    let repo_path = lab.path("repo");
+    let repo = api.repo("idx", repo_path.to_str().unwrap(), "idx-pw").await;
+    assert_eq!(
+        api.finished(api.job(repo, "init", host).await).await["status"],
+        "succeeded"
+    );
+    let data = lab.data("data", 0);
+    let indexed = || async {
+        api.get(&format!("{}?host_id={host}", routes::API_SNAPSHOTS))
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["snapshot_id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let b = backup(&app, repo, host, &[&data]).await;
+    let j = api.finished(b).await;
+    assert_eq!(j["status"], "succeeded", "{j}");
+    // Read at once, no waiting: the end and the snapshot are one write.
+    assert_eq!(
+        indexed().await,
+        vec![j["result"]["snapshot_id"].as_str().unwrap()]
+    );
+
+    let (refuse, allow): (&[&str], &str) = if app.is_sqlite() {
+        (
+            &["CREATE TRIGGER refuse_snapshot BEFORE INSERT ON snapshots \
+               BEGIN SELECT RAISE(ABORT, 'refused'); END"],
+            "DROP TRIGGER refuse_snapshot",
+        )
+    } else {
+        (
+            &[
+                "CREATE FUNCTION refuse_snapshot() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN RAISE EXCEPTION 'refused'; END $$",
+                "CREATE TRIGGER refuse_snapshot BEFORE INSERT ON snapshots \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_snapshot()",
+            ],
+            "DROP TRIGGER refuse_snapshot ON snapshots",
+        )
+    };
+    for sql in refuse {
+        app.db().execute_unprepared(sql).await.unwrap();
+    }
+    let b2 = backup(&app, repo, host, &[&data]).await;
+    let j2 = api.finished(b2).await;
+    assert_eq!(j2["status"], "succeeded", "{j2}\n{}", api.log(b2).await);
+    let second = j2["result"]["snapshot_id"].as_str().unwrap().to_string();
+    assert_eq!(indexed().await.len(), 1, "the refused row was written");
+    app.db().execute_unprepared(allow).await.unwrap();
+    // The next backup is indexed again, and a listing brings back the one missed.
+    let s = api.job(repo, "snapshots", host).await;
+    assert_eq!(api.finished(s).await["status"], "succeeded");
+    let now = indexed().await;
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(now.contains(&second));
+    agent.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_rest_backend_with_credentials_in_the_url_works_and_stays_masked() {
     let lab = Lab::new();

@@ -254,7 +254,7 @@ pub struct NewLine<'a> {
 /// another connection has written (it fails at once, without waiting); on
 /// Postgres it queues concurrent appends to one job, so positions never
 /// collide. A no-op update, so an unknown job is simply not found next.
-async fn lock_job<C: ConnectionTrait>(txn: &C, job_id: i64) -> Result<()> {
+pub async fn lock_job<C: ConnectionTrait>(txn: &C, job_id: i64) -> Result<()> {
     let (col, key) = (jobs::Column::LogLines, jobs::Column::Id);
     super::lock_row::<jobs::Entity, _>(txn, col, key, job_id).await
 }
