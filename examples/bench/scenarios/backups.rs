@@ -150,7 +150,12 @@ async fn dispatched(fleet: &mut Fleet, n: usize) -> Result<Vec<i64>> {
 
 /// The server's record: all N backups of the plan succeeded (waited for);
 /// returns how long that took.
-async fn all_succeeded(db: &DatabaseConnection, plan_id: i64, n: usize) -> Result<f64> {
+async fn all_succeeded(
+    db: &DatabaseConnection,
+    plan_id: i64,
+    n: usize,
+    limit: Duration,
+) -> Result<f64> {
     let t = Instant::now();
     let sql = format!(
         "SELECT COUNT(*) FROM jobs WHERE plan_id = {plan_id} AND kind = 'backup' AND status = 'succeeded'"
@@ -161,8 +166,8 @@ async fn all_succeeded(db: &DatabaseConnection, plan_id: i64, n: usize) -> Resul
             return Ok(t.elapsed().as_secs_f64());
         }
         ensure!(
-            t.elapsed() < Duration::from_secs(120),
-            "the server recorded {ok} of {n} backups as succeeded 120 s after the last job.finished"
+            t.elapsed() < limit,
+            "the server recorded {ok} of {n} backups as succeeded {limit:?} after the last job.finished"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -266,12 +271,14 @@ async fn one_run(ctx: &Ctx, run: usize) -> Result<Measured> {
     let client_cpu = CpuMeter::start(std::process::id())?;
     go_tx.send(true)?;
     let mut answered = 0;
-    let deadline = Instant::now() + Duration::from_secs(secs + 120);
+    // Agents slow down when the server stops reading their sockets.
+    let deadline = Instant::now() + Duration::from_secs(3 * secs + 120);
     while answered < n {
         let left = deadline.saturating_duration_since(Instant::now());
         ensure!(
             !left.is_zero(),
-            "{answered} of {n} backups sent their end {secs} s + 120 s after the go"
+            "{answered} of {n} backups sent their end {} s after the go",
+            3 * secs + 120
         );
         match fleet.next_event(left).await {
             Some(Ev::Answered { .. }) => answered += 1,
@@ -281,7 +288,8 @@ async fn one_run(ctx: &Ctx, run: usize) -> Result<Measured> {
         }
     }
     let client_cpu = client_cpu.percent_of_core()?;
-    let drain_s = all_succeeded(&db, plan_id, n).await?;
+    // A server far behind has a backlog of up to the whole run to store.
+    let drain_s = all_succeeded(&db, plan_id, n, Duration::from_secs(120 + 2 * secs)).await?;
     let cpu = cpu.percent_of_core()?;
     let rss_peak = peak.stop().await;
     let (mut progress_ms, mut line_ms) = (Vec::new(), Vec::new());
