@@ -1,7 +1,8 @@
 //! `just bench`: benchmarks of the release server over real sockets on
 //! 127.0.0.1 — simulated agents on real WebSockets, the dashboard at 10,000
 //! hosts, a rolling update, binary downloads, live logs, the agent's
-//! footprint, a scheduling wave, history at scale — each figure as median and spread over runs beside a
+//! footprint, a scheduling wave, history at scale, an agent's backup against
+//! bare restic, many backups at once — each figure as median and spread over runs beside a
 //! baseline measured in the same runs (see BENCHMARKS.md). It refuses to
 //! print a number for work the server did not do: a missing ack, an HTTP
 //! error, a short download or a lost log line ends it with an error.
@@ -23,6 +24,8 @@ use clap::{Parser, ValueEnum};
 mod baseline;
 #[path = "bench/checks.rs"]
 mod checks;
+#[path = "bench/load.rs"]
+mod load;
 #[path = "bench/procs.rs"]
 mod procs;
 #[path = "bench/report.rs"]
@@ -64,9 +67,11 @@ pub enum Scenario {
     History,
     /// 9: a 1 GB backup through the agent against bare restic
     Backup,
+    /// 10: many backups at once: 1,000 agents sending progress and logs, 10 viewers
+    Backups,
 }
 
-const ALL: [Scenario; 9] = [
+const ALL: [Scenario; 10] = [
     Scenario::Agents,
     Scenario::Dashboard,
     Scenario::Rolling,
@@ -76,6 +81,7 @@ const ALL: [Scenario; 9] = [
     Scenario::Wave,
     Scenario::History,
     Scenario::Backup,
+    Scenario::Backups,
 ];
 
 #[derive(Parser, Debug, Clone)]
@@ -91,7 +97,7 @@ pub struct Opts {
     #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
     pub agents: Vec<usize>,
     /// Runs per figure (default: 5; 3 for 10,000 agents, the rolling
-    /// update and the agent footprint).
+    /// update, the agent footprint, the scheduling wave and many backups).
     #[arg(long)]
     pub runs: Option<usize>,
     /// Seconds over which idle CPU is measured with all agents connected.
@@ -157,6 +163,17 @@ pub struct Opts {
     /// Size of the backup scenario's generated tree, MB (10^6 bytes).
     #[arg(long, default_value_t = 1000)]
     pub backup_mb: u64,
+    /// Simulated agents in the many-backups scenario, one backup each.
+    #[arg(long, default_value_t = 1000)]
+    pub backups_agents: usize,
+    /// Seconds each of those backups runs: one `job.progress` a second and
+    /// 20 `log.stream` lines a second.
+    #[arg(long, default_value_t = 60)]
+    pub backups_secs: u64,
+    /// Viewers on one backup's job page (its live event stream), 1 to 32
+    /// (they share one session).
+    #[arg(long, default_value_t = 10)]
+    pub backups_viewers: usize,
     /// Do not run `cargo build --release --workspace --bins --examples` first.
     #[arg(long)]
     pub no_build: bool,
@@ -301,7 +318,14 @@ async fn run(opts: Opts) -> Result<ExitCode> {
         },
     )
     .max(opts.fleet)
-    .max(opts.viewers);
+    .max(opts.viewers)
+    .max(
+        if opts.only.is_empty() || opts.only.contains(&Scenario::Backups) {
+            opts.backups_agents + opts.backups_viewers
+        } else {
+            0
+        },
+    );
     let limit = sys::raise_nofile(max_agents as u64 + 2048)?;
     say!("open-file limit: {limit}");
     if !opts.no_build {
@@ -359,6 +383,7 @@ async fn run(opts: Opts) -> Result<ExitCode> {
             Scenario::Wave => scenarios::wave::run(&ctx).await,
             Scenario::History => scenarios::history::run(&ctx).await,
             Scenario::Backup => scenarios::backup::run(&ctx).await,
+            Scenario::Backups => scenarios::backups::run(&ctx).await,
         }
         .with_context(|| format!("scenario {s:?}"));
         match r {
@@ -450,6 +475,13 @@ mod tests {
         let o = Opts::try_parse_from(["bench", "--only", "wave,history"]).unwrap();
         assert_eq!(o.only, vec![Scenario::Wave, Scenario::History]);
         assert_eq!((o.wave_hosts, o.history_jobs), (10_000, 1_000_000));
+        let o =
+            Opts::try_parse_from(["bench", "--only", "backups", "--backups-agents", "20"]).unwrap();
+        assert_eq!(o.only, vec![Scenario::Backups]);
+        assert_eq!(
+            (o.backups_agents, o.backups_secs, o.backups_viewers),
+            (20, 60, 10)
+        );
         let o = Opts::try_parse_from(["bench", "--runs", "0"]).unwrap();
         assert_eq!(o.runs_or(5), 1, "at least one run");
     }

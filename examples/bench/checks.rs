@@ -80,16 +80,28 @@ impl AckTracker {
 /// A live-log viewer must see every line exactly once, in order: `seqs` are
 /// the line numbers it received, `sent` how many the agent sent (1..=sent).
 pub fn check_viewer_lines(viewer: usize, seqs: &[u64], sent: u64, ended: bool) -> Result<()> {
+    check_viewer_seqs(viewer, "line", seqs, sent, ended)
+}
+
+/// A viewer must see every numbered `what` (a line, a progress report)
+/// exactly once, in order, 1..=sent, and the stream's `end` event.
+pub fn check_viewer_seqs(
+    viewer: usize,
+    what: &str,
+    seqs: &[u64],
+    sent: u64,
+    ended: bool,
+) -> Result<()> {
     for (expected, &s) in (1u64..).zip(seqs.iter()) {
         ensure!(
             s == expected,
-            "viewer {viewer}: expected line {expected}, got line {s} ({} lines received, {sent} sent)",
+            "viewer {viewer}: expected {what} {expected}, got {what} {s} ({} received, {sent} sent)",
             seqs.len()
         );
     }
     ensure!(
         seqs.len() as u64 == sent,
-        "viewer {viewer}: received {} of the {sent} lines sent",
+        "viewer {viewer}: received {} of the {sent} {what}s sent",
         seqs.len()
     );
     ensure!(
@@ -349,6 +361,10 @@ mod tests {
             check_viewer_lines(0, &[1, 2, 3], 3, false).is_err(),
             "no end event"
         );
+        let e = check_viewer_seqs(1, "progress report", &[1, 3], 3, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected progress report 2"), "{e}");
     }
 
     #[test]

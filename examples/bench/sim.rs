@@ -140,6 +140,9 @@ pub struct SimCfg {
     /// Report restic in the hello and answer each `command.restic` at once
     /// with `job.started` and a successful `job.finished`.
     pub restic: bool,
+    /// With `restic`: between a backup's `job.started` and its
+    /// `job.finished`, send this load (progress and log lines for a while).
+    pub backup: Option<Arc<super::load::Load>>,
 }
 
 #[derive(Debug)]
@@ -343,7 +346,7 @@ async fn agent_task(
                     Some(Ok(Message::Text(t))) => {
                         let Ok(env) = Envelope::parse(t.as_str()) else { continue };
                         if env.kind == wire::COMMAND_RESTIC && cfg.restic {
-                            if let Err(e) = answer_restic(idx, &env, &mut ws, &ev).await {
+                            if let Err(e) = answer_restic(idx, &env, &mut ws, &ev, cfg.backup.as_deref()).await {
                                 let _ = ev.send(Ev::Lost { idx, why: format!("answering command.restic: {e:#}") });
                                 return;
                             }
@@ -402,12 +405,14 @@ async fn agent_task(
 }
 
 /// Reports a `command.restic`, then answers it as a restic run that
-/// succeeded at once (a backup's result names a snapshot).
+/// succeeded (a backup's result names a snapshot): at once, or for a backup
+/// after sending `load`.
 async fn answer_restic(
     idx: usize,
     env: &Envelope,
     ws: &mut Ws,
     ev: &mpsc::UnboundedSender<Ev>,
+    load: Option<&super::load::Load>,
 ) -> Result<()> {
     let at = Instant::now();
     let cmd: CommandRestic = env.payload().context("bad command.restic")?;
@@ -422,6 +427,11 @@ async fn answer_restic(
         kind: Some(cmd.kind),
     };
     ws.send(Message::text(started.envelope().to_text())).await?;
+    if let Some(load) = load
+        && cmd.kind == wire::JobKind::Backup
+    {
+        load.run(idx, cmd.job_id, ws).await?;
+    }
     let result = (cmd.kind == wire::JobKind::Backup).then(|| BackupResult {
         snapshot_id: format!("{:064x}", cmd.job_id),
         files_new: 1,

@@ -64,6 +64,44 @@ impl CpuMeter {
     }
 }
 
+/// A process's peak resident memory, sampled in the background until
+/// [`PeakRss::stop`].
+pub struct PeakRss {
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PeakRss {
+    /// Samples `pid` every `every`, starting from its RSS now.
+    pub fn start(pid: u32, every: Duration) -> Result<Self> {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicU64, Ordering},
+        };
+        let peak = Arc::new(AtomicU64::new(rss_bytes(pid)?));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                if let Ok(r) = rss_bytes(pid) {
+                    p.fetch_max(r, Ordering::Relaxed);
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+        Ok(PeakRss { peak, stop, task })
+    }
+
+    /// Stops sampling; the highest RSS seen, bytes.
+    pub async fn stop(self) -> u64 {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
 pub fn cpu_percent(ticks: u64, per_sec: u64, wall: Duration) -> f64 {
     let secs = wall.as_secs_f64();
     if secs <= 0.0 || per_sec == 0 {

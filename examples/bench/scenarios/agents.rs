@@ -102,6 +102,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
                 check_host_id: true,
                 obey_updates: false,
                 restic: false,
+                backup: None,
             };
             let m = measure(ctx, &mut server.proc, cfg, &agents).await?;
             server.proc.kill();
@@ -115,6 +116,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
                 check_host_id: false,
                 obey_updates: false,
                 restic: false,
+                backup: None,
             };
             let b = measure(ctx, &mut bp, cfg, &agents).await?;
             bp.kill();

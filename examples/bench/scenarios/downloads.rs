@@ -5,10 +5,7 @@
 //! same file from `python3 -m http.server`. Each run starts both servers
 //! afresh so growth is measured from a cold process.
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -39,19 +36,7 @@ async fn download_all(
         .pool_max_idle_per_host(n)
         .build()?;
     let before = sys::rss_bytes(pid)?;
-    let peak = Arc::new(AtomicU64::new(before));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, stop) = (peak.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(r) = sys::rss_bytes(pid) {
-                    peak.fetch_max(r, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let sampler = sys::PeakRss::start(pid, Duration::from_millis(10))?;
     let gate = Arc::new(tokio::sync::Barrier::new(n + 1));
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
@@ -86,11 +71,10 @@ async fn download_all(
         total += got;
     }
     let secs = t0.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    sampler.await?;
+    let peak = sampler.stop().await;
     Ok(Measured {
         mb_per_s: mb(total) / secs,
-        growth: peak.load(Ordering::Relaxed).saturating_sub(before),
+        growth: peak.saturating_sub(before),
     })
 }
 

@@ -16,8 +16,8 @@ use std::{
 use agent::wire::{
     self, FinishedStatus, JobFinished, JobStarted, LogStream, LogStreamKind, Message as _,
 };
-use anyhow::{Context, Result, bail};
-use futures_util::{SinkExt, StreamExt};
+use anyhow::{Context, Result};
+use futures_util::SinkExt;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -51,67 +51,25 @@ async fn viewer(
     epoch: Instant,
     sent: Arc<Vec<AtomicU64>>,
 ) -> Result<Viewed> {
-    let r = client
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
-    let status = r.status().as_u16();
-    if status != 200 {
-        let body = r.text().await.unwrap_or_default();
-        return Err(checks::http_error(&format!("GET {url}"), status, &body));
-    }
-    let ct = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    anyhow::ensure!(
-        ct.starts_with("text/event-stream"),
-        "GET {url}: content-type {ct:?}"
-    );
-    let mut body = r.bytes_stream();
-    let mut parser = sse::Parser::default();
-    let mut events = Vec::new();
-    let mut v = Viewed {
-        seqs: Vec::new(),
-        latencies_ms: Vec::new(),
-        ended: false,
-    };
-    let mut ready = Some(ready);
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.context("reading the event stream")?;
-        let now = epoch.elapsed().as_nanos() as u64;
-        parser.push(&chunk, &mut events);
-        for e in events.drain(..) {
-            if let Some(r) = ready.take() {
-                let _ = r.send(()).await;
-            }
-            match e.event.as_str() {
-                "line" => {
-                    let seq = sse::line_seq(&e.data).with_context(|| {
-                        format!("a line event without a benchmark line: {:?}", e.data)
-                    })?;
-                    let at = sent
-                        .get(seq as usize)
-                        .map(|a| a.load(Ordering::Acquire))
-                        .unwrap_or(0);
-                    if at == 0 {
-                        bail!("line {seq} arrived but was never sent");
-                    }
-                    v.seqs.push(seq);
-                    v.latencies_ms.push(now.saturating_sub(at) as f64 / 1e6);
-                }
-                "end" => {
-                    v.ended = true;
-                    return Ok(v);
-                }
-                _ => {}
-            }
+    let r = sse::open(&client, &url).await?;
+    let (mut seqs, mut latencies_ms) = (Vec::new(), Vec::new());
+    let clock = || epoch.elapsed().as_nanos() as u64;
+    let ended = sse::follow(r, ready, clock, |e, now| {
+        if e.event == "line" {
+            let seq = sse::line_seq(&e.data)
+                .with_context(|| format!("a line event without a benchmark line: {:?}", e.data))?;
+            let at = sse::sent_at(&sent, seq, "line")?;
+            seqs.push(seq);
+            latencies_ms.push(now.saturating_sub(at) as f64 / 1e6);
         }
-    }
-    Ok(v)
+        Ok(())
+    })
+    .await?;
+    Ok(Viewed {
+        seqs,
+        latencies_ms,
+        ended,
+    })
 }
 
 /// Streams the log to all viewers; returns pooled latency and CPU %.
@@ -150,13 +108,7 @@ async fn stream(ctx: &Ctx, t: Target<'_>) -> Result<Streamed> {
         })
         .collect();
     drop(ready_tx);
-    for i in 0..viewers {
-        tokio::time::timeout(Duration::from_secs(30), ready_rx.recv())
-            .await
-            .ok()
-            .flatten()
-            .with_context(|| format!("only {i} of {viewers} viewers got their first event"))?;
-    }
+    sse::all_ready(&mut ready_rx, viewers).await?;
     let send = |m: String| Message::text(m);
     ws.send(send(
         JobStarted {

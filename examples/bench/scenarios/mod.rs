@@ -1,6 +1,7 @@
 //! One module per measured item of issues 6 and 15; each returns its table rows.
 pub mod agents;
 pub mod backup;
+pub mod backups;
 pub mod dashboard;
 pub mod downloads;
 pub mod footprint;

@@ -55,6 +55,7 @@ async fn one_run(ctx: &Ctx, run: usize) -> Result<Measured> {
         check_host_id: true,
         obey_updates: true,
         restic: false,
+        backup: None,
     };
     let mut fleet = Fleet::launch(Arc::new(cfg), &agents);
     fleet

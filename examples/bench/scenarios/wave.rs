@@ -14,6 +14,7 @@
 //!   included) once the plan is created, and buckets them per minute: the
 //!   scheduler fires each row at exactly that time.
 use std::{
+    path::Path,
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -34,7 +35,7 @@ use crate::{
 pub const LABEL: &str = "bench-wave";
 const CONNECT_LIMIT: Duration = Duration::from_secs(300);
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -88,7 +89,7 @@ pub async fn plan(
     v["id"].as_i64().context("POST /api/plans: no id")
 }
 
-async fn scalar(db: &DatabaseConnection, sql: &str) -> Result<i64> {
+pub async fn scalar(db: &DatabaseConnection, sql: &str) -> Result<i64> {
     let r = db
         .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
         .await?
@@ -117,13 +118,13 @@ pub async fn wait_planned(db: &DatabaseConnection, plan_id: i64, n: usize) -> Re
 }
 
 /// The cron expression for the UTC minute starting at `t` (ms).
-fn cron_at(t: i64) -> String {
+pub fn cron_at(t: i64) -> String {
     let mins = t.div_euclid(60_000);
     format!("{} {} * * *", mins % 60, (mins / 60) % 24)
 }
 
 /// The first minute boundary at least `lead` ms from now.
-fn due_minute(now: i64, lead: i64) -> i64 {
+pub fn due_minute(now: i64, lead: i64) -> i64 {
     (now + lead).div_euclid(60_000) * 60_000 + 60_000
 }
 
@@ -141,14 +142,31 @@ struct Measured {
     splay_planned_s: f64,
 }
 
-async fn one_run(ctx: &Ctx, run: usize, n: usize) -> Result<Measured> {
-    let dir = ctx.dir(&format!("wave-{run}"))?;
-    let db = seed::open(&dir, None).await?;
+/// A restic fleet ready for work: `n` hosts labelled [`LABEL`] seeded, the
+/// server started, every simulated agent connected (answering each backup
+/// at once, or with `backup`'s load first), an admin client and a local
+/// repository.
+pub struct ResticFleet {
+    pub server: Server,
+    pub db: DatabaseConnection,
+    pub fleet: Fleet,
+    pub agents: Vec<seed::Seeded>,
+    pub admin: reqwest::Client,
+    pub repo: i64,
+}
+
+pub async fn restic_fleet(
+    ctx: &Ctx,
+    dir: &Path,
+    n: usize,
+    backup: Option<Arc<crate::load::Load>>,
+) -> Result<ResticFleet> {
+    let db = seed::open(dir, None).await?;
     let agents = seed::hosts(&db, n, |_| ctx.version.clone()).await?;
     seed::label_all(&db, LABEL).await?;
     db.close().await?;
-    let mut server = Server::start(&ctx.bins, &dir, None, &[]).await?;
-    let db = Database::connect(restic_manager::config::default_database_url(&dir).as_str()).await?;
+    let server = Server::start(&ctx.bins, dir, None, &[]).await?;
+    let db = Database::connect(restic_manager::config::default_database_url(dir).as_str()).await?;
     let cfg = SimCfg {
         ws_url: server.ws_url(),
         server: format!("127.0.0.1:{}", server.port).parse()?,
@@ -157,13 +175,34 @@ async fn one_run(ctx: &Ctx, run: usize, n: usize) -> Result<Measured> {
         check_host_id: true,
         obey_updates: false,
         restic: true,
+        backup,
     };
     let mut fleet = Fleet::launch(Arc::new(cfg), &agents);
     fleet
         .wait_round(0, CONNECT_LIMIT, &format!("connecting {n} agents"))
         .await?;
-    let c = server.admin().await?;
-    let repo = repository(&server, &c).await?;
+    let admin = server.admin().await?;
+    let repo = repository(&server, &admin).await?;
+    Ok(ResticFleet {
+        server,
+        db,
+        fleet,
+        agents,
+        admin,
+        repo,
+    })
+}
+
+async fn one_run(ctx: &Ctx, run: usize, n: usize) -> Result<Measured> {
+    let dir = ctx.dir(&format!("wave-{run}"))?;
+    let ResticFleet {
+        mut server,
+        db,
+        mut fleet,
+        agents,
+        admin: c,
+        repo,
+    } = restic_fleet(ctx, &dir, n, None).await?;
 
     // splay 0: one minute for everyone.
     // Created this long before its minute, so the scheduler has stored
