@@ -10,7 +10,9 @@
 //! `/api/snapshots?host_id=`, each beside the raw SQL its handler runs,
 //! interleaved request by request; and the database size per job and per
 //! snapshot (SQLite: growth of the file; Postgres: `pg_total_relation_size`
-//! of the table over its rows).
+//! of the table over its rows). Last, with the server stopped, the daily
+//! retention purge (`retention::purge_now`) once with jobs and logs kept 30
+//! days: its duration and the rows it removed (destructive, so one run).
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -65,8 +67,6 @@ const PAIRS: &str = "SELECT ps.plan_id, ps.host_id, ps.next_run_at, ps.covered_s
      ps.last_finished_at, ps.last_status, ps.last_success_at, ps.last_duration_ms, ps.last_data_added \
      FROM plan_schedules ps JOIN plans p ON p.id = ps.plan_id WHERE p.enabled = TRUE AND ps.host_id IN ({ids}) \
      ORDER BY ps.host_id, ps.plan_id";
-const COVERING: &str = "SELECT 1 FROM plan_schedules ps JOIN plans p ON p.id = ps.plan_id \
-     WHERE ps.host_id = hosts.id AND p.enabled = TRUE";
 const HOST_COLUMNS: &str = "id, name, hostname, os, arch, agent_version, online, last_seen_at, \
      secret_hash, created_at, labels, restic_version, restic_capable";
 
@@ -80,24 +80,29 @@ struct Raw {
 
 impl Raw {
     fn new(version: &str, cutoff: i64) -> Raw {
-        let e = |t: &str| format!("EXISTS ({COVERING} AND {t})");
-        let failing = e("ps.last_status = 'failed'");
-        let stale = e(&format!(
-            "ps.covered_since < {cutoff} AND (ps.last_success_at IS NULL OR ps.last_success_at < {cutoff})"
-        ));
-        let pending = e("ps.last_finished_at IS NULL");
-        let covered = format!("EXISTS ({COVERING})");
+        // One grouped pass over the covering rows (store::health).
+        let grouped = format!(
+            "SELECT ps.host_id, MAX(CASE WHEN ps.last_status = 'failed' THEN 1 ELSE 0 END) AS failing, \
+             MAX(CASE WHEN ps.covered_since < {cutoff} AND (ps.last_success_at IS NULL \
+             OR ps.last_success_at < {cutoff}) THEN 1 ELSE 0 END) AS stale, \
+             MAX(CASE WHEN ps.last_finished_at IS NULL THEN 1 ELSE 0 END) AS pending \
+             FROM plan_schedules ps JOIN plans p ON p.id = ps.plan_id \
+             WHERE p.enabled = TRUE GROUP BY ps.host_id"
+        );
         Raw {
             behind: format!(
                 "agent_version <> '' AND agent_version <> '{}'",
                 version.replace('\'', "''")
             ),
             counts: format!(
-                "SELECT t.backup_state, COUNT(*) AS n FROM (SELECT CASE WHEN NOT {covered} THEN 'unprotected' \
-                 WHEN {failing} THEN 'failing' WHEN {stale} THEN 'stale' WHEN {pending} THEN 'pending' \
-                 ELSE 'ok' END AS backup_state FROM hosts) t GROUP BY t.backup_state"
+                "SELECT t.backup_state, COUNT(*) AS n FROM (SELECT CASE WHEN g.host_id IS NULL \
+                 THEN 'unprotected' WHEN g.failing = 1 THEN 'failing' WHEN g.stale = 1 THEN 'stale' \
+                 WHEN g.pending = 1 THEN 'pending' ELSE 'ok' END AS backup_state \
+                 FROM hosts LEFT JOIN ({grouped}) g ON g.host_id = hosts.id) t GROUP BY t.backup_state"
             ),
-            stale: format!("(NOT {failing} AND {stale})"),
+            stale: format!(
+                "(hosts.id IN (SELECT g.host_id FROM ({grouped}) g WHERE g.failing = 0 AND g.stale = 1))"
+            ),
         }
     }
 }
@@ -413,6 +418,7 @@ async fn backend(ctx: &Ctx, name: &str, pg: Option<&str>) -> Result<Vec<Row>> {
     }
     db.close().await?;
     server.proc.kill();
+    let purge = purge(&dir, pg, s.jobs()).await?;
     let section = format!(
         "8. history, {hosts} hosts, {} jobs, {} snapshots, {name}",
         s.jobs(),
@@ -448,12 +454,76 @@ async fn backend(ctx: &Ctx, name: &str, pg: Option<&str>) -> Result<Vec<Row>> {
     };
     out.push(Row::new(&section, "database size per job", "B", vec![per_job]).note(how));
     out.push(Row::new(&section, "database size per snapshot", "B", vec![per_snap]).note(how));
-    out.push(Row::todo(
-        &section,
-        "daily retention purge",
-        "measured after the retention branch lands",
-    ));
+    out.push(
+        Row::new(
+            &section,
+            &format!("daily retention purge, jobs and logs kept {PURGE_DAYS} days"),
+            "s",
+            vec![purge.secs],
+        )
+        .note(format!(
+            "{} of {} jobs removed, {} rows in all; one run",
+            purge.jobs, purge.before, purge.rows
+        )),
+    );
     Ok(out)
+}
+
+/// Days of jobs the measured purge keeps: of 100 daily backups a host, the
+/// older ~70% go.
+const PURGE_DAYS: u32 = 30;
+
+struct Purge {
+    secs: f64,
+    jobs: u64,
+    rows: u64,
+    before: i64,
+}
+
+/// Times the daily retention purge (`retention::purge_now`, what the
+/// server's daily worker runs) once over the seeded database, in a server
+/// started in this process (the one measured above is stopped) with
+/// `--retention-days job-logs=30,jobs=30` and its own purge timer far off.
+async fn purge(dir: &std::path::Path, pg: Option<&str>, jobs: i64) -> Result<Purge> {
+    let mut settings = restic_manager::config::Settings::with_data_dir(dir.to_path_buf());
+    if let Some(u) = pg {
+        settings.database_url = u.to_string();
+    }
+    settings.listen = "127.0.0.1:0".parse()?;
+    settings.stage_sibling_agent = false;
+    settings.retention = format!("job-logs={PURGE_DAYS},jobs={PURGE_DAYS}")
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    settings.retention_first_delay = Duration::from_secs(30 * 86_400);
+    let running = restic_manager::start(settings).await?;
+    let count = || async { scalar(&running.state.db, "SELECT COUNT(*) FROM jobs").await };
+    let before = count().await?;
+    ensure!(
+        before >= jobs,
+        "{before} jobs before the purge, {jobs} seeded"
+    );
+    let t = Instant::now();
+    let report = restic_manager::retention::purge_now(&running.state).await;
+    let secs = t.elapsed().as_secs_f64();
+    let after = count().await;
+    running.stop().await;
+    let report = report?;
+    let gone = before - after?;
+    ensure!(
+        gone == report.purged.jobs as i64 && gone > 0,
+        "the purge reported {} jobs, the table lost {gone}",
+        report.purged.jobs
+    );
+    say!(
+        "history: retention purge removed {gone} of {before} jobs ({} rows in all) in {secs:.1} s",
+        report.purged.total()
+    );
+    Ok(Purge {
+        secs,
+        jobs: report.purged.jobs,
+        rows: report.purged.total(),
+        before,
+    })
 }
 
 pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
