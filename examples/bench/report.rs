@@ -51,6 +51,8 @@ impl Row {
     }
 
     /// A figure not measured yet, said so in the table.
+    // No row is still to measure today; kept for the next one that is.
+    #[allow(dead_code)]
     pub fn todo(section: &str, figure: &str, why: &str) -> Row {
         Row {
             todo: Some(why.into()),

@@ -2,8 +2,9 @@
 //! (plan, host) schedule rows of enabled plans: each row keeps when the plan
 //! began to cover the host and the outcome of its last finished backup and
 //! last success there ([`refresh`] after every backup end). So the state of
-//! one host, the hosts in one state and the count per state are indexed
-//! queries (`plan_schedules_host`), never a scan of the jobs table.
+//! one host is an indexed query (`plan_schedules_host`), and the hosts in
+//! one state and the count per state are one grouped pass over
+//! `plan_schedules` (never a probe per host, never a scan of the jobs table).
 //!
 //! A host's `backup_state`: `failing` (a covering plan's last finished run
 //! failed) > `stale` (a covering plan has no success since the cutoff, and
@@ -155,40 +156,56 @@ impl HostHealth {
     }
 }
 
-// SQL over `plan_schedules ps JOIN plans p` for the host in the outer query
-// (`hosts.id`). Only integers we computed are ever formatted in.
+// SQL over `plan_schedules ps JOIN plans p`. Only integers we computed are
+// ever formatted in.
 const COVERING: &str = "SELECT 1 FROM plan_schedules ps JOIN plans p ON p.id = ps.plan_id \
      WHERE ps.host_id = hosts.id AND p.enabled = TRUE";
+/// The hosts an enabled plan covers (uncorrelated: evaluated once).
+const COVERED_HOSTS: &str = "SELECT ps.host_id FROM plan_schedules ps \
+     JOIN plans p ON p.id = ps.plan_id WHERE p.enabled = TRUE";
 const FAILING: &str = "ps.last_status = 'failed'";
 /// `{cutoff}` is filled in; the same test as [`PairHealth::is_stale`].
 const STALE: &str =
     "ps.covered_since < {cutoff} AND (ps.last_success_at IS NULL OR ps.last_success_at < {cutoff})";
 const PENDING: &str = "ps.last_finished_at IS NULL";
 
-fn exists(test: Option<&str>, s: Staleness) -> String {
-    match test {
-        None => format!("EXISTS ({COVERING})"),
-        Some(t) => format!(
-            "EXISTS ({COVERING} AND {})",
-            t.replace("{cutoff}", &s.cutoff.to_string())
-        ),
+/// One grouped pass over the covering rows: per covered host, whether any of
+/// its rows is failing, stale, pending (columns `host_id`, `failing`,
+/// `stale`, `pending`, each 0 or 1). Uncorrelated, so the database runs it
+/// once per query, not once per host.
+fn grouped(s: Staleness) -> String {
+    let stale = STALE.replace("{cutoff}", &s.cutoff.to_string());
+    format!(
+        "SELECT ps.host_id, \
+         MAX(CASE WHEN {FAILING} THEN 1 ELSE 0 END) AS failing, \
+         MAX(CASE WHEN {stale} THEN 1 ELSE 0 END) AS stale, \
+         MAX(CASE WHEN {PENDING} THEN 1 ELSE 0 END) AS pending \
+         FROM plan_schedules ps JOIN plans p ON p.id = ps.plan_id \
+         WHERE p.enabled = TRUE GROUP BY ps.host_id"
+    )
+}
+
+/// The test on a row `g` of [`grouped`] that its host is in `state`
+/// (`None` for unprotected: such a host has no row).
+fn group_test(state: BackupState) -> Option<&'static str> {
+    match state {
+        BackupState::Unprotected => None,
+        BackupState::Failing => Some("g.failing = 1"),
+        BackupState::Stale => Some("g.failing = 0 AND g.stale = 1"),
+        BackupState::Pending => Some("g.failing = 0 AND g.stale = 0 AND g.pending = 1"),
+        BackupState::Ok => Some("g.failing = 0 AND g.stale = 0 AND g.pending = 0"),
     }
 }
 
-/// The SQL test that a row of `hosts` is in `state`.
+/// The SQL test that a row of `hosts` is in `state`: membership in a set
+/// computed once from [`grouped`].
 fn state_sql(state: BackupState, s: Staleness) -> String {
-    let covered = exists(None, s);
-    let failing = exists(Some(FAILING), s);
-    let stale = exists(Some(STALE), s);
-    let pending = exists(Some(PENDING), s);
-    match state {
-        BackupState::Unprotected => format!("NOT {covered}"),
-        BackupState::Failing => failing,
-        BackupState::Stale => format!("NOT {failing} AND {stale}"),
-        BackupState::Pending => format!("NOT {failing} AND NOT {stale} AND {pending}"),
-        BackupState::Ok => {
-            format!("{covered} AND NOT {failing} AND NOT {stale} AND NOT {pending}")
-        }
+    match group_test(state) {
+        None => format!("hosts.id NOT IN ({COVERED_HOSTS})"),
+        Some(t) => format!(
+            "hosts.id IN (SELECT g.host_id FROM ({}) g WHERE {t})",
+            grouped(s)
+        ),
     }
 }
 
@@ -197,23 +214,28 @@ pub fn condition(state: BackupState, s: Staleness) -> SimpleExpr {
     Expr::cust(format!("({})", state_sql(state, s)))
 }
 
-/// How many hosts are in each state, in one query over `hosts` (each probe
-/// of `plan_schedules` goes through its host index).
-pub async fn counts<C: ConnectionTrait>(db: &C, s: Staleness) -> Result<HashMap<BackupState, u64>> {
-    let case = format!(
-        "CASE WHEN NOT {} THEN 'unprotected' WHEN {} THEN 'failing' WHEN {} THEN 'stale' \
-         WHEN {} THEN 'pending' ELSE 'ok' END",
-        exists(None, s),
-        exists(Some(FAILING), s),
-        exists(Some(STALE), s),
-        exists(Some(PENDING), s),
-    );
-    let sql = format!(
+/// The query behind [`counts`]: every host joined to its row of [`grouped`]
+/// (one pass over `plan_schedules`), counted per state.
+fn counts_sql(s: Staleness) -> String {
+    format!(
         "SELECT t.backup_state, COUNT(*) AS n FROM \
-         (SELECT {case} AS backup_state FROM hosts) t GROUP BY t.backup_state"
-    );
+         (SELECT CASE WHEN g.host_id IS NULL THEN 'unprotected' \
+         WHEN g.failing = 1 THEN 'failing' WHEN g.stale = 1 THEN 'stale' \
+         WHEN g.pending = 1 THEN 'pending' ELSE 'ok' END AS backup_state \
+         FROM hosts LEFT JOIN ({}) g ON g.host_id = hosts.id) t \
+         GROUP BY t.backup_state",
+        grouped(s)
+    )
+}
+
+/// How many hosts are in each state, in one query: one grouped pass over
+/// `plan_schedules` joined to `hosts`.
+pub async fn counts<C: ConnectionTrait>(db: &C, s: Staleness) -> Result<HashMap<BackupState, u64>> {
     let rows = db
-        .query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            counts_sql(s),
+        ))
         .await?;
     let mut out: HashMap<BackupState, u64> = BackupState::ALL.iter().map(|b| (*b, 0)).collect();
     for row in rows {

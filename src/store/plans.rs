@@ -1,9 +1,14 @@
 //! Backup plans, and the scheduler's stored state: the next run of every
 //! (plan, host) a plan covers and the next maintenance of every repository.
 use agent::wire::Retention;
+use std::collections::HashMap;
+
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, sea_query::Expr,
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
+    sea_query::{Expr, OnConflict},
 };
 use serde::Serialize;
 
@@ -272,30 +277,76 @@ pub async fn schedules_of_host<C: ConnectionTrait>(
         .collect())
 }
 
-pub async fn insert_schedule<C: ConnectionTrait>(
-    db: &C,
-    plan_id: i64,
-    host_id: i64,
-    next_run_at: i64,
-    basis: &str,
+/// A (plan, host) pair to store with its first next run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewSchedule {
+    pub plan_id: i64,
+    pub host_id: i64,
+    pub next_run_at: i64,
+    pub basis: String,
+}
+
+/// Rows per transaction (and per multi-row INSERT) in [`insert_schedules`]:
+/// 3,000 bound values, inside both databases' limits.
+pub const SCHEDULE_BATCH: usize = 500;
+
+/// Stores new (plan, host) rows, covered since `now`: one transaction and one
+/// multi-row INSERT per [`SCHEDULE_BATCH`] rows, not one commit per host. A
+/// pair another writer stored first keeps its row. A pair covered again (a
+/// plan re-enabled, a label back) starts from the runs it already had: the
+/// health columns of the pairs with finished backups are refreshed from
+/// them (one lookup per plan and batch finds which).
+pub async fn insert_schedules(
+    db: &DatabaseConnection,
+    rows: &[NewSchedule],
     now: i64,
 ) -> Result<()> {
-    let m = plan_schedules::ActiveModel {
-        plan_id: Set(plan_id),
-        host_id: Set(host_id),
-        next_run_at: Set(next_run_at),
-        basis: Set(basis.to_string()),
-        covered_since: Set(now),
-        ..Default::default()
-    };
-    match m.insert(db).await {
-        // Another writer got there first: its row stands.
-        Err(e) if is_unique_violation(&e) => Ok(()),
-        Err(e) => Err(e.into()),
-        // A pair covered again (a plan re-enabled, a label back) starts
-        // from the runs it already had.
-        Ok(_) => super::health::refresh(db, plan_id, host_id).await,
+    for chunk in rows.chunks(SCHEDULE_BATCH) {
+        let txn = db.begin().await?;
+        plan_schedules::Entity::insert_many(chunk.iter().map(|r| plan_schedules::ActiveModel {
+            plan_id: Set(r.plan_id),
+            host_id: Set(r.host_id),
+            next_run_at: Set(r.next_run_at),
+            basis: Set(r.basis.clone()),
+            covered_since: Set(now),
+            ..Default::default()
+        }))
+        .on_conflict(
+            OnConflict::columns([
+                plan_schedules::Column::PlanId,
+                plan_schedules::Column::HostId,
+            ])
+            .do_nothing()
+            .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+        let mut by_plan: HashMap<i64, Vec<i64>> = HashMap::new();
+        for r in chunk {
+            by_plan.entry(r.plan_id).or_default().push(r.host_id);
+        }
+        for (plan_id, hosts) in by_plan {
+            let ran: Vec<i64> = jobs::Entity::find()
+                .select_only()
+                .column(jobs::Column::HostId)
+                .distinct()
+                .filter(jobs::Column::PlanId.eq(plan_id))
+                .filter(jobs::Column::HostId.is_in(hosts))
+                .filter(jobs::Column::Kind.eq(JobKind::Backup.as_str()))
+                .filter(
+                    jobs::Column::Status
+                        .is_in([JobStatus::Succeeded.as_str(), JobStatus::Failed.as_str()]),
+                )
+                .into_tuple()
+                .all(&txn)
+                .await?;
+            for host_id in ran {
+                super::health::refresh(&txn, plan_id, host_id).await?;
+            }
+        }
+        txn.commit().await?;
     }
+    Ok(())
 }
 
 /// Moves one (plan, host) to its next run, only if its stored next run is

@@ -335,6 +335,133 @@ async fn each_backup_state_filters_tiles_stale_alerts_and_metrics_follow_real_ba
     bad_agent.shutdown().await;
 }
 
+/// What one (plan, host) row's health columns say, for
+/// [`states_combine_across_plans_in_the_filters_tiles_and_counts`].
+#[derive(Clone, Copy)]
+enum Row {
+    Fine,
+    Failed,
+    /// Last success before the stale cutoff.
+    Stale,
+    /// Covered since before the cutoff, never finished: stale.
+    NeverSinceLongAgo,
+    /// Covered just now, never finished: pending.
+    New,
+}
+
+#[tokio::test]
+async fn states_combine_across_plans_in_the_filters_tiles_and_counts() {
+    let lab = Lab::new();
+    let app = TestApp::spawn_with(quick_sweeps).await;
+    let api = Api::new(&app).await;
+    let repo = repo_at(&api, "repo", &lab.path("repo")).await;
+    let data = lab.path("data");
+
+    // Each host with what plans a and b say about it, and its state: the
+    // worst of its rows (failing > stale > pending > ok).
+    use Row::*;
+    let cases: [(&str, Option<Row>, Option<Row>, &str); 11] = [
+        ("none", None, None, "unprotected"),
+        ("ok-stale", Some(Fine), Some(Stale), "stale"),
+        ("ok-new", Some(Fine), Some(New), "pending"),
+        ("failed-ok", Some(Failed), Some(Fine), "failing"),
+        ("stale-new", Some(Stale), Some(New), "stale"),
+        ("ok-ok", Some(Fine), Some(Fine), "ok"),
+        ("failed-stale", Some(Failed), Some(Stale), "failing"),
+        ("never", Some(NeverSinceLongAgo), None, "stale"),
+        ("new", Some(New), None, "pending"),
+        ("b-ok", None, Some(Fine), "ok"),
+        ("b-failed-new", Some(New), Some(Failed), "failing"),
+    ];
+    let mut ids = Vec::new();
+    for (name, ..) in &cases {
+        ids.push(app.add_host_direct(name).await.0);
+    }
+    let covered_by = |col: usize| -> Vec<i64> {
+        cases
+            .iter()
+            .zip(&ids)
+            .filter(|((_, a, b, _), _)| if col == 0 { a.is_some() } else { b.is_some() })
+            .map(|(_, id)| *id)
+            .collect()
+    };
+    let mut plans = Vec::new();
+    for (col, name) in ["a", "b"].into_iter().enumerate() {
+        let r = api
+            .post(
+                routes::API_PLANS,
+                json!({"name": name, "repository_id": repo, "paths": [data],
+                       "schedule": NEVER_SOON, "hosts": covered_by(col)}),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        plans.push(r.json::<Value>().await.unwrap()["id"].as_i64().unwrap());
+    }
+    let rows = covered_by(0).len() + covered_by(1).len();
+    eventually("the scheduler stores every covered pair", || async {
+        (app.count("plan_schedules").await == rows as i64).then_some(())
+    })
+    .await;
+
+    // The rows' health columns, relative to the stale cutoff (26 h).
+    let now = app.clock.now_ms();
+    let (recent, old) = (now - 3_600_000, now - 30 * 3_600_000);
+    for ((_, a, b, _), host) in cases.iter().zip(&ids) {
+        for (row, plan) in [(a, plans[0]), (b, plans[1])] {
+            let set = match row {
+                None => continue,
+                Some(Fine) => format!(
+                    "covered_since = {old}, last_finished_at = {recent}, \
+                     last_status = 'succeeded', last_success_at = {recent}"
+                ),
+                Some(Failed) => format!(
+                    "covered_since = {old}, last_finished_at = {recent}, \
+                     last_status = 'failed', last_success_at = {recent}"
+                ),
+                Some(Stale) => format!(
+                    "covered_since = {old}, last_finished_at = {old}, \
+                     last_status = 'succeeded', last_success_at = {old}"
+                ),
+                Some(NeverSinceLongAgo) => format!("covered_since = {old}"),
+                Some(New) => format!("covered_since = {now}"),
+            };
+            app.query(&format!(
+                "UPDATE plan_schedules SET {set} WHERE plan_id = {plan} AND host_id = {host}"
+            ))
+            .await;
+        }
+    }
+
+    let mut want: Vec<(&str, BTreeSet<i64>)> = Vec::new();
+    for state in ["unprotected", "failing", "stale", "pending", "ok"] {
+        let hosts = cases
+            .iter()
+            .zip(&ids)
+            .filter(|((.., s), _)| *s == state)
+            .map(|(_, id)| *id)
+            .collect();
+        want.push((state, hosts));
+    }
+    // The host objects (judged row by row in Rust) agree with the cases...
+    for ((name, .., state), id) in cases.iter().zip(&ids) {
+        assert_eq!(state_of(&api, *id).await, *state, "host {name}");
+    }
+    // ...and so do the filters, the tiles (SQL) and the counts in /metrics.
+    assert_filters(&api, &want).await;
+    let body = metrics(&app, Some("Bearer scrape-tok-42"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    for (state, hosts) in &want {
+        let line = format!(
+            "restic_manager_hosts_backup_state{{state=\"{state}\"}} {}",
+            hosts.len()
+        );
+        assert!(body.lines().any(|l| l == line), "no {line} in:\n{body}");
+    }
+}
+
 #[tokio::test]
 async fn restic_missing_is_raised_for_a_covered_host_without_restic_and_resolved_when_it_has_it() {
     let lab = Lab::new();

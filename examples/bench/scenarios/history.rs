@@ -10,11 +10,13 @@
 //! `/api/snapshots?host_id=`, each beside the raw SQL its handler runs,
 //! interleaved request by request; and the database size per job and per
 //! snapshot (SQLite: growth of the file; Postgres: `pg_total_relation_size`
-//! of the table over its rows).
+//! of the table over its rows). Last, with the server stopped, the daily
+//! retention purge (`retention::purge_now`) once with jobs and logs kept 30
+//! days: its duration and the rows it removed (destructive, so one run).
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use sea_orm::{ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, Statement};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 
 use crate::{
     Ctx, checks,
@@ -24,11 +26,14 @@ use crate::{
     stats::Latency,
 };
 
-use super::wave::{self, LABEL};
+use super::{
+    history_seed::{Shape, seed_health, seed_jobs, seed_snapshots},
+    wave::{self, LABEL},
+};
 
-const DAY: i64 = 86_400_000;
+pub(super) const DAY: i64 = 86_400_000;
 
-async fn exec(db: &DatabaseConnection, sql: &str) -> Result<u64> {
+pub(super) async fn exec(db: &DatabaseConnection, sql: &str) -> Result<u64> {
     Ok(db
         .execute_raw(Statement::from_string(db.get_database_backend(), sql))
         .await
@@ -42,166 +47,6 @@ async fn scalar(db: &DatabaseConnection, sql: &str) -> Result<i64> {
         .await?
         .with_context(|| format!("no row from {sql}"))?;
     Ok(r.try_get_by_index(0)?)
-}
-
-/// `FROM …` giving `s.i` in `lo..hi`, per backend.
-fn series(b: DatabaseBackend, lo: i64, hi: i64) -> (String, String) {
-    match b {
-        DatabaseBackend::Postgres => (
-            String::new(),
-            format!("generate_series(CAST({lo} AS BIGINT), {}) AS s(i)", hi - 1),
-        ),
-        _ => (
-            format!(
-                "WITH RECURSIVE s(i) AS (SELECT {lo} UNION ALL SELECT i + 1 FROM s WHERE i < {}) ",
-                hi - 1
-            ),
-            "s".into(),
-        ),
-    }
-}
-
-/// 64 hex digits from an integer expression, per backend.
-fn hex64(b: DatabaseBackend, e: &str) -> String {
-    match b {
-        DatabaseBackend::Postgres => format!("lpad(to_hex({e}), 64, '0')"),
-        _ => format!("printf('%064x', {e})"),
-    }
-}
-
-fn padded5(b: DatabaseBackend, e: &str) -> String {
-    match b {
-        DatabaseBackend::Postgres => format!("lpad(CAST({e} AS TEXT), 5, '0')"),
-        _ => format!("printf('%05d', {e})"),
-    }
-}
-
-struct Shape {
-    hosts: i64,
-    per_host: i64,
-    snaps_per_host: i64,
-    first_host: i64,
-    first_job: i64,
-    repo: i64,
-    plan: i64,
-    now: i64,
-}
-
-impl Shape {
-    fn jobs(&self) -> i64 {
-        self.hosts * self.per_host
-    }
-}
-
-/// Job `i` (0-based) is host `i % H`'s backup number `i / H` (oldest first),
-/// one a day ending yesterday; 2% of the older ones failed.
-async fn seed_jobs(db: &DatabaseConnection, s: &Shape) -> Result<()> {
-    let b = db.get_database_backend();
-    let chunk = 100_000;
-    let mut lo = 0;
-    while lo < s.jobs() {
-        let hi = (lo + chunk).min(s.jobs());
-        let (with, from) = series(b, lo, hi);
-        let (h, k) = (
-            format!("(s.i % {})", s.hosts),
-            format!("(s.i / {})", s.hosts),
-        );
-        let created = format!("({} - ({} - {k}) * {DAY} + {h} * 8)", s.now, s.per_host);
-        let failed = format!(
-            "({k} < {} AND ({k} + {h}) % 50 = 0)",
-            s.per_host - s.snaps_per_host
-        );
-        let sql = format!(
-            "INSERT INTO jobs (host_id, kind, status, actor_kind, actor_name, created_at, started_at, \
-             finished_at, exit_code, error, log_bytes, log_lines, log_truncated, repository_id, plan_id, \
-             warning, error_kind, result, options, scope) \
-             {with}SELECT {fh} + {h}, 'backup', \
-             CASE WHEN {failed} THEN 'failed' ELSE 'succeeded' END, 'schedule', 'schedule', \
-             {created}, {created} + 500, {created} + 60500, \
-             CASE WHEN {failed} THEN 1 ELSE 0 END, \
-             CASE WHEN {failed} THEN 'Fatal: unable to open config file: Stat: permission denied' ELSE NULL END, \
-             2400, 24, FALSE, {repo}, {plan}, FALSE, \
-             CASE WHEN {failed} THEN 'restic_failed' ELSE NULL END, \
-             CASE WHEN {failed} THEN NULL ELSE \
-             '{{\"snapshot_id\":\"' || {hex} || '\",\"files_new\":12,\"files_changed\":3,\"files_unmodified\":20000,\
-             \"data_added\":1048576,\"total_bytes_processed\":1000000000,\"duration_secs\":60.0}}' END, \
-             '{{\"paths\":[\"/etc\"],\"tags\":[\"rm-plan:{plan}\"],\"host\":\"bench-' || {name} || '\"}}', \
-             'r{repo}h' || CAST({fh} + {h} AS TEXT) FROM {from}",
-            fh = s.first_host,
-            repo = s.repo,
-            plan = s.plan,
-            hex = hex64(b, "s.i + 1"),
-            name = padded5(b, h.as_str()),
-        );
-        let n = exec(db, &sql).await?;
-        ensure!(
-            n == (hi - lo) as u64,
-            "inserted {n} jobs, wanted {}",
-            hi - lo
-        );
-        lo = hi;
-    }
-    Ok(())
-}
-
-/// The last `snaps_per_host` backups of each host, indexed.
-async fn seed_snapshots(db: &DatabaseConnection, s: &Shape) -> Result<()> {
-    let b = db.get_database_backend();
-    let first = (s.per_host - s.snaps_per_host) * s.hosts;
-    let (with, from) = series(b, first, s.jobs());
-    let h = format!("(s.i % {})", s.hosts);
-    let k = format!("(s.i / {})", s.hosts);
-    let time = format!(
-        "({} - ({} - {k}) * {DAY} + {h} * 8 + 60500)",
-        s.now, s.per_host
-    );
-    let hex = hex64(b, "s.i + 1");
-    let sql = format!(
-        "INSERT INTO snapshots (repository_id, scope_host_id, host_id, snapshot_id, short_id, time, \
-         hostname, paths, tags, plan_id, job_id, files_new, files_changed, data_added, \
-         total_bytes_processed, duration_ms) \
-         {with}SELECT {repo}, {fh} + {h}, {fh} + {h}, {hex}, substr({hex}, 1, 8), {time}, \
-         'bench-' || {name} || '.bench.internal', '[\"/etc\"]', '[\"rm-plan:{plan}\"]', {plan}, \
-         {fj} + s.i, 12, 3, 1048576, 1000000000, 60000 FROM {from}",
-        repo = s.repo,
-        fh = s.first_host,
-        fj = s.first_job,
-        plan = s.plan,
-        name = padded5(b, h.as_str()),
-    );
-    let n = exec(db, &sql).await?;
-    ensure!(
-        n == (s.hosts * s.snaps_per_host) as u64,
-        "inserted {n} snapshots, wanted {}",
-        s.hosts * s.snaps_per_host
-    );
-    Ok(())
-}
-
-/// What the jobs say about each host, in the plan's health columns: host
-/// index % 10 = 0 stale (last success 10 days ago), % 20 = 5 failing (the
-/// last run failed), the rest ok.
-async fn seed_health(db: &DatabaseConnection, s: &Shape) -> Result<()> {
-    let i = format!("(host_id - {})", s.first_host);
-    let sql = format!(
-        "UPDATE plan_schedules SET covered_since = {cov}, \
-         last_finished_at = CASE WHEN {i} % 10 = 0 THEN {stale} ELSE {yesterday} END, \
-         last_status = CASE WHEN {i} % 20 = 5 THEN 'failed' ELSE 'succeeded' END, \
-         last_success_at = CASE WHEN {i} % 10 = 0 THEN {stale} WHEN {i} % 20 = 5 THEN {before} ELSE {yesterday} END, \
-         last_duration_ms = 60000, last_data_added = 1048576 WHERE plan_id = {plan}",
-        cov = s.now - s.per_host * DAY - DAY,
-        stale = s.now - 10 * DAY,
-        yesterday = s.now - DAY + 60_500,
-        before = s.now - 2 * DAY,
-        plan = s.plan,
-    );
-    let n = exec(db, &sql).await?;
-    ensure!(
-        n == s.hosts as u64,
-        "health set on {n} of {} hosts",
-        s.hosts
-    );
-    Ok(())
 }
 
 /// SQLite: the file's size after a checkpoint; Postgres: the database's.
@@ -222,8 +67,6 @@ const PAIRS: &str = "SELECT ps.plan_id, ps.host_id, ps.next_run_at, ps.covered_s
      ps.last_finished_at, ps.last_status, ps.last_success_at, ps.last_duration_ms, ps.last_data_added \
      FROM plan_schedules ps JOIN plans p ON p.id = ps.plan_id WHERE p.enabled = TRUE AND ps.host_id IN ({ids}) \
      ORDER BY ps.host_id, ps.plan_id";
-const COVERING: &str = "SELECT 1 FROM plan_schedules ps JOIN plans p ON p.id = ps.plan_id \
-     WHERE ps.host_id = hosts.id AND p.enabled = TRUE";
 const HOST_COLUMNS: &str = "id, name, hostname, os, arch, agent_version, online, last_seen_at, \
      secret_hash, created_at, labels, restic_version, restic_capable";
 
@@ -237,24 +80,29 @@ struct Raw {
 
 impl Raw {
     fn new(version: &str, cutoff: i64) -> Raw {
-        let e = |t: &str| format!("EXISTS ({COVERING} AND {t})");
-        let failing = e("ps.last_status = 'failed'");
-        let stale = e(&format!(
-            "ps.covered_since < {cutoff} AND (ps.last_success_at IS NULL OR ps.last_success_at < {cutoff})"
-        ));
-        let pending = e("ps.last_finished_at IS NULL");
-        let covered = format!("EXISTS ({COVERING})");
+        // One grouped pass over the covering rows (store::health).
+        let grouped = format!(
+            "SELECT ps.host_id, MAX(CASE WHEN ps.last_status = 'failed' THEN 1 ELSE 0 END) AS failing, \
+             MAX(CASE WHEN ps.covered_since < {cutoff} AND (ps.last_success_at IS NULL \
+             OR ps.last_success_at < {cutoff}) THEN 1 ELSE 0 END) AS stale, \
+             MAX(CASE WHEN ps.last_finished_at IS NULL THEN 1 ELSE 0 END) AS pending \
+             FROM plan_schedules ps JOIN plans p ON p.id = ps.plan_id \
+             WHERE p.enabled = TRUE GROUP BY ps.host_id"
+        );
         Raw {
             behind: format!(
                 "agent_version <> '' AND agent_version <> '{}'",
                 version.replace('\'', "''")
             ),
             counts: format!(
-                "SELECT t.backup_state, COUNT(*) AS n FROM (SELECT CASE WHEN NOT {covered} THEN 'unprotected' \
-                 WHEN {failing} THEN 'failing' WHEN {stale} THEN 'stale' WHEN {pending} THEN 'pending' \
-                 ELSE 'ok' END AS backup_state FROM hosts) t GROUP BY t.backup_state"
+                "SELECT t.backup_state, COUNT(*) AS n FROM (SELECT CASE WHEN g.host_id IS NULL \
+                 THEN 'unprotected' WHEN g.failing = 1 THEN 'failing' WHEN g.stale = 1 THEN 'stale' \
+                 WHEN g.pending = 1 THEN 'pending' ELSE 'ok' END AS backup_state \
+                 FROM hosts LEFT JOIN ({grouped}) g ON g.host_id = hosts.id) t GROUP BY t.backup_state"
             ),
-            stale: format!("(NOT {failing} AND {stale})"),
+            stale: format!(
+                "(hosts.id IN (SELECT g.host_id FROM ({grouped}) g WHERE g.failing = 0 AND g.stale = 1))"
+            ),
         }
     }
 }
@@ -570,6 +418,7 @@ async fn backend(ctx: &Ctx, name: &str, pg: Option<&str>) -> Result<Vec<Row>> {
     }
     db.close().await?;
     server.proc.kill();
+    let purge = purge(&dir, pg, s.jobs()).await?;
     let section = format!(
         "8. history, {hosts} hosts, {} jobs, {} snapshots, {name}",
         s.jobs(),
@@ -605,12 +454,76 @@ async fn backend(ctx: &Ctx, name: &str, pg: Option<&str>) -> Result<Vec<Row>> {
     };
     out.push(Row::new(&section, "database size per job", "B", vec![per_job]).note(how));
     out.push(Row::new(&section, "database size per snapshot", "B", vec![per_snap]).note(how));
-    out.push(Row::todo(
-        &section,
-        "daily retention purge",
-        "measured after the retention branch lands",
-    ));
+    out.push(
+        Row::new(
+            &section,
+            &format!("daily retention purge, jobs and logs kept {PURGE_DAYS} days"),
+            "s",
+            vec![purge.secs],
+        )
+        .note(format!(
+            "{} of {} jobs removed, {} rows in all; one run",
+            purge.jobs, purge.before, purge.rows
+        )),
+    );
     Ok(out)
+}
+
+/// Days of jobs the measured purge keeps: of 100 daily backups a host, the
+/// older ~70% go.
+const PURGE_DAYS: u32 = 30;
+
+struct Purge {
+    secs: f64,
+    jobs: u64,
+    rows: u64,
+    before: i64,
+}
+
+/// Times the daily retention purge (`retention::purge_now`, what the
+/// server's daily worker runs) once over the seeded database, in a server
+/// started in this process (the one measured above is stopped) with
+/// `--retention-days job-logs=30,jobs=30` and its own purge timer far off.
+async fn purge(dir: &std::path::Path, pg: Option<&str>, jobs: i64) -> Result<Purge> {
+    let mut settings = restic_manager::config::Settings::with_data_dir(dir.to_path_buf());
+    if let Some(u) = pg {
+        settings.database_url = u.to_string();
+    }
+    settings.listen = "127.0.0.1:0".parse()?;
+    settings.stage_sibling_agent = false;
+    settings.retention = format!("job-logs={PURGE_DAYS},jobs={PURGE_DAYS}")
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    settings.retention_first_delay = Duration::from_secs(30 * 86_400);
+    let running = restic_manager::start(settings).await?;
+    let count = || async { scalar(&running.state.db, "SELECT COUNT(*) FROM jobs").await };
+    let before = count().await?;
+    ensure!(
+        before >= jobs,
+        "{before} jobs before the purge, {jobs} seeded"
+    );
+    let t = Instant::now();
+    let report = restic_manager::retention::purge_now(&running.state).await;
+    let secs = t.elapsed().as_secs_f64();
+    let after = count().await;
+    running.stop().await;
+    let report = report?;
+    let gone = before - after?;
+    ensure!(
+        gone == report.purged.jobs as i64 && gone > 0,
+        "the purge reported {} jobs, the table lost {gone}",
+        report.purged.jobs
+    );
+    say!(
+        "history: retention purge removed {gone} of {before} jobs ({} rows in all) in {secs:.1} s",
+        report.purged.total()
+    );
+    Ok(Purge {
+        secs,
+        jobs: report.purged.jobs,
+        rows: report.purged.total(),
+        before,
+    })
 }
 
 pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {

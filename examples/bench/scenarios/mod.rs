@@ -6,6 +6,7 @@ pub mod dashboard;
 pub mod downloads;
 pub mod footprint;
 pub mod history;
+pub mod history_seed;
 pub mod logs;
 pub mod rolling;
 pub mod wave;

@@ -38,7 +38,7 @@ use crate::{
         self, Page,
         hosts::Host,
         jobs::{ActorKind, Job, JobKind, JobStatus, NewResticJob, Outcome},
-        plans::{Plan, ScheduleRow},
+        plans::{NewSchedule, Plan, ScheduleRow},
         repositories::Repository,
     },
 };
@@ -192,6 +192,9 @@ pub async fn sync<O: SchedulerOps>(ops: &O) -> store::Result<()> {
         .into_iter()
         .map(|r| ((r.plan_id, r.host_id), r))
         .collect();
+    // New pairs are stored in batches after the walk (a plan over 10,000
+    // hosts is 20 transactions, not 10,000 commits).
+    let mut new_rows = Vec::new();
     for plan in plans.iter().filter(|p| p.enabled) {
         let Some((s, tz)) = parsed(plan, ops.timezone()) else {
             tracing::warn!(
@@ -204,9 +207,12 @@ pub async fn sync<O: SchedulerOps>(ops: &O) -> store::Result<()> {
         for h in hosts.iter().filter(|h| plan.covers(h.id, &h.labels)) {
             let next = next_run(&s, tz, splay_ms(plan.id, h.id, plan.splay_secs), now);
             match (existing.remove(&(plan.id, h.id)), next) {
-                (None, Some(n)) => {
-                    store::plans::insert_schedule(db, plan.id, h.id, n, &basis, now).await?;
-                }
+                (None, Some(n)) => new_rows.push(NewSchedule {
+                    plan_id: plan.id,
+                    host_id: h.id,
+                    next_run_at: n,
+                    basis: basis.clone(),
+                }),
                 (Some(r), Some(n)) if r.basis != basis => {
                     store::plans::move_schedule(db, r.id, r.next_run_at, n, &basis).await?;
                 }
@@ -215,6 +221,7 @@ pub async fn sync<O: SchedulerOps>(ops: &O) -> store::Result<()> {
             }
         }
     }
+    store::plans::insert_schedules(db, &new_rows, now).await?;
     let gone: Vec<i64> = existing.values().map(|r| r.id).collect();
     store::plans::delete_schedules(db, &gone).await?;
 

@@ -437,3 +437,94 @@ async fn maintenance_forgets_per_plan_then_prunes_then_checks_when_due() {
         vec![JobKind::Forget, JobKind::Forget, JobKind::Prune]
     );
 }
+
+#[tokio::test]
+async fn a_plan_over_many_hosts_stores_one_run_each_in_batches() {
+    let f = Fake::new("2026-05-04T10:15:00Z", "UTC").await;
+    let now = f.now_ms();
+    // Three batches, the last one partial.
+    let n = 2 * store::plans::SCHEDULE_BATCH + 103;
+    let mut hosts = Vec::with_capacity(n);
+    for i in 0..n {
+        hosts.push(
+            store::hosts::create(&f.db, &format!("h{i}"), 0)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let repo = f.repo("/srv/repo").await;
+    let never_soon = "0 3 29 2 *";
+    let mut row = PlanRow::from(&f.plan(repo.id, never_soon, "UTC", &hosts, &[]).await);
+    row.splay_secs = 1800;
+    let p = store::plans::update(&f.db, 1, &row, 0).await.unwrap();
+    sync(&f).await.unwrap();
+    let stored = store::plans::schedules_of_plan(&f.db, p.id).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|r| r.host_id).collect::<Vec<_>>(),
+        hosts,
+        "exactly one row per covered host"
+    );
+    let s = schedule::parse(never_soon).unwrap();
+    for r in &stored {
+        let want = next_run(&s, Tz::UTC, splay_ms(p.id, r.host_id, 1800), now);
+        assert_eq!(Some(r.next_run_at), want, "host {}", r.host_id);
+        assert_eq!(r.covered_since, now);
+        assert_eq!(r.basis, p.basis());
+    }
+    // A second pass stores nothing new and keeps the rows.
+    sync(&f).await.unwrap();
+    assert_eq!(
+        store::plans::schedules_of_plan(&f.db, p.id).await.unwrap(),
+        stored
+    );
+
+    // Pairs covered again start from the backups they had: one succeeded,
+    // one failed, one never ran.
+    let (a, b, c) = (
+        hosts[0],
+        hosts[store::plans::SCHEDULE_BATCH + 1],
+        hosts[n - 1],
+    );
+    let q = f.plan(repo.id, "0 * * * *", "UTC", &[a, b, c], &[]).await;
+    pass(&f).await.unwrap();
+    f.set("2026-05-04T11:00:00Z");
+    pass(&f).await.unwrap();
+    let queued = f.queued();
+    assert_eq!(queued.len(), 3);
+    let mut done = Vec::new();
+    for (id, status) in queued.iter().zip([JobStatus::Succeeded, JobStatus::Failed]) {
+        assert!(store::jobs::mark_dispatched(&f.db, *id, 0).await.unwrap());
+        store::jobs::finish(&f.db, *id, None, status, None, Some(0), f.now_ms())
+            .await
+            .unwrap()
+            .unwrap();
+        done.push(f.job(*id).await.host_id);
+    }
+    let mut qrow = PlanRow::from(&q);
+    qrow.enabled = false;
+    store::plans::update(&f.db, q.id, &qrow, 0).await.unwrap();
+    sync(&f).await.unwrap();
+    assert!(
+        store::plans::schedules_of_plan(&f.db, q.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    qrow.enabled = true;
+    store::plans::update(&f.db, q.id, &qrow, 0).await.unwrap();
+    sync(&f).await.unwrap();
+    let pairs = store::health::pairs_of_hosts(&f.db, &[a, b, c])
+        .await
+        .unwrap();
+    let status_of = |h: i64| {
+        pairs
+            .iter()
+            .find(|x| x.plan_id == q.id && x.host_id == h)
+            .map(|x| x.last_status.clone())
+    };
+    assert_eq!(status_of(done[0]), Some(Some("succeeded".into())));
+    assert_eq!(status_of(done[1]), Some(Some("failed".into())));
+    let never = [a, b, c].into_iter().find(|h| !done.contains(h)).unwrap();
+    assert_eq!(status_of(never), Some(None));
+}

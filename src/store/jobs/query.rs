@@ -1,7 +1,7 @@
 //! Reading jobs: filtered lists, the live job of a kind, deadlines.
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    QuerySelect, sea_query::Expr,
 };
 
 use super::{Job, JobKind, JobStatus};
@@ -62,14 +62,30 @@ pub async fn live_of_kind<C: ConnectionTrait>(
     host_id: i64,
     kind: JobKind,
 ) -> Result<Option<Job>> {
-    Ok(jobs::Entity::find()
-        .filter(jobs::Column::HostId.eq(host_id))
-        .filter(jobs::Column::Kind.eq(kind.as_str()))
-        .filter(jobs::Column::Status.is_in(JobStatus::LIVE))
-        .order_by_desc(jobs::Column::Id)
+    Ok(live_of_kind_query(host_id, kind)
         .one(db)
         .await?
         .map(Into::into))
+}
+
+/// Kind and statuses are our own constants, written into the SQL rather than
+/// bound: then both databases can prove that the partial unique index
+/// `jobs_one_live_update_per_host` applies and read at most one row, where
+/// with bound values they walk every job of the host (a host page on a
+/// server with a long history).
+fn live_of_kind_query(host_id: i64, kind: JobKind) -> sea_orm::Select<jobs::Entity> {
+    let live = JobStatus::LIVE
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    jobs::Entity::find()
+        .filter(jobs::Column::HostId.eq(host_id))
+        .filter(Expr::cust(format!(
+            "jobs.kind = '{}' AND jobs.status IN ({live})",
+            kind.as_str()
+        )))
+        .order_by_desc(jobs::Column::Id)
 }
 
 /// The earliest deadline among live jobs that have one.
@@ -94,4 +110,49 @@ pub async fn overdue<C: ConnectionTrait>(db: &C, now: i64) -> Result<Vec<Job>> {
         .into_iter()
         .map(Into::into)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::{ConnectionTrait, DbBackend, QueryTrait, Statement};
+
+    use super::*;
+
+    /// SQLite's plan for the host page's "live update" question: the partial
+    /// unique index, not a walk of the host's jobs.
+    #[tokio::test]
+    async fn the_live_update_of_a_host_is_read_through_the_partial_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
+        let db = crate::db::connect(&url).await.unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        let q = live_of_kind_query(7, JobKind::Update)
+            .limit(1)
+            .build(DbBackend::Sqlite);
+        let explain = Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            format!("EXPLAIN QUERY PLAN {}", q.sql),
+            q.values.map(|v| v.0).unwrap_or_default(),
+        );
+        let plan: Vec<String> = db
+            .query_all_raw(explain)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get_by_index::<String>(3).unwrap())
+            .collect();
+        assert_eq!(
+            plan,
+            ["SEARCH jobs USING INDEX jobs_one_live_update_per_host (host_id=?)"],
+            "{}",
+            q.sql
+        );
+        assert!(
+            live_of_kind(&db, 7, JobKind::Update)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
 }
