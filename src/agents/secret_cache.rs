@@ -45,15 +45,12 @@ fn decode(hex_hash: &str) -> Option<[u8; 32]> {
 impl SecretCache {
     /// Every enrolled host's secret hash, in one query.
     pub async fn load<C: ConnectionTrait>(db: &C) -> store::Result<SecretCache> {
+        let rows = store::hosts::secret_hashes(db).await?;
         let cache = SecretCache::default();
-        {
-            let mut inner = cache.lock();
-            for (id, hash) in store::hosts::secret_hashes(db).await? {
-                if let Some(d) = decode(&hash) {
-                    inner.by_hash.insert(d, id);
-                }
-            }
-        }
+        cache.lock().by_hash.extend(
+            rows.into_iter()
+                .filter_map(|(id, hash)| Some((decode(&hash)?, id))),
+        );
         Ok(cache)
     }
 
