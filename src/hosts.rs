@@ -83,6 +83,8 @@ pub async fn remove(state: &AppState, by: &Actor, id: i64) -> Result<Host, AppEr
     let entry = Entry::new("host.remove", "host", host.id, json!({"name": host.name}));
     audit::record(&txn, now, by, entry).await?;
     txn.commit().await?;
+    // Its agent's secret stops working at once (`agents::secret_cache`).
+    state.agent_secrets.forget_host(id);
     state.hub.disconnect(id, "host removed");
     tracing::info!(host_id = host.id, by = %by.name, "host removed");
     Ok(host)

@@ -101,6 +101,10 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
     );
     spawn_session_purger(db.clone(), clock.clone(), settings.session_idle);
     let alerts = alerts::Alerts::start(db.clone(), clock.clone(), &settings)?;
+    // Loaded before anything can raise an alert, queue a job or accept an
+    // agent.
+    let marks = agents::marks::HostMarks::load(&db).await?;
+    let agent_secrets = agents::secret_cache::SecretCache::load(&db).await?;
     let state = AppState {
         db,
         settings: Arc::new(settings.clone()),
@@ -119,6 +123,8 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
         agent_requests: Arc::new(web::AgentRequestLimiter::per_minute(
             settings.agent_requests_per_min,
         )),
+        marks: Arc::new(marks),
+        agent_secrets: Arc::new(agent_secrets),
     };
     alerts::spawn_sweeper(state.clone());
     restic::dispatch::spawn(state.clone());

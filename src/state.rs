@@ -28,4 +28,8 @@ pub struct AppState {
     pub streams: Arc<crate::web::job_events::Streams>,
     /// Per client address, for the unauthenticated agent endpoints.
     pub agent_requests: Arc<crate::web::AgentRequestLimiter>,
+    /// Hosts that may have an open alert or a live job a hello settles.
+    pub marks: Arc<crate::agents::marks::HostMarks>,
+    /// Agent secrets known to be good.
+    pub agent_secrets: Arc<crate::agents::secret_cache::SecretCache>,
 }

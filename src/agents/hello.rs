@@ -3,7 +3,10 @@
 //! has acknowledged it, updates and restic.
 use agent::wire::{Envelope, Hello, HelloAck, HelloRejected, Message as _};
 
-use crate::{agent_binaries::check_platform, state::AppState, store::hosts::HelloFacts, version};
+use crate::{
+    agent_binaries::check_platform, agents::marks::Mark, state::AppState, store::hosts::HelloFacts,
+    version,
+};
 
 /// Checks a hello's fields; the reason is sent back to the agent.
 pub fn validate_hello(h: &Hello) -> Result<HelloFacts, String> {
@@ -112,16 +115,29 @@ pub async fn accept(
 }
 
 /// What an acknowledged hello settles: the host's update job, then its
-/// restic jobs.
+/// restic jobs. A host the in-memory record says has no live job
+/// (`agents::marks`) skips both reads; one whose reads find none is cleared.
 pub async fn after_ack(state: &AppState, host_id: i64, conn_id: u64, a: &Accepted) {
-    crate::updates::on_hello(
+    let seen = state.marks.seen(Mark::Jobs, host_id);
+    let update = crate::updates::on_hello(
         state,
         host_id,
         conn_id,
         &a.facts.agent_version,
         a.hello.update.as_ref(),
         a.open.update_failed,
+        seen.maybe,
     )
     .await;
-    crate::restic::events::on_hello(state, host_id, &a.hello, a.open.restic_missing).await;
+    let restic = crate::restic::events::on_hello(
+        state,
+        host_id,
+        &a.hello,
+        a.open.restic_missing,
+        seen.maybe,
+    )
+    .await;
+    if !update && !restic {
+        state.marks.settled(Mark::Jobs, host_id, seen);
+    }
 }

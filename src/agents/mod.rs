@@ -3,6 +3,8 @@
 //! [`hello`], which sequences its effects; job messages go to the job
 //! lifecycle in `crate::jobs`.
 pub mod hello;
+pub mod marks;
+pub mod secret_cache;
 
 use agent::wire::{self, Envelope};
 

@@ -11,6 +11,7 @@ use sea_orm::{DatabaseConnection, TransactionTrait};
 
 pub use crate::store::alerts::{Alert, Raised, Severity};
 use crate::{
+    agents::marks::Mark,
     clock::{self, Clock},
     config::Settings,
     state::AppState,
@@ -80,6 +81,10 @@ pub async fn raise(
         severity,
         message,
     };
+    // A host's next hello must look for an alert it can settle: marked
+    // before the write and again after it (`agents::marks`).
+    let _marked = crate::agents::marks::hello_alert_host(dedup_key)
+        .map(|id| state.marks.guard(crate::agents::marks::Mark::Alerts, id));
     let now = state.clock.now_ms();
     let txn = state.db.begin().await?;
     store::alerts::lock_for_write(&txn).await?;
@@ -166,18 +171,37 @@ impl OpenOnHello {
     };
 }
 
+impl OpenOnHello {
+    pub const NONE: OpenOnHello = OpenOnHello {
+        host_offline: false,
+        update_failed: false,
+        restic_missing: false,
+    };
+}
+
+/// Reads only for a host the in-memory record (`agents::marks`) says may
+/// have one; a read that finds none clears the host's mark.
 pub async fn open_on_hello(state: &AppState, host_id: i64) -> OpenOnHello {
+    let seen = state.marks.seen(Mark::Alerts, host_id);
+    if !seen.maybe {
+        return OpenOnHello::NONE;
+    }
     let keys = [
         host_offline_key(host_id),
         update_failed_key(host_id),
         health::restic_missing_key(host_id),
     ];
     match store::alerts::active_among(&state.db, &keys).await {
-        Ok(open) => OpenOnHello {
-            host_offline: open.contains(&keys[0]),
-            update_failed: open.contains(&keys[1]),
-            restic_missing: open.contains(&keys[2]),
-        },
+        Ok(open) => {
+            if open.is_empty() {
+                state.marks.settled(Mark::Alerts, host_id, seen);
+            }
+            OpenOnHello {
+                host_offline: open.contains(&keys[0]),
+                update_failed: open.contains(&keys[1]),
+                restic_missing: open.contains(&keys[2]),
+            }
+        }
         Err(e) => {
             tracing::error!(error = %e, host_id, "reading a host's open alerts failed");
             OpenOnHello::ALL

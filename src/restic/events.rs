@@ -33,7 +33,16 @@ const MAX_LISTING: usize = 1_000_000;
 /// A hello's recent finishes and running jobs (its restic facts were
 /// stored with the hello itself). `restic_missing_open`: the host's
 /// `restic_missing` alert was open when the hello arrived.
-pub async fn on_hello(state: &AppState, host_id: i64, hello: &Hello, restic_missing_open: bool) {
+/// `may_have_jobs` false (the host has no live job, `agents::marks`) skips
+/// the read of its live restic jobs. Returns false when the host surely has
+/// none.
+pub async fn on_hello(
+    state: &AppState,
+    host_id: i64,
+    hello: &Hello,
+    restic_missing_open: bool,
+    may_have_jobs: bool,
+) -> bool {
     // restic_missing can only hold for a restic-capable agent without
     // restic; otherwise there is at most an open alert to resolve.
     let may_be_missing = hello.running_jobs.is_some() && hello.restic_version.is_none();
@@ -58,8 +67,15 @@ pub async fn on_hello(state: &AppState, host_id: i64, hello: &Hello, restic_miss
         }
     }
     // Wake the dispatcher only when this host has restic work waiting.
-    let wake = match store::jobs::live_restic_on_host(&state.db, host_id).await {
+    let live = if may_have_jobs {
+        store::jobs::live_restic_on_host(&state.db, host_id).await
+    } else {
+        Ok(Vec::new())
+    };
+    let mut found = true;
+    let wake = match live {
         Ok(jobs) => {
+            found = !jobs.is_empty();
             let mut wake = jobs.iter().any(|j| j.status == JobStatus::Queued);
             let orphans = jobs
                 .into_iter()
@@ -99,6 +115,7 @@ pub async fn on_hello(state: &AppState, host_id: i64, hello: &Hello, restic_miss
     if wake {
         state.restic.wake();
     }
+    found
 }
 
 /// `job.progress` and `job.snapshots`.

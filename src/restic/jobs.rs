@@ -127,7 +127,11 @@ pub async fn enqueue(
         options: serde_json::to_string(options).map_err(|e| QueueError::Invalid(e.to_string()))?,
         scope: scope(repo.id, repo.local, host_id),
     };
-    let job = store::jobs::create_restic(&state.db, &new, state.clock.now_ms()).await?;
+    let job = {
+        // The host's next hello looks for this job (`agents::marks`).
+        let _marked = state.marks.guard(crate::agents::marks::Mark::Jobs, host_id);
+        store::jobs::create_restic(&state.db, &new, state.clock.now_ms()).await?
+    };
     tracing::info!(job_id = job.id, host_id, kind = %kind, repository_id = repo.id, "restic job queued");
     state.restic.wake();
     Ok(job)

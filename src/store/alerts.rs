@@ -155,6 +155,22 @@ pub async fn active_among<C: ConnectionTrait>(db: &C, keys: &[String]) -> Result
         .await?)
 }
 
+/// The keys of every active alert whose kind is one of `kinds`: loaded once
+/// at server start (`agents::marks`).
+pub async fn active_keys_of_kinds<C: ConnectionTrait>(
+    db: &C,
+    kinds: &[&str],
+) -> Result<Vec<String>> {
+    Ok(alerts::Entity::find()
+        .select_only()
+        .column(alerts::Column::DedupKey)
+        .filter(alerts::Column::Kind.is_in(kinds.iter().copied()))
+        .filter(alerts::Column::ResolvedAt.is_null())
+        .into_tuple::<String>()
+        .all(db)
+        .await?)
+}
+
 /// Raises an alert. A repeat of an active key updates count, last-seen and
 /// message. Concurrent first raises race on the partial unique index: the
 /// loser sees a unique violation and counts itself as a repeat instead.

@@ -215,6 +215,19 @@ pub async fn find_by_secret_hash<C: ConnectionTrait>(
         }))
 }
 
+/// Every enrolled host's id and agent secret hash: loaded once at server
+/// start (`agents::secret_cache`).
+pub async fn secret_hashes<C: ConnectionTrait>(db: &C) -> Result<Vec<(i64, String)>> {
+    Ok(hosts::Entity::find()
+        .select_only()
+        .column(hosts::Column::Id)
+        .column(hosts::Column::SecretHash)
+        .filter(hosts::Column::SecretHash.is_not_null())
+        .into_tuple::<(i64, String)>()
+        .all(db)
+        .await?)
+}
+
 pub async fn set_secret_hash<C: ConnectionTrait>(db: &C, id: i64, hash: &str) -> Result<()> {
     let r = hosts::Entity::update_many()
         .col_expr(hosts::Column::SecretHash, Expr::value(hash))

@@ -143,6 +143,8 @@ pub async fn dispatch(
     }
     let now = state.clock.now_ms();
     let timeout = state.settings.update_timeout;
+    // The host's next hello looks for this job (`agents::marks`).
+    let _marked = state.marks.guard(crate::agents::marks::Mark::Jobs, host_id);
     let txn = state.db.begin().await.map_err(StoreError::from)?;
     let new = NewJob {
         host_id,
@@ -292,6 +294,8 @@ pub fn stage_within(update_timeout: Duration, min_healthy: Duration) -> u64 {
 }
 
 /// An agent said hello: finish its update job if this hello settles it.
+/// `may_have_jobs` false (the host has no live job, `agents::marks`) skips
+/// the read. Returns false when the host surely has no live update job.
 pub async fn on_hello(
     state: &AppState,
     host_id: i64,
@@ -299,8 +303,14 @@ pub async fn on_hello(
     agent_version: &str,
     report: Option<&UpdateReport>,
     update_failed_open: bool,
-) {
-    let job = match store::jobs::live_of_kind(&state.db, host_id, JobKind::Update).await {
+    may_have_jobs: bool,
+) -> bool {
+    let live = if may_have_jobs {
+        store::jobs::live_of_kind(&state.db, host_id, JobKind::Update).await
+    } else {
+        Ok(None)
+    };
+    let job = match live {
         Ok(Some(j)) => j,
         Ok(None) => {
             // Back at the server's version some other way (e.g. a manual
@@ -308,13 +318,24 @@ pub async fn on_hello(
             if agent_version == version::VERSION && update_failed_open {
                 crate::alerts::resolve_update_failed(state, host_id).await;
             }
-            return;
+            return false;
         }
         Err(e) => {
             tracing::error!(error = %e, host_id, "looking up a live update job failed");
-            return;
+            return true;
         }
     };
+    settle_on_hello(state, conn_id, agent_version, report, job).await;
+    true
+}
+
+async fn settle_on_hello(
+    state: &AppState,
+    conn_id: u64,
+    agent_version: &str,
+    report: Option<&UpdateReport>,
+    job: Job,
+) {
     if let Some(r) = report.filter(|r| r.job_id == job.id && r.outcome == UpdateOutcome::RolledBack)
     {
         // Both come from the agent: bounded and cleaned before they reach

@@ -26,16 +26,24 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The host behind an agent secret, compared in constant time.
-pub async fn host_for_secret(
-    state: &AppState,
-    secret: &str,
-) -> Result<Option<store::hosts::Host>, AppError> {
-    let hash = auth::token_hash(secret);
-    Ok(store::hosts::find_by_secret_hash(&state.db, &hash)
+/// The id of the host behind an agent secret: from the in-memory cache of
+/// known secrets (`agents::secret_cache`), else the database (compared in
+/// constant time), which then fills the cache.
+pub async fn host_for_secret(state: &AppState, secret: &str) -> Result<Option<i64>, AppError> {
+    let digest = crate::agents::secret_cache::digest(secret);
+    if let Some(id) = state.agent_secrets.get(&digest) {
+        return Ok(Some(id));
+    }
+    let generation = state.agent_secrets.generation();
+    let hash = hex::encode(digest);
+    let found = store::hosts::find_by_secret_hash(&state.db, &hash)
         .await?
         .filter(|(_, stored)| auth::hashes_equal(stored, &hash))
-        .map(|(h, _)| h))
+        .map(|(h, _)| h.id);
+    if let Some(id) = found {
+        state.agent_secrets.insert(generation, digest, id);
+    }
+    Ok(found)
 }
 
 async fn agent_binary(

@@ -52,7 +52,7 @@ async fn agent_ws(
         )
         .into());
     };
-    let Some(host) = host_for_secret(&state, secret).await? else {
+    let Some(host_id) = host_for_secret(&state, secret).await? else {
         tracing::warn!(peer = ?req.peer_addr(), "agent connection with an unknown secret");
         return Err(AppError::Unauthenticated(
             "invalid_secret",
@@ -68,9 +68,9 @@ async fn agent_ws(
     let state = state.get_ref().clone();
     // Each connected agent costs this task (kept small: the work done per
     // message is boxed) plus actix's per-connection buffers.
-    let fut = connection(state, host.id, session, stream);
+    let fut = connection(state, host_id, session, stream);
     rt::spawn(async move {
-        let span = tracing::info_span!("agent", host_id = host.id);
+        let span = tracing::info_span!("agent", host_id);
         let _ = tracing::Instrument::instrument(fut, span).await;
     });
     Ok(resp)

@@ -52,7 +52,9 @@ async fn agent_enroll(
     };
     store::hosts::set_secret_hash(&txn, host_id, &auth::token_hash(&secret)).await?;
     txn.commit().await?;
-    // A re-enrolled host's old connection used the old secret: drop it.
+    // A re-enrolled host's old secret stops working, and its connection
+    // (which used it) is dropped.
+    state.agent_secrets.forget_host(host_id);
     state.hub.disconnect(host_id, "host re-enrolled");
     let hostname = crate::text::one_line(&body.hostname, 64);
     tracing::info!(host_id, %hostname, "agent enrolled");

@@ -173,8 +173,12 @@ pub fn simulate(cfg: AgentConfig, from_version: &str, plan: Plan) -> Sim {
     }
 }
 
-/// A queued backup job for `host_id`, created straight in the store.
+/// A queued backup job for `host_id`, created straight in the store (and
+/// marked, as the services that create jobs do, for the host's next hello).
 pub async fn new_job(app: &TestApp, host_id: i64) -> i64 {
+    app.state()
+        .marks
+        .mark(restic_manager::agents::marks::Mark::Jobs, host_id);
     let j = NewJob {
         host_id,
         kind: JobKind::Backup,

@@ -15,6 +15,7 @@ mod api_roles;
 mod audit;
 mod fleet;
 mod health;
+mod hello_marks;
 mod jobs;
 mod migrations;
 mod plans;

@@ -33,6 +33,7 @@ use super::{
     scope,
 };
 use crate::{
+    agents::marks::{HostMarks, Mark},
     state::AppState,
     store::{
         self, Page,
@@ -57,6 +58,8 @@ pub trait SchedulerOps: Send + Sync + 'static {
     fn timezone(&self) -> Tz;
     /// Jobs were queued: the dispatcher should look at them.
     fn queued(&self, jobs: &[Job]) -> impl Future<Output = ()> + Send;
+    /// The record of hosts with live jobs (held across each job's write).
+    fn marks(&self) -> &Arc<HostMarks>;
 }
 
 pub struct StateOps(pub AppState);
@@ -70,6 +73,9 @@ impl SchedulerOps for StateOps {
     }
     fn timezone(&self) -> Tz {
         self.0.settings.timezone
+    }
+    fn marks(&self) -> &Arc<HostMarks> {
+        &self.0.marks
     }
     async fn queued(&self, jobs: &[Job]) {
         for j in jobs {
@@ -315,6 +321,8 @@ pub async fn fire_due<O: SchedulerOps>(ops: &O) -> store::Result<Vec<Job>> {
             store::plans::delete_schedules(db, &[row.id]).await?;
             continue;
         };
+        // The host's next hello looks for the job (`agents::marks`).
+        let _marked = ops.marks().guard(Mark::Jobs, host.id);
         // One transaction that writes first (SQLite hands the write lock to
         // the first writer): the move, then the jobs. A pass that lost the
         // race to move this row does nothing.
@@ -399,6 +407,11 @@ pub async fn maintain_due<O: SchedulerOps>(ops: &O) -> store::Result<Vec<Job>> {
             .unwrap_or(now + 86_400_000);
         let hosts = default_hosts_in(db, &repo).await.unwrap_or_default();
         let plans = retention_plans(db, repo.id).await?;
+        // Each host's next hello looks for its jobs (`agents::marks`).
+        let _marked: Vec<_> = hosts
+            .iter()
+            .map(|h| ops.marks().guard(Mark::Jobs, *h))
+            .collect();
         let txn = db.begin().await?;
         if !store::plans::move_maintenance(
             &txn,

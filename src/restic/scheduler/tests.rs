@@ -20,6 +20,7 @@ struct Fake {
     now: AtomicI64,
     tz: Tz,
     queued: Mutex<Vec<i64>>,
+    marks: Arc<crate::agents::marks::HostMarks>,
     _dir: tempfile::TempDir,
 }
 
@@ -50,6 +51,7 @@ impl Fake {
             now: AtomicI64::new(ms(now)),
             tz: tz.parse().unwrap(),
             queued: Mutex::new(vec![]),
+            marks: Arc::default(),
             _dir: dir,
         }
     }
@@ -148,6 +150,9 @@ impl SchedulerOps for Fake {
     fn timezone(&self) -> Tz {
         self.tz
     }
+    fn marks(&self) -> &Arc<crate::agents::marks::HostMarks> {
+        &self.marks
+    }
     async fn queued(&self, jobs: &[Job]) {
         self.queued
             .lock()
@@ -241,10 +246,13 @@ async fn a_due_run_queues_one_backup_and_moves_to_the_next_time() {
     let repo = f.repo("/srv/repo").await;
     let p = f.plan(repo.id, "0 * * * *", "UTC", &[h], &[]).await;
     pass(&f).await.unwrap();
+    assert!(!f.marks.seen(Mark::Jobs, h).maybe);
     f.set("2026-05-04T11:00:00Z");
     pass(&f).await.unwrap();
     let q = f.queued();
     assert_eq!(q.len(), 1);
+    // The host's next hello looks for it.
+    assert!(f.marks.seen(Mark::Jobs, h).maybe);
     let j = f.job(q[0]).await;
     assert_eq!(
         (j.kind, j.status, j.actor_kind),
@@ -429,8 +437,13 @@ async fn maintenance_forgets_per_plan_then_prunes_then_checks_when_due() {
     store::repositories::set_last_check(&f.db, repo.id, ms("2026-05-05T03:00:00Z"))
         .await
         .unwrap();
+    // (Cleared as a hello that found nothing would: maintenance marks it.)
+    let seen = f.marks.seen(Mark::Jobs, h);
+    f.marks.settled(Mark::Jobs, h, seen);
+    assert!(!f.marks.seen(Mark::Jobs, h).maybe);
     f.set("2026-05-06T03:00:00Z");
     let made = maintain_due(&f).await.unwrap();
+    assert!(f.marks.seen(Mark::Jobs, h).maybe);
     let kinds: Vec<JobKind> = made.iter().map(|j| j.kind).collect();
     assert_eq!(
         kinds,

@@ -15,7 +15,9 @@ mod query;
 mod restic;
 
 pub use lifecycle::{Outcome, Refusal, Transition, finish, finish_with, start};
-pub use query::{JobFilter, count, list, live_of_kind, next_deadline, overdue};
+pub use query::{
+    JobFilter, count, hosts_with_live_jobs, list, live_of_kind, next_deadline, overdue,
+};
 pub use restic::{
     NewResticJob, create_restic, live_restic_on_host, mark_dispatched, queued_restic, requeue,
     running_restic, running_restic_on_host,

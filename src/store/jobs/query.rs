@@ -56,6 +56,21 @@ pub async fn count<C: ConnectionTrait>(db: &C, f: &JobFilter) -> Result<u64> {
     Ok(jobs::Entity::find().filter(f.condition()).count(db).await?)
 }
 
+/// Every host with a live (queued or running) job of any kind: loaded once
+/// at server start (`agents::marks`).
+pub async fn hosts_with_live_jobs<C: ConnectionTrait>(db: &C) -> Result<Vec<i64>> {
+    Ok(jobs::Entity::find()
+        .select_only()
+        .column(jobs::Column::HostId)
+        .distinct()
+        .filter(
+            jobs::Column::Status.is_in([JobStatus::Queued.as_str(), JobStatus::Running.as_str()]),
+        )
+        .into_tuple::<i64>()
+        .all(db)
+        .await?)
+}
+
 /// The live (queued or running) job of `kind` on a host, if any.
 pub async fn live_of_kind<C: ConnectionTrait>(
     db: &C,
