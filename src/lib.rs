@@ -111,6 +111,7 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
         hub,
         presence,
         live: Arc::new(jobs::LiveJobs::default()),
+        logs: Arc::default(),
         deadlines: Arc::new(jobs::Deadlines::default()),
         updates: Arc::new(updates::Updates::default()),
         fleet: Arc::new(fleet::Fleet::default()),

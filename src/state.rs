@@ -15,6 +15,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub presence: Presence,
     pub live: Arc<LiveJobs>,
+    /// Agents' log lines, stored in groups (`jobs::log_batch`).
+    pub logs: crate::jobs::log_batch::Shared,
     pub deadlines: Arc<crate::jobs::Deadlines>,
     pub updates: Arc<Updates>,
     pub fleet: Arc<crate::fleet::Fleet>,

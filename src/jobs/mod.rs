@@ -7,6 +7,7 @@
 pub mod deadlines;
 mod kinds;
 pub mod live;
+pub mod log_batch;
 
 use agent::wire::{self, Envelope, FinishedStatus, JobFinished, JobStarted, LogStream};
 
@@ -16,7 +17,7 @@ use crate::{
     state::AppState,
     store::{
         self,
-        jobs::{Appended, Job, JobStatus, NewLine, Outcome, Refusal, Transition},
+        jobs::{Job, JobStatus, Outcome, Refusal, Transition},
     },
     text,
 };
@@ -163,8 +164,9 @@ async fn ended(state: &AppState, t: Transition) -> Option<Job> {
 }
 
 /// Handles a run of `log.stream` messages from `host_id`'s agent (what was
-/// waiting on its socket): each job's lines are stored in one transaction
-/// and published as one event. Order is kept; other kinds are ignored.
+/// waiting on its socket): stored with other agents' lines in one
+/// transaction ([`log_batch`]), each job's run published as one event.
+/// Order is kept; other kinds are ignored.
 pub async fn agent_logs(state: &AppState, host_id: i64, envs: &[Envelope]) {
     let now = state.clock.now_ms();
     let msgs: Vec<LogStream> = envs
@@ -187,86 +189,29 @@ pub async fn agent_logs(state: &AppState, host_id: i64, envs: &[Envelope]) {
             m.seq >= 1
         })
         .collect();
-    for run in msgs.chunk_by(|a, b| a.job_id == b.job_id) {
-        let job_id = run[0].job_id;
-        let lines: Vec<NewLine> = run
-            .iter()
-            .map(|m| NewLine {
-                seq: m.seq,
-                ts: chrono::DateTime::parse_from_rfc3339(&m.at)
-                    .map(|t| t.timestamp_millis())
-                    .unwrap_or(now),
-                stream: match m.stream {
-                    wire::LogStreamKind::Stdout => "stdout",
-                    wire::LogStreamKind::Stderr => "stderr",
-                    wire::LogStreamKind::System => "system",
-                },
-                data: &m.data,
-            })
-            .collect();
-        match append_retrying(state, job_id, host_id, &lines).await {
-            Ok(Ok(Appended { stored, ignored })) => {
-                for (seq, why) in ignored {
-                    tracing::debug!(job_id, seq, why, "log line ignored");
-                }
-                if !stored.is_empty() {
-                    state.live.publish(job_id, LiveEvent::lines(stored));
-                }
-            }
-            Ok(Err(r)) => refused("log.stream", job_id, host_id, r),
-            Err(e) => tracing::error!(
-                error = %e,
-                job_id,
-                lines = lines.len(),
-                "storing log lines failed after retries: these lines are lost"
-            ),
+    let mut jobs: Vec<log_batch::Lines> = Vec::new();
+    for m in msgs {
+        let line = log_batch::Line {
+            seq: m.seq,
+            ts: chrono::DateTime::parse_from_rfc3339(&m.at)
+                .map(|t| t.timestamp_millis())
+                .unwrap_or(now),
+            stream: match m.stream {
+                wire::LogStreamKind::Stdout => "stdout",
+                wire::LogStreamKind::Stderr => "stderr",
+                wire::LogStreamKind::System => "system",
+            },
+            data: m.data,
+        };
+        match jobs.last_mut() {
+            Some(j) if j.job_id == m.job_id => j.lines.push(line),
+            _ => jobs.push(log_batch::Lines {
+                job_id: m.job_id,
+                lines: vec![line],
+            }),
         }
     }
-}
-
-/// Pauses before each new attempt to store a batch of log lines: a
-/// database that refuses a write for a moment (a lock held too long, a
-/// restart, a failover) costs this agent's connection a pause of at most
-/// about 3 s instead of up to a batch of lines. Order is kept: nothing else
-/// from the connection is read meanwhile, so later lines wait behind these.
-const LOG_WRITE_RETRIES: [std::time::Duration; 6] = [
-    std::time::Duration::from_millis(50),
-    std::time::Duration::from_millis(100),
-    std::time::Duration::from_millis(200),
-    std::time::Duration::from_millis(400),
-    std::time::Duration::from_millis(800),
-    std::time::Duration::from_millis(1600),
-];
-
-/// [`store::jobs::append_logs`], tried again after a failure (not after a
-/// refusal) with [`LOG_WRITE_RETRIES`]. Safe to repeat: lines are
-/// de-duplicated by seq, so a write that did commit is not stored twice.
-async fn append_retrying(
-    state: &AppState,
-    job_id: i64,
-    host_id: i64,
-    lines: &[NewLine<'_>],
-) -> store::Result<Result<Appended, Refusal>> {
-    let cap = state.settings.job_log_cap_bytes;
-    let mut delays = LOG_WRITE_RETRIES.iter();
-    loop {
-        match store::jobs::append_logs(&state.db, job_id, host_id, lines, cap).await {
-            Err(e) => {
-                let Some(delay) = delays.next() else {
-                    return Err(e);
-                };
-                tracing::warn!(
-                    error = %e,
-                    job_id,
-                    lines = lines.len(),
-                    retry_in_ms = delay.as_millis() as u64,
-                    "storing log lines failed; retrying"
-                );
-                tokio::time::sleep(*delay).await;
-            }
-            done => return done,
-        }
-    }
+    state.logs.submit(state, host_id, jobs).await;
 }
 
 fn parse<P: serde::de::DeserializeOwned>(env: &Envelope) -> Option<P> {

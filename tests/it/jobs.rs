@@ -478,6 +478,62 @@ async fn a_burst_of_lines_is_stored_once_each_in_order_before_the_finish() {
 }
 
 #[tokio::test]
+async fn many_agents_lines_stored_together_each_come_out_as_sent() {
+    // Lines of many agents arriving at once are written in shared
+    // transactions (group commit): every job's lines come out once each in
+    // order before its finish, and an agent's lines for another host's job,
+    // refused in the same group, cost the others nothing.
+    let app = TestApp::spawn().await;
+    const HOSTS: usize = 12;
+    const N: i64 = 300;
+    let mut agents = Vec::new();
+    for i in 0..HOSTS {
+        let (cfg, a) = app.host(&format!("web-{i}")).online().await;
+        let id = new_job(&app, cfg.host_id).await;
+        agents.push((id, a));
+    }
+    let victim = agents[0].0;
+    let sends = agents.iter().enumerate().map(|(i, (id, a))| {
+        let (id, s) = (*id, a.sender());
+        async move {
+            for seq in 1..=N {
+                s.send_message(&line(id, seq, &format!("{id}:{seq}")))
+                    .await
+                    .unwrap();
+                if seq % 5 == 0 {
+                    s.send_message(&line(id, seq, "again")).await.unwrap();
+                }
+                if i == 1 && seq % 50 == 0 {
+                    s.send_message(&line(victim, 10_000 + seq, "not mine"))
+                        .await
+                        .unwrap();
+                }
+            }
+            s.send_message(&succeeded(id)).await.unwrap();
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    for (id, _) in &agents {
+        app.wait_job(*id, "succeeded").await;
+        let all = logs(&app, *id).await;
+        let pos: Vec<i64> = all.iter().map(|v| v["pos"].as_i64().unwrap()).collect();
+        let data: Vec<String> = all
+            .iter()
+            .map(|v| v["data"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(pos, (1..=N).collect::<Vec<_>>(), "job {id}");
+        assert_eq!(
+            data,
+            (1..=N).map(|s| format!("{id}:{s}")).collect::<Vec<_>>(),
+            "job {id}"
+        );
+    }
+    for (_, a) in agents {
+        a.shutdown().await;
+    }
+}
+
+#[tokio::test]
 async fn control_characters_from_an_agent_are_stored_readably_and_lose_no_neighbours() {
     // A NUL byte is legal JSON ("\u0000") but Postgres refuses it in text:
     // one such line must not cost the lines sent with it, nor the finish.

@@ -11,10 +11,12 @@ use super::{Result, StoreError};
 use crate::entities::{job_logs, jobs};
 
 mod lifecycle;
+mod logs;
 mod query;
 mod restic;
 
 pub use lifecycle::{Outcome, Refusal, Transition, finish, finish_with, start};
+pub use logs::{JobLines, append_logs};
 pub use query::{
     JobFilter, count, hosts_with_live_jobs, list, live_of_kind, next_deadline, overdue,
 };
@@ -233,7 +235,7 @@ impl From<job_logs::Model> for LogLine {
     }
 }
 
-/// What became of a batch of lines offered to [`append_logs`].
+/// What became of a job's lines offered to [`append_logs`].
 #[derive(Debug, Default, PartialEq)]
 pub struct Appended {
     /// Stored, in order, with consecutive positions: broadcast them. The
@@ -259,132 +261,6 @@ pub struct NewLine<'a> {
 pub async fn lock_job<C: ConnectionTrait>(txn: &C, job_id: i64) -> Result<()> {
     let (col, key) = (jobs::Column::LogLines, jobs::Column::Id);
     super::lock_row::<jobs::Entity, _>(txn, col, key, job_id).await
-}
-
-/// Rows per INSERT: well under SQLite's and Postgres's bound-parameter limits.
-const INSERT_CHUNK: usize = 500;
-
-/// Appends a batch of one job's lines in one transaction, de-duplicated by
-/// `seq` (against the stored log and within the batch), within the per-job
-/// cap: the line that would pass it is replaced by a notice and everything
-/// after it is dropped. One transaction per batch rather than per line is
-/// what lets a chatty job's output keep up (see BENCHMARKS.md, live logs).
-pub async fn append_logs(
-    db: &sea_orm::DatabaseConnection,
-    job_id: i64,
-    host_id: i64,
-    lines: &[NewLine<'_>],
-    cap_bytes: i64,
-) -> Result<std::result::Result<Appended, Refusal>> {
-    let mut out = Appended::default();
-    if lines.is_empty() {
-        return Ok(Ok(out));
-    }
-    // Read-only first: lines for another host's job, an unknown one or one
-    // that takes no more lines (a flood an agent may send) cost no write
-    // transaction. What is read here only ever changes towards refusing,
-    // and it is checked again under the lock.
-    let Some(job) = jobs::Entity::find_by_id(job_id).one(db).await? else {
-        return Ok(Err(Refusal::UnknownJob));
-    };
-    if job.host_id != host_id {
-        return Ok(Err(Refusal::OtherHost));
-    }
-    if JobStatus::parse(&job.status).is_none_or(JobStatus::is_terminal) || job.log_truncated {
-        let why = if job.log_truncated {
-            "log truncated"
-        } else {
-            "job already finished"
-        };
-        out.ignored = lines.iter().map(|l| (l.seq, why)).collect();
-        return Ok(Ok(out));
-    }
-    let txn = db.begin().await?;
-    lock_job(&txn, job_id).await?;
-    let Some(job) = jobs::Entity::find_by_id(job_id).one(&txn).await? else {
-        return Ok(Err(Refusal::UnknownJob));
-    };
-    if job.host_id != host_id {
-        return Ok(Err(Refusal::OtherHost));
-    }
-    let closed = if JobStatus::parse(&job.status).is_none_or(JobStatus::is_terminal) {
-        Some("job already finished")
-    } else if job.log_truncated {
-        Some("log truncated")
-    } else {
-        None
-    };
-    if let Some(why) = closed {
-        out.ignored = lines.iter().map(|l| (l.seq, why)).collect();
-        return Ok(Ok(out));
-    }
-    let mut seen: std::collections::HashSet<i64> = job_logs::Entity::find()
-        .select_only()
-        .column(job_logs::Column::Seq)
-        .filter(job_logs::Column::JobId.eq(job_id))
-        .filter(job_logs::Column::Seq.is_in(lines.iter().map(|l| l.seq)))
-        .into_tuple::<i64>()
-        .all(&txn)
-        .await?
-        .into_iter()
-        .collect();
-    let (mut pos, mut bytes, mut truncated) = (job.log_lines, job.log_bytes, false);
-    for line in lines {
-        if truncated {
-            out.ignored.push((line.seq, "log truncated"));
-            continue;
-        }
-        if !seen.insert(line.seq) {
-            out.ignored.push((line.seq, "duplicate seq"));
-            continue;
-        }
-        let len = line.data.len() as i64;
-        pos += 1;
-        truncated = bytes + len > cap_bytes;
-        out.stored.push(if truncated {
-            // seq 0 is never sent by agents (they count from 1): the notice's own.
-            LogLine {
-                pos,
-                seq: 0,
-                ts: line.ts,
-                stream: "system".into(),
-                data: TRUNCATED_LINE.into(),
-            }
-        } else {
-            bytes += len;
-            LogLine {
-                pos,
-                seq: line.seq,
-                ts: line.ts,
-                stream: line.stream.into(),
-                data: line.data.into(),
-            }
-        });
-    }
-    if out.stored.is_empty() {
-        return Ok(Ok(out));
-    }
-    for chunk in out.stored.chunks(INSERT_CHUNK) {
-        job_logs::Entity::insert_many(chunk.iter().map(|l| job_logs::ActiveModel {
-            job_id: Set(job_id),
-            pos: Set(l.pos),
-            seq: Set(l.seq),
-            ts: Set(l.ts),
-            stream: Set(l.stream.clone()),
-            payload: Set(l.data.clone()),
-        }))
-        .exec(&txn)
-        .await?;
-    }
-    jobs::Entity::update_many()
-        .col_expr(jobs::Column::LogLines, Expr::value(pos))
-        .col_expr(jobs::Column::LogBytes, Expr::value(bytes))
-        .col_expr(jobs::Column::LogTruncated, Expr::value(truncated))
-        .filter(jobs::Column::Id.eq(job_id))
-        .exec(&txn)
-        .await?;
-    txn.commit().await?;
-    Ok(Ok(out))
 }
 
 /// Lines after position `after`, in order, at most `limit`.
