@@ -147,8 +147,15 @@ async fn write(state: &AppState, group: Vec<Pending>) {
                     .collect(),
             })
             .collect();
+        let started = std::time::Instant::now();
         match append_retrying(state, &batch).await {
             Ok(outcomes) => {
+                tracing::debug!(
+                    jobs = batch.len(),
+                    lines = batch.iter().map(|b| b.lines.len()).sum::<usize>(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "log lines stored"
+                );
                 for (entry, outcome) in batch.iter().zip(outcomes) {
                     published(state, entry, outcome);
                 }

@@ -15,6 +15,9 @@ use crate::store::Result;
 /// Rows per INSERT: well under SQLite's and Postgres's bound-parameter limits.
 const INSERT_CHUNK: usize = 500;
 
+/// Jobs per counters UPDATE (seven parameters each).
+const COUNTER_CHUNK: usize = 200;
+
 /// Ids per `IN (…)` list: well under both databases' parameter limits.
 const IN_CHUNK: usize = 5_000;
 
@@ -154,12 +157,35 @@ pub async fn append_logs(
         .exec_without_returning(&txn)
         .await?;
     }
-    for (job_id, pos, bytes, truncated) in counters {
+    // The jobs' counters, a few hundred rows a statement (one UPDATE per job
+    // was most of a group's statements).
+    for chunk in counters.chunks(COUNTER_CHUNK) {
+        let (mut lines, mut bytes, mut truncated) = (
+            Expr::case(jobs::Column::Id.eq(chunk[0].0), chunk[0].1),
+            Expr::case(jobs::Column::Id.eq(chunk[0].0), chunk[0].2),
+            Expr::case(jobs::Column::Id.eq(chunk[0].0), chunk[0].3),
+        );
+        for &(id, l, b, t) in &chunk[1..] {
+            lines = lines.case(jobs::Column::Id.eq(id), l);
+            bytes = bytes.case(jobs::Column::Id.eq(id), b);
+            truncated = truncated.case(jobs::Column::Id.eq(id), t);
+        }
         jobs::Entity::update_many()
-            .col_expr(jobs::Column::LogLines, Expr::value(pos))
-            .col_expr(jobs::Column::LogBytes, Expr::value(bytes))
-            .col_expr(jobs::Column::LogTruncated, Expr::value(truncated))
-            .filter(jobs::Column::Id.eq(job_id))
+            .col_expr(
+                jobs::Column::LogLines,
+                lines.finally(Expr::col(jobs::Column::LogLines)).into(),
+            )
+            .col_expr(
+                jobs::Column::LogBytes,
+                bytes.finally(Expr::col(jobs::Column::LogBytes)).into(),
+            )
+            .col_expr(
+                jobs::Column::LogTruncated,
+                truncated
+                    .finally(Expr::col(jobs::Column::LogTruncated))
+                    .into(),
+            )
+            .filter(jobs::Column::Id.is_in(chunk.iter().map(|c| c.0)))
             .exec(&txn)
             .await?;
     }
