@@ -8,7 +8,7 @@
 //!
 //! Order per connection is kept: a connection reads nothing more until its
 //! lines are stored, so a job's end always comes after its lines.
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::oneshot;
 
@@ -65,6 +65,47 @@ pub struct LogBatcher {
     queue: Mutex<Vec<Pending>>,
     /// Held by the connection writing a group.
     writer: tokio::sync::Mutex<()>,
+    /// Where groups are written: a thread of their own, started with the
+    /// first group and stopped when the batcher goes.
+    runtime: OnceLock<Option<WriterRuntime>>,
+}
+
+/// A single-threaded runtime on its own thread. A group's transaction is a
+/// few dozen awaits; on an actix worker each of them waited behind the
+/// hundreds of agent connections and live-log streams that worker runs
+/// (BENCHMARKS.md, many backups: groups took 130 ms, mostly waiting).
+struct WriterRuntime {
+    handle: tokio::runtime::Handle,
+    _stop: oneshot::Sender<()>,
+}
+
+impl WriterRuntime {
+    fn start() -> Option<WriterRuntime> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(
+                |e| tracing::warn!(error = %e, "no log-writer runtime; writing on the caller's"),
+            )
+            .ok()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                })
+            })
+            .map_err(
+                |e| tracing::warn!(error = %e, "no log-writer thread; writing on the caller's"),
+            )
+            .ok()?;
+        Some(WriterRuntime {
+            handle,
+            _stop: stop,
+        })
+    }
 }
 
 impl LogBatcher {
@@ -90,7 +131,11 @@ impl LogBatcher {
             // Its own task: a connection dropped while it writes (replaced,
             // shut down) must not cancel other connections' lines.
             let state = state.clone();
-            let _ = tokio::spawn(async move { write(&state, group).await }).await;
+            let task = async move { write(&state, group).await };
+            let _ = match self.runtime.get_or_init(WriterRuntime::start) {
+                Some(rt) => rt.handle.spawn(task).await,
+                None => tokio::spawn(task).await,
+            };
         }
     }
 
