@@ -42,9 +42,11 @@ struct Pending {
 }
 
 /// Lines one transaction takes at most (it stops taking connections' lines
-/// once past this): the transaction stays short, and the next one starts
-/// with what arrived meanwhile.
-const MAX_LINES: usize = 4_000;
+/// once past this), a few MB. Large on purpose: a group's cost is mostly
+/// the index pages of each job it touches (a thousand jobs' lines land on a
+/// thousand places of `job_logs`' indexes), not its lines, so the more
+/// lines each job brings to a group the less each costs.
+const MAX_LINES: usize = 20_000;
 
 /// Pauses before each new attempt to store a group of log lines: a
 /// database that refuses a write for a moment (a lock held too long, a

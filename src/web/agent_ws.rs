@@ -169,11 +169,16 @@ async fn connection(
                         // them, are stored and published together.
                         if said_hello && let Some(first) = log_line(&text) {
                             let mut batch = vec![first];
-                            while batch.len() < LOG_BATCH {
+                            // Progress reports among them: kept in memory only
+                            // and ordered with nothing stored, so shown before
+                            // the lines are written rather than after.
+                            let mut progress = Vec::new();
+                            while batch.len() + progress.len() < LOG_BATCH {
                                 match stream.next().now_or_never() {
-                                    Some(Some(Ok(AggregatedMessage::Text(t)))) => match log_line(&t) {
-                                        Some(env) => batch.push(env),
-                                        None => {
+                                    Some(Some(Ok(AggregatedMessage::Text(t)))) => match Envelope::parse(&t) {
+                                        Ok(env) if env.kind == wire::LOG_STREAM => batch.push(env),
+                                        Ok(env) if env.kind == wire::JOB_PROGRESS => progress.push(env),
+                                        _ => {
                                             pending = Some(Some(Ok(AggregatedMessage::Text(t))));
                                             break;
                                         }
@@ -187,9 +192,12 @@ async fn connection(
                             }
                             // The first was counted above; a batch never asks
                             // for more than a burst at once.
-                            let more = (batch.len() as u32 - 1).min(state.settings.agent_messages_burst.max(1));
+                            let more = ((batch.len() + progress.len()) as u32 - 1).min(state.settings.agent_messages_burst.max(1));
                             if let Some(more) = std::num::NonZeroU32::new(more) {
                                 let _ = limiter.until_n_ready(more).await;
+                            }
+                            for env in &progress {
+                                Box::pin(crate::jobs::agent_message(&state, host_id, env)).await;
                             }
                             // Boxed, like handle_text: the database work's
                             // state lives on the heap only while it runs, not

@@ -4,7 +4,7 @@ use crate::common::{
     sim::{self, new_job},
     *,
 };
-use agent::wire::{FinishedStatus, JobFinished, JobStarted, LogStream};
+use agent::wire::{FinishedStatus, JobFinished, JobProgress, JobStarted, LogStream};
 use futures_util::StreamExt;
 use restic_manager::{
     routes,
@@ -531,6 +531,47 @@ async fn many_agents_lines_stored_together_each_come_out_as_sent() {
     for (_, a) in agents {
         a.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn progress_sent_among_a_burst_of_lines_is_shown_and_loses_no_line() {
+    // The connection shows progress reports that wait among log lines
+    // before it writes the lines: none may be lost, and neither may a line.
+    let app = TestApp::spawn().await;
+    let (cfg, a) = app.host("web-1").online().await;
+    let id = new_job(&app, cfg.host_id).await;
+    let s = a.sender();
+    s.send_message(&started(id)).await.unwrap();
+    app.wait_job(id, "running").await;
+    const N: i64 = 400;
+    for seq in 1..=N {
+        s.send_message(&line(id, seq, &format!("line {seq}")))
+            .await
+            .unwrap();
+        if seq % 40 == 0 {
+            s.send_message(&JobProgress {
+                job_id: id,
+                percent: seq as f64 * 100.0 / N as f64,
+                bytes_done: 0,
+                total_bytes: 0,
+                files_done: seq as u64,
+                total_files: N as u64,
+                seconds_remaining: None,
+            })
+            .await
+            .unwrap();
+        }
+    }
+    let all = wait_lines(&app, id, N as usize).await;
+    let seqs: Vec<i64> = all.iter().map(|v| v["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=N).collect::<Vec<_>>());
+    let j = eventually("the last progress shown", || async {
+        let j = job(&app, id).await;
+        (j["progress"]["files_done"] == N).then_some(j)
+    })
+    .await;
+    assert_eq!(j["progress"]["total_files"], N);
+    a.shutdown().await;
 }
 
 #[tokio::test]
