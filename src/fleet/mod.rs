@@ -20,7 +20,7 @@ use crate::{
         self,
         fleet_updates::{FleetHost, FleetStatus, FleetUpdate, HostStatus},
         hosts::Host,
-        jobs::{ActorKind, JobStatus},
+        jobs::ActorKind,
     },
     updates::{DispatchError, Finished, Requester},
 };
@@ -73,12 +73,9 @@ impl FleetOps for StateOps {
     }
     async fn job_outcome(&self, job_id: i64) -> Option<Finished> {
         let j = store::jobs::get(&self.0.db, job_id).await.ok()?;
-        j.status.is_terminal().then(|| Finished {
-            job_id,
-            host_id: j.host_id,
-            succeeded: j.status == JobStatus::Succeeded,
-            reason: j.error,
-        })
+        j.status
+            .is_terminal()
+            .then(|| crate::updates::outcome_of(&j))
     }
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Finished> {
         self.0.updates.subscribe()

@@ -255,6 +255,18 @@ async fn fail(state: &AppState, job: &Job, reason: &str) {
 /// agent itself ended, failed or cancelled before swapping, leaves the host
 /// on its old version.
 pub async fn on_finished(state: &AppState, job: &Job) {
+    let outcome = outcome_of(job);
+    match outcome.reason.as_deref() {
+        None => crate::alerts::resolve_update_failed(state, job.host_id).await,
+        Some(why) => crate::alerts::raise_update_failed(state, job.host_id, job.id, why).await,
+    }
+    let _ = state.updates.finished.send(outcome);
+}
+
+/// What an ended update job means for whoever waits on it, the same whether
+/// it is heard as the job ends or read back later: a failure always has a
+/// reason, one the agent did not give included.
+pub fn outcome_of(job: &Job) -> Finished {
     let succeeded = job.status == JobStatus::Succeeded;
     let reason = (!succeeded).then(|| {
         job.error.clone().unwrap_or_else(|| {
@@ -265,18 +277,12 @@ pub async fn on_finished(state: &AppState, job: &Job) {
             }
         })
     });
-    if succeeded {
-        crate::alerts::resolve_update_failed(state, job.host_id).await;
-    } else {
-        let why = reason.as_deref().unwrap_or("update failed");
-        crate::alerts::raise_update_failed(state, job.host_id, job.id, why).await;
-    }
-    let _ = state.updates.finished.send(Finished {
+    Finished {
         job_id: job.id,
         host_id: job.host_id,
         succeeded,
         reason,
-    });
+    }
 }
 
 /// Time to allow restarting and saying hello after the swap.

@@ -188,6 +188,41 @@ async fn an_update_the_agent_reports_cancelled_halts_the_run_like_a_failure() {
     }
 }
 
+/// The run reads an update's outcome back from the database when the job
+/// ended before it began to listen: a cancel read back that way says so, as
+/// it does when heard live (this race once halted a run with "update failed").
+#[tokio::test]
+async fn an_update_cancelled_before_the_run_listens_reads_back_as_cancelled() {
+    use restic_manager::{
+        fleet::{FleetOps, StateOps},
+        store::jobs::{self, ActorKind, JobKind, JobStatus, NewJob},
+    };
+    let app = TestApp::spawn().await;
+    let host = app.enrolled_host("web-1").await;
+    let new = NewJob {
+        host_id: host.host_id,
+        kind: JobKind::Update,
+        actor_kind: ActorKind::User,
+        actor_id: None,
+        actor_name: "admin".into(),
+        target_version: Some(VERSION.into()),
+        deadline_at: None,
+    };
+    let job = jobs::create(app.db(), &new, app.clock.now_ms()).await.unwrap();
+    let ops = StateOps(app.state().clone());
+    assert!(ops.job_outcome(job.id).await.is_none(), "still queued");
+    jobs::finish(app.db(), job.id, None, JobStatus::Cancelled, None, None, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let outcome = ops.job_outcome(job.id).await.expect("ended");
+    assert!(!outcome.succeeded);
+    assert_eq!(
+        outcome.reason.as_deref(),
+        Some("the agent cancelled the update")
+    );
+}
+
 #[tokio::test]
 async fn one_run_at_a_time_cancel_stops_further_dispatches_and_roles_are_enforced() {
     let app = TestApp::spawn_with(fast).await;
