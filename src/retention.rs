@@ -102,22 +102,28 @@ pub async fn purge_now(state: &AppState) -> store::Result<Report> {
     let now = state.clock.now_ms();
     let mut p = Purged::default();
 
+    let (first, last) = q::job_id_range(db).await?;
     if let Some(cut) = cutoff(now, r.job_logs) {
-        let mut after = 0;
-        loop {
+        let mut after = first - 1;
+        while after < last {
             let ids = q::jobs_with_old_logs(db, cut, after).await?;
-            let Some(last) = ids.last() else { break };
-            after = *last;
-            p.job_logs += drain(|| q::logs_of_batch(db, &ids)).await?;
+            after += q::WINDOW;
+            for chunk in ids.chunks(q::JOBS_PER_LOG_BATCH) {
+                p.job_logs += drain(|| q::logs_of_batch(db, chunk)).await?;
+            }
         }
     }
     if let Some(cut) = cutoff(now, r.jobs) {
-        let mut after = 0;
-        loop {
+        let mut after = first - 1;
+        while after < last {
             let ids = q::purgeable_jobs(db, cut, after).await?;
-            let Some(last) = ids.last() else { break };
-            after = *last;
-            p.job_logs += drain(|| q::logs_of_batch(db, &ids)).await?;
+            after += q::WINDOW;
+            if ids.is_empty() {
+                continue;
+            }
+            for chunk in ids.chunks(q::JOBS_PER_LOG_BATCH) {
+                p.job_logs += drain(|| q::logs_of_batch(db, chunk)).await?;
+            }
             p.jobs += q::delete_jobs(db, &ids).await?;
             tokio::task::yield_now().await;
         }

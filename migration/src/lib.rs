@@ -12,6 +12,7 @@ mod m0007_restic_core;
 mod m0008_plans;
 mod m0009_backup_health;
 mod m0010_jobs_host_id;
+mod m0011_job_references;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0008_plans::Migration),
             Box::new(m0009_backup_health::Migration),
             Box::new(m0010_jobs_host_id::Migration),
+            Box::new(m0011_job_references::Migration),
         ]
     }
 }

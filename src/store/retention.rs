@@ -7,7 +7,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 
 use super::Result;
 
-/// Rows deleted per statement (and jobs per transaction).
+/// Rows deleted per statement (jobs per transaction: at most [`WINDOW`]).
 pub const BATCH: u64 = 1000;
 
 /// Statuses of a job that will not change again.
@@ -20,25 +20,49 @@ async fn exec<C: ConnectionTrait>(db: &C, sql: &str) -> Result<u64> {
         .rows_affected())
 }
 
-/// Jobs whose log lines go together: their ids are put in one statement.
-const JOBS_PER_LOG_BATCH: u64 = 100;
+/// Job ids one step of the purge's walk covers. The walk goes through the
+/// jobs by id range (`id > after AND id <= after + WINDOW`), never by
+/// `ORDER BY id LIMIT n`: with the latter the planner may read every
+/// matching row before sorting (SQLite 3.51 turns the `EXISTS` into a
+/// semi-join over the `status` index and did: 92 s a batch at 1,000,000
+/// jobs, where the range reads about a thousand rows whatever the plan).
+pub const WINDOW: i64 = 1000;
 
-/// Up to 100 ids above `after` (ascending) of jobs that finished before
-/// `cutoff` and still have log lines. Walks the jobs by id once per purge
-/// (each call resumes where the last stopped), never the whole log table.
+/// The lowest and highest job ids now (0, 0 without jobs): the purge walks
+/// from one to the other. Jobs created meanwhile are newer than any cutoff.
+pub async fn job_id_range<C: ConnectionTrait>(db: &C) -> Result<(i64, i64)> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM jobs",
+        ))
+        .await?;
+    Ok(match row {
+        Some(r) => (r.try_get_by_index(0)?, r.try_get_by_index(1)?),
+        None => (0, 0),
+    })
+}
+
+/// Jobs whose log lines are deleted together: their ids go in one statement.
+pub const JOBS_PER_LOG_BATCH: usize = 100;
+
+/// Ids in `(after, after + WINDOW]` (ascending) of jobs that finished
+/// before `cutoff` and still have log lines.
 pub async fn jobs_with_old_logs<C: ConnectionTrait>(
     db: &C,
     cutoff: i64,
     after: i64,
 ) -> Result<Vec<i64>> {
+    let until = after + WINDOW;
     ids(
         db,
         format!(
             "SELECT j.id FROM jobs j \
-             WHERE j.id > {after} AND j.status IN {FINISHED} AND j.finished_at IS NOT NULL \
+             WHERE j.id > {after} AND j.id <= {until} AND j.status IN {FINISHED} \
+               AND j.finished_at IS NOT NULL \
                AND j.finished_at < {cutoff} AND j.created_at < {cutoff} \
                AND EXISTS (SELECT 1 FROM job_logs l WHERE l.job_id = j.id) \
-             ORDER BY j.id LIMIT {JOBS_PER_LOG_BATCH}"
+             ORDER BY j.id"
         ),
     )
     .await
@@ -55,7 +79,7 @@ async fn ids<C: ConnectionTrait>(db: &C, sql: String) -> Result<Vec<i64>> {
     Ok(ids)
 }
 
-/// Up to [`BATCH`] ids above `after` (ascending) of jobs that may go: they
+/// Ids in `(after, after + WINDOW]` (ascending) of jobs that may go: they
 /// finished before `cutoff`, and a newer job of the same host, kind, plan,
 /// repository and status exists. So each host keeps its latest job of each
 /// kind per plan and outcome whatever its age: the host page, the plan
@@ -66,16 +90,18 @@ pub async fn purgeable_jobs<C: ConnectionTrait>(
     cutoff: i64,
     after: i64,
 ) -> Result<Vec<i64>> {
+    let until = after + WINDOW;
     let sql = format!(
         "SELECT j.id FROM jobs j \
-         WHERE j.id > {after} AND j.status IN {FINISHED} AND j.finished_at IS NOT NULL \
+         WHERE j.id > {after} AND j.id <= {until} AND j.status IN {FINISHED} \
+           AND j.finished_at IS NOT NULL \
            AND j.finished_at < {cutoff} AND j.created_at < {cutoff} \
            AND EXISTS (SELECT 1 FROM jobs n WHERE n.host_id = j.host_id \
              AND n.created_at >= j.created_at AND n.id > j.id \
              AND n.kind = j.kind AND n.status = j.status \
              AND COALESCE(n.plan_id, 0) = COALESCE(j.plan_id, 0) \
              AND COALESCE(n.repository_id, 0) = COALESCE(j.repository_id, 0)) \
-         ORDER BY j.id LIMIT {BATCH}"
+         ORDER BY j.id"
     );
     ids(db, sql).await
 }

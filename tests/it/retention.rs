@@ -642,6 +642,52 @@ async fn a_purge_of_many_rows_goes_in_batches_and_shrinks_the_sqlite_file() {
     }
 }
 
+/// The purge walks the jobs by id windows: jobs whose ids are windows
+/// apart (a history with gaps, ids far beyond the first) all go, and the
+/// newest of their kind stays.
+#[tokio::test]
+async fn a_purge_reaches_jobs_whose_ids_lie_windows_apart() {
+    let app = TestApp::spawn().await;
+    let (host, _) = app.add_host_direct("gaps").await;
+    let old = app.clock.now_ms() - 500 * DAY_MS;
+    let first = job_row(&app, host, "check", "succeeded", 0, old, Some(old), 3).await;
+    let window = restic_manager::store::retention::WINDOW;
+    let mut ids = vec![first];
+    for (step, gap) in [(1, 2 * window + 500), (2, 5 * window + 7)] {
+        let id = first + gap;
+        let t = old + step * DAY_MS;
+        use sea_orm::ConnectionTrait;
+        app.db()
+            .execute_unprepared(&format!(
+                "INSERT INTO jobs (id, host_id, kind, status, actor_kind, actor_name, created_at, \
+             started_at, finished_at, repository_id, log_lines) VALUES \
+             ({id}, {host}, 'check', 'succeeded', 'system', 'test', {t}, {t}, {t}, 0, 3)"
+            ))
+            .await
+            .unwrap();
+        log_rows(&app, id, 0, 3, t, 40).await;
+        ids.push(id);
+    }
+    let report = retention::purge_now(app.state()).await.unwrap();
+    assert_eq!(report.purged.jobs, 2, "{report:?}");
+    let left = count_where(&app, "jobs", &format!("host_id = {host}")).await;
+    assert_eq!(left, 1);
+    assert_eq!(
+        count_where(&app, "jobs", &format!("id = {}", ids[2])).await,
+        1,
+        "the newest check stays"
+    );
+    assert_eq!(
+        count_where(
+            &app,
+            "job_logs",
+            &format!("job_id IN ({}, {})", ids[0], ids[1])
+        )
+        .await,
+        0
+    );
+}
+
 #[tokio::test]
 async fn an_existing_sqlite_database_is_switched_to_incremental_vacuum_at_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -145,9 +145,13 @@ pub fn ls_dir(options: &ResticOptions) -> String {
 }
 
 /// The arguments of a `restic snapshots` listing one snapshot (the one a
-/// backup just wrote), to fill the backup result's snapshot.
+/// backup just wrote), to fill the backup result's snapshot. Without a
+/// lock: it only reads a snapshot nothing else can remove yet, and taking
+/// and dropping a lock was a third of the lookup's time (0.2–0.3 s of
+/// 0.5–0.7 s on a local repository), which every backup waits for.
 pub fn snapshot_lookup(snapshot_id: &str) -> Vec<String> {
     vec![
+        "--no-lock".into(),
         "snapshots".into(),
         "--json".into(),
         "--".into(),
