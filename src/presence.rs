@@ -52,7 +52,11 @@ impl Presence {
     }
 }
 
-/// Starts the writer and the periodic last-seen flusher.
+/// Starts the writer and the periodic last-seen flusher. Called at start
+/// from the server's own multi-threaded runtime (`main.rs`), so both run
+/// there and not on an actix worker: a batch's awaits do not queue behind
+/// the agent connections a worker runs (as the log writer's did, see
+/// `jobs::log_batch`).
 pub fn spawn(
     db: DatabaseConnection,
     hub: Arc<Hub>,
