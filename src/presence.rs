@@ -3,7 +3,7 @@
 //! and `last_seen_at` of connected hosts is refreshed periodically in bulk.
 //! A reconnect storm of 10,000 agents becomes a handful of transactions,
 //! not 10,000.
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
@@ -52,7 +52,11 @@ impl Presence {
     }
 }
 
-/// Starts the writer and the periodic last-seen flusher.
+/// Starts the writer and the periodic last-seen flusher. Called at start
+/// from the server's own multi-threaded runtime (`main.rs`), so both run
+/// there and not on an actix worker: a batch's awaits do not queue behind
+/// the agent connections a worker runs (as the log writer's did, see
+/// `jobs::log_batch`).
 pub fn spawn(
     db: DatabaseConnection,
     hub: Arc<Hub>,
@@ -85,22 +89,42 @@ async fn writer(
     }
 }
 
+/// Applies a batch in one transaction as if its events ran in order: a
+/// host's last hello gives its facts, its last event whether it is online
+/// (a hello then an offline leaves the hello's facts, offline). The hellos
+/// are a few multi-row statements (`store::hosts::record_hellos`), then
+/// the offlines one.
 async fn apply(db: &DatabaseConnection, batch: &[PresenceEvent], now: i64) -> store::Result<()> {
-    let txn = db.begin().await?;
-    let mut offline = Vec::new();
+    let mut hellos: Vec<(i64, &HelloFacts)> = Vec::with_capacity(batch.len());
+    // host → (its place in `hellos`, if it said hello; online after its
+    // last event)
+    let mut hosts: HashMap<i64, (Option<usize>, bool)> = HashMap::with_capacity(batch.len());
     for ev in batch {
         match ev {
             PresenceEvent::Hello { host_id, facts, .. } => {
-                // A hello after an offline in the same batch wins: apply the
-                // offlines gathered so far first, keeping order.
-                if !offline.is_empty() {
-                    store::hosts::set_offline(&txn, &offline, now).await?;
-                    offline.clear();
+                let entry = hosts.entry(*host_id).or_insert((None, true));
+                match entry.0 {
+                    Some(i) => hellos[i].1 = facts,
+                    None => {
+                        entry.0 = Some(hellos.len());
+                        hellos.push((*host_id, facts));
+                    }
                 }
-                store::hosts::record_hello(&txn, *host_id, facts, now).await?;
+                entry.1 = true;
             }
-            PresenceEvent::Offline { host_id } => offline.push(*host_id),
+            PresenceEvent::Offline { host_id } => {
+                hosts.entry(*host_id).or_insert((None, false)).1 = false;
+            }
         }
+    }
+    let offline: Vec<i64> = hosts
+        .iter()
+        .filter(|(_, (_, online))| !online)
+        .map(|(id, _)| *id)
+        .collect();
+    let txn = db.begin().await?;
+    if !hellos.is_empty() {
+        store::hosts::record_hellos(&txn, &hellos, now).await?;
     }
     if !offline.is_empty() {
         store::hosts::set_offline(&txn, &offline, now).await?;

@@ -48,8 +48,8 @@ fn truncate(s: &str) -> String {
 
 /// A hello that was accepted and recorded.
 pub struct Accepted {
+    /// As received; its fields passed [`validate_hello`].
     hello: Hello,
-    facts: HelloFacts,
     /// The alerts this hello may settle that were open when it arrived.
     open: crate::alerts::OpenOnHello,
     /// The `hello.ack` frame for the transport to send.
@@ -91,7 +91,7 @@ pub async fn accept(
     if !state.hub.is_current(host_id, conn_id) {
         return Err(Refused::Replaced);
     }
-    if let Err(e) = state.presence.hello(host_id, facts.clone()).await {
+    if let Err(e) = state.presence.hello(host_id, facts).await {
         tracing::error!(error = %e, "recording hello failed");
         return Err(Refused::ServerError);
     }
@@ -99,19 +99,14 @@ pub async fn accept(
     if open.host_offline {
         crate::alerts::on_hello(state, host_id).await;
     }
-    tracing::info!(agent_version = %facts.agent_version, hostname = %facts.hostname, "agent hello");
+    tracing::info!(agent_version = %hello.agent_version, hostname = %hello.hostname, "agent hello");
     let ack = HelloAck {
         host_id,
         server_version: version::VERSION.to_string(),
     }
     .envelope()
     .to_text();
-    Ok(Accepted {
-        hello,
-        facts,
-        open,
-        ack,
-    })
+    Ok(Accepted { hello, open, ack })
 }
 
 /// What an acknowledged hello settles: the host's update job, then its
@@ -123,7 +118,7 @@ pub async fn after_ack(state: &AppState, host_id: i64, conn_id: u64, a: &Accepte
         state,
         host_id,
         conn_id,
-        &a.facts.agent_version,
+        &a.hello.agent_version,
         a.hello.update.as_ref(),
         a.open.update_failed,
         seen.maybe,

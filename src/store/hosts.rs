@@ -2,8 +2,11 @@
 //! hashed agent secret. List queries are paged and indexed so the dashboard
 //! stays fast at 10,000 hosts.
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+    sea_query::{CaseStatement, Expr},
 };
 use serde::Serialize;
 
@@ -254,31 +257,86 @@ pub struct HelloFacts {
     pub restic_capable: bool,
 }
 
-pub async fn record_hello<C: ConnectionTrait>(
+/// Hosts a presence statement updates at most: every value of a host that
+/// differs from the others' is two parameters per column, so a statement
+/// stays under two thousand parameters (SQLite allows 32,766, Postgres
+/// 65,535). A power of two: see [`record_hellos`].
+const HELLO_CHUNK: usize = 128;
+
+/// Records hellos: each host's facts, online, last seen `now`. One `UPDATE`
+/// per [`HELLO_CHUNK`] hosts, not one per host: a column whose value is the
+/// same for every host of the chunk (a fleet's versions, os, arch) is set
+/// once, the others through `CASE WHEN id = ..`. Each host id appears at
+/// most once in `hellos` (the caller keeps a host's last hello).
+///
+/// A chunk is padded to a power of two by repeating its last host (the
+/// same value twice changes nothing), so batches of any size make a few
+/// distinct statements: each distinct text is prepared and kept in every
+/// pool connection's statement cache.
+pub async fn record_hellos<C: ConnectionTrait>(
     db: &C,
-    id: i64,
-    f: &HelloFacts,
+    hellos: &[(i64, &HelloFacts)],
     now: i64,
 ) -> Result<()> {
-    hosts::Entity::update_many()
-        .col_expr(
-            hosts::Column::AgentVersion,
-            Expr::value(f.agent_version.as_str()),
-        )
-        .col_expr(hosts::Column::Os, Expr::value(f.os.as_str()))
-        .col_expr(hosts::Column::Arch, Expr::value(f.arch.as_str()))
-        .col_expr(hosts::Column::Hostname, Expr::value(f.hostname.as_str()))
-        .col_expr(
-            hosts::Column::ResticVersion,
-            Expr::value(f.restic_version.clone()),
-        )
-        .col_expr(hosts::Column::ResticCapable, Expr::value(f.restic_capable))
-        .col_expr(hosts::Column::Online, Expr::value(true))
-        .col_expr(hosts::Column::LastSeenAt, Expr::value(now))
-        .filter(hosts::Column::Id.eq(id))
-        .exec(db)
-        .await?;
+    for chunk in hellos.chunks(HELLO_CHUNK) {
+        let last = chunk[chunk.len() - 1];
+        let chunk: Vec<(i64, &HelloFacts)> = (chunk.iter().copied())
+            .chain(std::iter::repeat(last))
+            .take(chunk.len().next_power_of_two())
+            .collect();
+        let column = |col: hosts::Column, value: &dyn Fn(&HelloFacts) -> sea_orm::Value| {
+            per_host(col, chunk.iter().map(|(id, f)| (*id, value(f))).collect())
+        };
+        hosts::Entity::update_many()
+            .col_expr(
+                hosts::Column::AgentVersion,
+                column(hosts::Column::AgentVersion, &|f| {
+                    f.agent_version.clone().into()
+                }),
+            )
+            .col_expr(
+                hosts::Column::Os,
+                column(hosts::Column::Os, &|f| f.os.clone().into()),
+            )
+            .col_expr(
+                hosts::Column::Arch,
+                column(hosts::Column::Arch, &|f| f.arch.clone().into()),
+            )
+            .col_expr(
+                hosts::Column::Hostname,
+                column(hosts::Column::Hostname, &|f| f.hostname.clone().into()),
+            )
+            .col_expr(
+                hosts::Column::ResticVersion,
+                column(hosts::Column::ResticVersion, &|f| {
+                    f.restic_version.clone().into()
+                }),
+            )
+            .col_expr(
+                hosts::Column::ResticCapable,
+                column(hosts::Column::ResticCapable, &|f| f.restic_capable.into()),
+            )
+            .col_expr(hosts::Column::Online, Expr::value(true))
+            .col_expr(hosts::Column::LastSeenAt, Expr::value(now))
+            .filter(hosts::Column::Id.is_in(chunk.iter().map(|(id, _)| *id)))
+            .exec(db)
+            .await?;
+    }
     Ok(())
+}
+
+/// `col`'s new value for the hosts of `values` (none empty): the value
+/// itself when all agree, else `CASE WHEN id = .. THEN .. ELSE col END`.
+fn per_host(col: hosts::Column, values: Vec<(i64, sea_orm::Value)>) -> Expr {
+    let first = &values[0].1;
+    if values.iter().all(|(_, v)| v == first) {
+        return Expr::value(first.clone());
+    }
+    let mut case = CaseStatement::new();
+    for (id, v) in values {
+        case = case.case(hosts::Column::Id.eq(id), v);
+    }
+    case.finally(Expr::col(col)).into()
 }
 
 /// Marks hosts offline, stamping when they were last seen.

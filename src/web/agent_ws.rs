@@ -291,7 +291,7 @@ async fn handle_text(
             return Err(None);
         }
     } else if env.kind == wire::AGENT_HELLO {
-        let accepted = match hello::accept(state, host_id, conn_id, &env).await {
+        let mut accepted = match hello::accept(state, host_id, conn_id, &env).await {
             Ok(a) => a,
             Err(Refused::Rejected { frame }) => {
                 let _ = sent(session.text(frame)).await;
@@ -301,7 +301,7 @@ async fn handle_text(
             Err(Refused::ServerError) => return Err(close(CloseCode::Error, "server error")),
         };
         *said_hello = true;
-        if !sent(session.text(accepted.ack.clone())).await {
+        if !sent(session.text(std::mem::take(&mut accepted.ack))).await {
             return Err(None);
         }
         hello::after_ack(state, host_id, conn_id, &accepted).await;

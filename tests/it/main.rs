@@ -19,6 +19,7 @@ mod hello_marks;
 mod jobs;
 mod migrations;
 mod plans;
+mod presence;
 mod restic;
 mod restore;
 mod retention;
