@@ -208,7 +208,9 @@ async fn an_update_cancelled_before_the_run_listens_reads_back_as_cancelled() {
         target_version: Some(VERSION.into()),
         deadline_at: None,
     };
-    let job = jobs::create(app.db(), &new, app.clock.now_ms()).await.unwrap();
+    let job = jobs::create(app.db(), &new, app.clock.now_ms())
+        .await
+        .unwrap();
     let ops = StateOps(app.state().clone());
     assert!(ops.job_outcome(job.id).await.is_none(), "still queued");
     jobs::finish(app.db(), job.id, None, JobStatus::Cancelled, None, None, 1)
