@@ -299,3 +299,31 @@ async fn many_agents_starting_and_ending_at_once_each_get_their_end() {
         a.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn marking_many_jobs_dispatched_marks_only_those_still_queued() {
+    use sea_orm::TransactionTrait;
+    let app = TestApp::spawn().await;
+    let h = app.enrolled_host("grp-mark").await.host_id;
+    let queued = new_job(&app, h).await;
+    let running = new_job(&app, h).await;
+    let ended = new_job(&app, h).await;
+    assert!(
+        store::jobs::mark_dispatched(app.db(), running, 0)
+            .await
+            .unwrap()
+    );
+    store::jobs::finish(app.db(), ended, None, JobStatus::Cancelled, None, None, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let txn = app.db().begin().await.unwrap();
+    let marked = store::jobs::mark_dispatched_many(&txn, &[queued, running, ended, 99_999_999])
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(marked, [queued].into_iter().collect());
+    assert_eq!(job(&app, queued).await["status"], "running");
+    assert_eq!(job(&app, running).await["status"], "running");
+    assert_eq!(job(&app, ended).await["status"], "cancelled");
+}
