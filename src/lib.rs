@@ -112,6 +112,7 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
         presence,
         live: Arc::new(jobs::LiveJobs::default()),
         logs: Arc::default(),
+        job_events: Arc::default(),
         deadlines: Arc::new(jobs::Deadlines::default()),
         updates: Arc::new(updates::Updates::default()),
         fleet: Arc::new(fleet::Fleet::default()),

@@ -17,6 +17,9 @@ pub struct AppState {
     pub live: Arc<LiveJobs>,
     /// Agents' log lines, stored in groups (`jobs::log_batch`).
     pub logs: crate::jobs::log_batch::Shared,
+    /// Agents' `job.started` and `job.finished`, recorded in groups
+    /// (`jobs::event_batch`).
+    pub job_events: crate::jobs::event_batch::Shared,
     pub deadlines: Arc<crate::jobs::Deadlines>,
     pub updates: Arc<Updates>,
     pub fleet: Arc<crate::fleet::Fleet>,

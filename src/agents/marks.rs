@@ -2,7 +2,10 @@
 //! hello (a host with no open alert and no live job) reads nothing: which
 //! hosts *may* have an open alert a hello can settle (`host_offline`,
 //! `update_failed`, `restic_missing`) and which *may* have a live job
-//! (queued or running, of any kind).
+//! (queued or running, of any kind). A third record, kept the same way,
+//! says which hosts may have an open `backup_failed` or `backup_stale`
+//! alert, so a successful backup of an unmarked host (nearly every one)
+//! looks for none to resolve.
 //!
 //! A host that is not marked has none: its hello skips the reads. A marked
 //! host's hello reads, as it always did, and clears the mark when the read
@@ -41,6 +44,9 @@ pub enum Mark {
     Alerts,
     /// A queued or running job.
     Jobs,
+    /// An open `backup_failed` or `backup_stale` alert (a successful
+    /// backup resolves them).
+    BackupAlerts,
 }
 
 /// The alert kinds a hello settles: what [`Mark::Alerts`] tracks.
@@ -50,12 +56,20 @@ pub const HELLO_ALERT_KINDS: [&str; 3] = [
     crate::alerts::health::RESTIC_MISSING,
 ];
 
+/// The alert kinds a successful backup settles: what [`Mark::BackupAlerts`]
+/// tracks. Their keys are `<kind>:<host id>:<plan id>`.
+pub const BACKUP_ALERT_KINDS: [&str; 2] = [
+    crate::restic::plans::BACKUP_FAILED,
+    crate::alerts::health::BACKUP_STALE,
+];
+
 #[derive(Default)]
 struct Inner {
     /// Bumped by every mark.
     stamp: u64,
     alerts: HashMap<i64, u64>,
     jobs: HashMap<i64, u64>,
+    backups: HashMap<i64, u64>,
 }
 
 impl Inner {
@@ -63,6 +77,7 @@ impl Inner {
         match m {
             Mark::Alerts => &mut self.alerts,
             Mark::Jobs => &mut self.jobs,
+            Mark::BackupAlerts => &mut self.backups,
         }
     }
 }
@@ -98,14 +113,32 @@ pub fn hello_alert_host(dedup_key: &str) -> Option<i64> {
     id.parse().ok()
 }
 
+/// The record an alert key belongs to and its host, if it is tracked.
+pub fn alert_mark(dedup_key: &str) -> Option<(Mark, i64)> {
+    if let Some(id) = hello_alert_host(dedup_key) {
+        return Some((Mark::Alerts, id));
+    }
+    let mut parts = dedup_key.split(':');
+    let (kind, host) = (parts.next()?, parts.next()?);
+    if !BACKUP_ALERT_KINDS.contains(&kind) {
+        return None;
+    }
+    Some((Mark::BackupAlerts, host.parse().ok()?))
+}
+
 impl HostMarks {
     /// The record as the database has it now: hosts with an open alert of a
-    /// kind a hello settles, hosts with a live job.
+    /// kind a hello or a backup settles, hosts with a live job.
     pub async fn load<C: ConnectionTrait>(db: &C) -> store::Result<HostMarks> {
         let marks = HostMarks::default();
         for key in store::alerts::active_keys_of_kinds(db, &HELLO_ALERT_KINDS).await? {
             if let Some(id) = hello_alert_host(&key) {
                 marks.mark(Mark::Alerts, id);
+            }
+        }
+        for key in store::alerts::active_keys_of_kinds(db, &BACKUP_ALERT_KINDS).await? {
+            if let Some((m, id)) = alert_mark(&key) {
+                marks.mark(m, id);
             }
         }
         for id in store::jobs::hosts_with_live_jobs(db).await? {
@@ -229,5 +262,16 @@ mod tests {
         assert_eq!(hello_alert_host("backup_stale:3"), None);
         assert_eq!(hello_alert_host("fleet_update_halted:1"), None);
         assert_eq!(hello_alert_host("host_offline:x"), None);
+        assert_eq!(alert_mark("host_offline:7"), Some((Mark::Alerts, 7)));
+        assert_eq!(
+            alert_mark("backup_failed:4:9"),
+            Some((Mark::BackupAlerts, 4))
+        );
+        assert_eq!(
+            alert_mark("backup_stale:5:1"),
+            Some((Mark::BackupAlerts, 5))
+        );
+        assert_eq!(alert_mark("check_failed:1:2"), None);
+        assert_eq!(alert_mark("backup_failed:x:1"), None);
     }
 }

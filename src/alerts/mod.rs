@@ -81,10 +81,11 @@ pub async fn raise(
         severity,
         message,
     };
-    // A host's next hello must look for an alert it can settle: marked
-    // before the write and again after it (`agents::marks`).
-    let _marked = crate::agents::marks::hello_alert_host(dedup_key)
-        .map(|id| state.marks.guard(crate::agents::marks::Mark::Alerts, id));
+    // A host's next hello (or successful backup) must look for an alert it
+    // can settle: marked before the write and again after it
+    // (`agents::marks`).
+    let _marked =
+        crate::agents::marks::alert_mark(dedup_key).map(|(mark, id)| state.marks.guard(mark, id));
     let now = state.clock.now_ms();
     let txn = state.db.begin().await?;
     store::alerts::lock_for_write(&txn).await?;

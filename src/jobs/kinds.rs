@@ -34,23 +34,25 @@ pub(super) fn agent_may_finish(kind: JobKind, status: JobStatus) -> bool {
 }
 
 /// What a job's end means beyond its row, once it is recorded.
-pub(super) async fn on_finished(state: &AppState, job: &Job) {
+/// `health_recorded`: [`record_end`] already refreshed its health row.
+pub(super) async fn on_finished(state: &AppState, job: &Job, health_recorded: bool) {
     match job.kind {
         JobKind::Update => crate::updates::on_finished(state, job).await,
-        _ => crate::restic::events::on_finished(state, job).await,
+        _ => crate::restic::events::on_finished(state, job, health_recorded).await,
     }
 }
 
 /// What an agent's end writes beyond the job's row, in the transaction
-/// that records the end (see `finish_and_record`).
+/// that records the end (see `event_batch`). Returns whether it refreshed
+/// the job's fleet health row (then [`on_finished`] does not).
 pub(super) async fn record_end(
     txn: &sea_orm::DatabaseTransaction,
     state: &AppState,
     job: &Job,
     report: &JobFinished,
-) {
+) -> bool {
     match job.kind {
-        JobKind::Update => {}
+        JobKind::Update => false,
         _ => crate::restic::events::record_end(txn, state, job, report).await,
     }
 }

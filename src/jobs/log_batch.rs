@@ -53,7 +53,7 @@ const MAX_LINES: usize = 20_000;
 /// restart, a failover) costs a pause of at most about 3 s instead of the
 /// lines. Order is kept: the connections whose lines these are read nothing
 /// else meanwhile, so later lines wait behind these.
-const RETRIES: [std::time::Duration; 6] = [
+pub(super) const RETRIES: [std::time::Duration; 6] = [
     std::time::Duration::from_millis(50),
     std::time::Duration::from_millis(100),
     std::time::Duration::from_millis(200),
@@ -76,31 +76,36 @@ pub struct LogBatcher {
 /// few dozen awaits; on an actix worker each of them waited behind the
 /// hundreds of agent connections and live-log streams that worker runs
 /// (BENCHMARKS.md, many backups: groups took 130 ms, mostly waiting).
-struct WriterRuntime {
-    handle: tokio::runtime::Handle,
+pub(super) struct WriterRuntime {
+    pub(super) handle: tokio::runtime::Handle,
     _stop: oneshot::Sender<()>,
 }
 
 impl WriterRuntime {
     fn start() -> Option<WriterRuntime> {
+        Self::start_named("log-writer")
+    }
+
+    /// A writer runtime on a thread called `name` (`event_batch` has its own).
+    pub(super) fn start_named(name: &str) -> Option<WriterRuntime> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(
-                |e| tracing::warn!(error = %e, "no log-writer runtime; writing on the caller's"),
+                |e| tracing::warn!(error = %e, thread = name, "no writer runtime; writing on the caller's"),
             )
             .ok()?;
         let handle = rt.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         std::thread::Builder::new()
-            .name("log-writer".into())
+            .name(name.into())
             .spawn(move || {
                 rt.block_on(async {
                     let _ = stopped.await;
                 })
             })
             .map_err(
-                |e| tracing::warn!(error = %e, "no log-writer thread; writing on the caller's"),
+                |e| tracing::warn!(error = %e, thread = name, "no writer thread; writing on the caller's"),
             )
             .ok()?;
         Some(WriterRuntime {
@@ -156,7 +161,7 @@ impl LogBatcher {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -5,13 +5,12 @@
 //! hosts' jobs. What a kind does beyond its row plugs in at one seam,
 //! [`kinds`].
 pub mod deadlines;
+pub mod event_batch;
 mod kinds;
 pub mod live;
 pub mod log_batch;
 
 use agent::wire::{self, Envelope, FinishedStatus, JobFinished, JobStarted, LogStream};
-
-use sea_orm::TransactionTrait;
 
 use crate::{
     state::AppState,
@@ -22,6 +21,7 @@ use crate::{
     text,
 };
 pub use deadlines::Deadlines;
+use event_batch::Recorded;
 pub use live::{LiveEvent, LiveJobs};
 
 fn refused(kind: &str, job_id: i64, host_id: i64, r: Refusal) {
@@ -44,15 +44,22 @@ pub async fn agent_message(state: &AppState, host_id: i64, env: &Envelope) -> Op
     match env.kind.as_str() {
         wire::JOB_STARTED => {
             let m: JobStarted = parse(env)?;
-            match store::jobs::start(&state.db, m.job_id, Some(host_id), now).await {
-                Ok(Ok(t)) => {
+            let item = event_batch::Item {
+                host_id,
+                event: event_batch::Event::Started { job_id: m.job_id },
+                now,
+            };
+            // Recorded with other agents' starts and ends (`event_batch`).
+            match state.job_events.submit(state, item).await {
+                Ok(Recorded::Done { t, .. }) => {
                     publish_status(state, &t);
                     t.changed.then_some(t.job)
                 }
-                Ok(Err(r)) => {
+                Ok(Recorded::Refused(r)) => {
                     refused("job.started", m.job_id, host_id, r);
                     None
                 }
+                Ok(Recorded::NotTheAgents(_)) => None,
                 Err(e) => {
                     tracing::error!(error = %e, job_id = m.job_id, "recording job.started failed");
                     None
@@ -84,18 +91,6 @@ pub async fn agent_finished(state: &AppState, host_id: i64, m: &JobFinished) -> 
         FinishedStatus::Failed => JobStatus::Failed,
         FinishedStatus::Cancelled => JobStatus::Cancelled,
     };
-    if let Ok(job) = store::jobs::get(&state.db, m.job_id).await
-        && !kinds::agent_may_finish(job.kind, status)
-    {
-        tracing::warn!(
-            job_id = m.job_id,
-            host_id,
-            kind = %job.kind,
-            status = status.as_str(),
-            "agent claimed a job end its kind does not take from the agent; ignored"
-        );
-        return None;
-    }
     let error = m
         .error
         .as_deref()
@@ -107,17 +102,34 @@ pub async fn agent_finished(state: &AppState, host_id: i64, m: &JobFinished) -> 
         .map(|r| r.to_string())
         // The frame limit already bounds it; this guards the column.
         .filter(|r| r.len() <= wire::MAX_FRAME_BYTES);
-    let outcome = Outcome {
-        error: error.as_deref(),
-        exit_code: m.exit_code,
-        warning: m.warning,
-        error_kind: error_kind.as_deref(),
-        result: result.as_deref(),
+    let item = event_batch::Item {
+        host_id,
+        event: event_batch::Event::Finished(Box::new(event_batch::Finish {
+            report: m.clone(),
+            status,
+            error,
+            error_kind,
+            result,
+        })),
+        now: state.clock.now_ms(),
     };
-    let now = state.clock.now_ms();
-    match finish_and_record(state, host_id, m, status, &outcome, now).await {
-        Ok(Ok(t)) => ended(state, t).await,
-        Ok(Err(r)) => {
+    // Recorded with other agents' starts and ends (`event_batch`), with
+    // what the end writes beyond the row in the same transaction: whoever
+    // reads the job as ended also reads its effects, and a server that dies
+    // in between loses neither.
+    match state.job_events.submit(state, item).await {
+        Ok(Recorded::Done { t, health_recorded }) => ended(state, t, health_recorded).await,
+        Ok(Recorded::NotTheAgents(job)) => {
+            tracing::warn!(
+                job_id = m.job_id,
+                host_id,
+                kind = %job.kind,
+                status = status.as_str(),
+                "agent claimed a job end its kind does not take from the agent; ignored"
+            );
+            None
+        }
+        Ok(Recorded::Refused(r)) => {
             refused("job.finished", m.job_id, host_id, r);
             None
         }
@@ -128,37 +140,14 @@ pub async fn agent_finished(state: &AppState, host_id: i64, m: &JobFinished) -> 
     }
 }
 
-/// Records the agent's end of a job and, when this call ended it, what the
-/// end writes beyond the row (a backup's snapshot in the index, a forget's
-/// removals) in the same transaction: whoever reads the job as ended also
-/// reads its effects, and a server that dies in between loses neither.
-async fn finish_and_record(
-    state: &AppState,
-    host_id: i64,
-    m: &JobFinished,
-    status: JobStatus,
-    outcome: &Outcome<'_>,
-    now: i64,
-) -> store::Result<Result<Transition, Refusal>> {
-    let txn = state.db.begin().await?;
-    store::jobs::lock_job(&txn, m.job_id).await?;
-    let r = store::jobs::finish_with(&txn, m.job_id, Some(host_id), status, outcome, now).await?;
-    if let Ok(t) = &r
-        && t.changed
-    {
-        kinds::record_end(&txn, state, &t.job, m).await;
-    }
-    txn.commit().await?;
-    Ok(r)
-}
-
 /// After a recorded end: the kind's end (once, by the call that ended the
-/// job), then the new status to watchers.
-async fn ended(state: &AppState, t: Transition) -> Option<Job> {
+/// job), then the new status to watchers. `health_recorded`: the end's
+/// fleet health row was refreshed with it.
+async fn ended(state: &AppState, t: Transition, health_recorded: bool) -> Option<Job> {
     if !t.changed {
         return None;
     }
-    kinds::on_finished(state, &t.job).await;
+    kinds::on_finished(state, &t.job, health_recorded).await;
     publish_status(state, &t);
     Some(t.job)
 }
@@ -249,7 +238,7 @@ pub async fn finish_with(
 ) -> store::Result<Option<Job>> {
     let now = state.clock.now_ms();
     match store::jobs::finish_with(&state.db, job_id, None, status, outcome, now).await? {
-        Ok(t) => Ok(ended(state, t).await),
+        Ok(t) => Ok(ended(state, t, false).await),
         Err(_) => Ok(None),
     }
 }

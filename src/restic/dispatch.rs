@@ -189,20 +189,18 @@ pub async fn round(state: &AppState) -> store::Result<()> {
     Ok(())
 }
 
-/// Jobs marked running per transaction.
-const MARK_BATCH: usize = 256;
+/// Jobs marked running per transaction: few transactions, since each may
+/// wait for SQLite's write lock behind agents' job messages.
+const MARK_BATCH: usize = 1024;
 
-/// queued → running for each job still queued, in one transaction; says
-/// which were.
+/// queued → running for each job still queued, in one transaction of three
+/// statements; says which were.
 async fn mark_dispatched(state: &AppState, jobs: &[(Job, String)]) -> store::Result<Vec<bool>> {
-    let now = state.clock.now_ms();
+    let ids: Vec<i64> = jobs.iter().map(|(j, _)| j.id).collect();
     let txn = state.db.begin().await?;
-    let mut out = Vec::with_capacity(jobs.len());
-    for (job, _) in jobs {
-        out.push(store::jobs::mark_dispatched(&txn, job.id, now).await?);
-    }
+    let marked = store::jobs::mark_dispatched_many(&txn, &ids).await?;
     txn.commit().await?;
-    Ok(out)
+    Ok(ids.iter().map(|id| marked.contains(id)).collect())
 }
 
 /// Fails running jobs whose host has been offline past

@@ -168,11 +168,12 @@ async fn owns_running(state: &AppState, host_id: i64, job_id: i64) -> bool {
 /// A restic job ended (the job lifecycle calls this once per job, however
 /// it ended, after the end and [`record_end`]'s writes are committed and
 /// before the end is published): the in-memory progress goes, the
-/// dispatcher wakes and the plans learn of it.
-pub async fn on_finished(state: &AppState, job: &Job) {
+/// dispatcher wakes and the plans learn of it (`health_recorded`: its
+/// health row was refreshed by [`record_end`]).
+pub async fn on_finished(state: &AppState, job: &Job, health_recorded: bool) {
     state.restic.clear(job.id);
     state.restic.wake();
-    super::plans::on_job_end(state, job).await;
+    super::plans::on_job_end(state, job, health_recorded).await;
 }
 
 /// What a restic job's successful end writes beyond its row, in `txn` (the
@@ -181,19 +182,46 @@ pub async fn on_finished(state: &AppState, job: &Job) {
 /// dates the repository. Written under a savepoint: if it fails, the end is
 /// still recorded (the index is re-synced by the next `snapshots` job) and
 /// the failure logged.
-pub async fn record_end(txn: &DatabaseTransaction, state: &AppState, job: &Job, m: &JobFinished) {
-    if job.status != JobStatus::Succeeded {
-        return;
+///
+/// A plan's backup (succeeded or failed) also refreshes its fleet health
+/// row here, under a savepoint of its own, rather than in a transaction of
+/// its own after the end ([`on_finished`]): in a wave each end would
+/// otherwise cost a second write. Returns whether it did; if it failed,
+/// [`on_finished`] tries again.
+pub async fn record_end(
+    txn: &DatabaseTransaction,
+    state: &AppState,
+    job: &Job,
+    m: &JobFinished,
+) -> bool {
+    if job.status == JobStatus::Succeeded {
+        let res = async {
+            let sp = txn.begin().await?;
+            apply(&sp, state, job, m).await?;
+            sp.commit().await?;
+            store::Result::Ok(())
+        }
+        .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, job_id = job.id, "updating the snapshot index failed");
+        }
     }
+    let (JobKind::Backup, Some(plan_id)) = (job.kind, job.plan_id) else {
+        return false;
+    };
     let res = async {
         let sp = txn.begin().await?;
-        apply(&sp, state, job, m).await?;
+        store::health::refresh(&sp, plan_id, job.host_id).await?;
         sp.commit().await?;
         store::Result::Ok(())
     }
     .await;
-    if let Err(e) = res {
-        tracing::error!(error = %e, job_id = job.id, "updating the snapshot index failed");
+    match res {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, job_id = job.id, "refreshing the plan's health with the end failed; refreshing after it");
+            false
+        }
     }
 }
 
@@ -259,8 +287,11 @@ async fn apply(
                 .map(|_| ())
         }
         JobKind::Snapshots => {
+            // Read, not taken: a group that fails is recorded again, and
+            // the parts go when the job's end is run (`Restic::clear`).
             let listing = lock(&state.restic.parts)
-                .remove(&job.id)
+                .get(&job.id)
+                .cloned()
                 .unwrap_or_default();
             let mut rows = Vec::with_capacity(listing.len());
             for info in &listing {

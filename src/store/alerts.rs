@@ -155,6 +155,24 @@ pub async fn active_among<C: ConnectionTrait>(db: &C, keys: &[String]) -> Result
         .await?)
 }
 
+/// Whether `host_id` has an active alert of one of `kinds`.
+pub async fn host_has_active<C: ConnectionTrait>(
+    db: &C,
+    host_id: i64,
+    kinds: &[&str],
+) -> Result<bool> {
+    Ok(alerts::Entity::find()
+        .select_only()
+        .column(alerts::Column::Id)
+        .filter(alerts::Column::HostId.eq(host_id))
+        .filter(alerts::Column::Kind.is_in(kinds.iter().copied()))
+        .filter(alerts::Column::ResolvedAt.is_null())
+        .into_tuple::<i64>()
+        .one(db)
+        .await?
+        .is_some())
+}
+
 /// The keys of every active alert whose kind is one of `kinds`: loaded once
 /// at server start (`agents::marks`).
 pub async fn active_keys_of_kinds<C: ConnectionTrait>(

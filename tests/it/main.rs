@@ -16,6 +16,7 @@ mod audit;
 mod fleet;
 mod health;
 mod hello_marks;
+mod job_groups;
 mod jobs;
 mod migrations;
 mod plans;

@@ -207,27 +207,43 @@ pub enum RunError {
     Store(#[from] StoreError),
 }
 
+/// A successful backup resolves its plan's failed and stale alerts on the
+/// host; a host with none open (`agents::marks`, nearly every one) reads
+/// nothing.
+async fn resolve_backup_alerts(
+    state: &AppState,
+    host_id: i64,
+    plan_id: i64,
+) -> Result<(), StoreError> {
+    use crate::agents::marks::{BACKUP_ALERT_KINDS, Mark};
+    let seen = state.marks.seen(Mark::BackupAlerts, host_id);
+    if !seen.maybe {
+        return Ok(());
+    }
+    alerts::resolve(state, &backup_failed_key(host_id, plan_id)).await?;
+    alerts::resolve(state, &alerts::health::backup_stale_key(host_id, plan_id)).await?;
+    if !store::alerts::host_has_active(&state.db, host_id, &BACKUP_ALERT_KINDS).await? {
+        state.marks.settled(Mark::BackupAlerts, host_id, seen);
+    }
+    Ok(())
+}
+
 /// What a restic job's end means beyond the job itself: alerts, and the
 /// forget a plan runs after each backup. Never fails the caller.
-pub async fn on_job_end(state: &AppState, job: &Job) {
-    if let Err(e) = job_end(state, job).await {
+pub async fn on_job_end(state: &AppState, job: &Job, health_recorded: bool) {
+    if let Err(e) = job_end(state, job, health_recorded).await {
         tracing::error!(error = %e, job_id = job.id, "acting on a restic job's end failed");
     }
 }
 
-async fn job_end(state: &AppState, job: &Job) -> Result<(), PlanError> {
-    if let (JobKind::Backup, Some(plan_id)) = (job.kind, job.plan_id) {
+async fn job_end(state: &AppState, job: &Job, health_recorded: bool) -> Result<(), PlanError> {
+    if let (JobKind::Backup, Some(plan_id), false) = (job.kind, job.plan_id, health_recorded) {
         // Fleet health: the (plan, host) row's last run and last success.
         store::health::refresh(&state.db, plan_id, job.host_id).await?;
     }
     match (job.kind, job.status, job.plan_id) {
         (JobKind::Backup, JobStatus::Succeeded, Some(plan_id)) => {
-            alerts::resolve(state, &backup_failed_key(job.host_id, plan_id)).await?;
-            alerts::resolve(
-                state,
-                &alerts::health::backup_stale_key(job.host_id, plan_id),
-            )
-            .await?;
+            resolve_backup_alerts(state, job.host_id, plan_id).await?;
             let Ok(plan) = store::plans::get(&state.db, plan_id).await else {
                 return Ok(());
             };

@@ -37,7 +37,6 @@ use crate::{
     state::AppState,
     store::{
         self, Page,
-        hosts::Host,
         jobs::{ActorKind, Job, JobKind, JobStatus, NewResticJob, Outcome},
         plans::{NewSchedule, Plan, ScheduleRow},
         repositories::Repository,
@@ -287,22 +286,19 @@ pub async fn fire_due<O: SchedulerOps>(ops: &O) -> store::Result<Vec<Job>> {
         .into_iter()
         .map(|p| (p.id, p))
         .collect();
-    let mut hosts: HashMap<i64, Option<Host>> = HashMap::new();
+    // The hosts of every due row in a few reads, not one per row.
+    let mut host_ids: Vec<i64> = due.iter().map(|r| r.host_id).collect();
+    host_ids.sort_unstable();
+    host_ids.dedup();
+    let hosts = store::hosts::get_many(db, &host_ids).await?;
     let mut repos: HashMap<i64, Option<Repository>> = HashMap::new();
-    let mut queued = Vec::new();
+    let mut ready = Vec::with_capacity(due.len());
     for row in due {
         let Some(plan) = plans.get(&row.plan_id).filter(|p| p.enabled) else {
             store::plans::delete_schedules(db, &[row.id]).await?;
             continue;
         };
-        let host = match hosts.get(&row.host_id) {
-            Some(h) => h.clone(),
-            None => {
-                let h = store::hosts::get(db, row.host_id).await.ok();
-                hosts.insert(row.host_id, h.clone());
-                h
-            }
-        };
+        let host = hosts.get(&row.host_id);
         let repo = match repos.get(&plan.repository_id) {
             Some(r) => r.clone(),
             None => {
@@ -321,56 +317,76 @@ pub async fn fire_due<O: SchedulerOps>(ops: &O) -> store::Result<Vec<Job>> {
             store::plans::delete_schedules(db, &[row.id]).await?;
             continue;
         };
-        // The host's next hello looks for the job (`agents::marks`).
-        let _marked = ops.marks().guard(Mark::Jobs, host.id);
+        ready.push((row, plan, host, repo, next));
+    }
+    let mut queued = Vec::new();
+    // A few hundred rows a transaction, and the dispatcher woken after
+    // each: in a wave it starts on the first jobs while later ones are
+    // still being written, and ten thousand due rows cost a few dozen
+    // writes instead of ten thousand (BENCHMARKS.md, scheduling wave).
+    for chunk in ready.chunks(FIRE_BATCH) {
+        // Each host's next hello looks for its job (`agents::marks`).
+        let _marked: Vec<_> = chunk
+            .iter()
+            .map(|(_, _, host, _, _)| ops.marks().guard(Mark::Jobs, host.id))
+            .collect();
+        let mut fired = Vec::with_capacity(chunk.len());
         // One transaction that writes first (SQLite hands the write lock to
-        // the first writer): the move, then the jobs. A pass that lost the
-        // race to move this row does nothing.
+        // the first writer): each row's move, then its jobs. A row another
+        // pass already moved is left alone.
         let txn = db.begin().await?;
-        if !store::plans::move_schedule(&txn, row.id, row.next_run_at, next, &plan.basis()).await? {
-            txn.rollback().await?;
-            continue;
-        }
-        let live = store::plans::live_backups(&txn, plan.id, host.id).await?;
-        let options = backup_options(plan, &host.name);
-        let job = store::jobs::create_restic(
-            &txn,
-            &new_job(
-                &repo,
-                host.id,
-                JobKind::Backup,
-                Some(plan.id),
-                &options,
-                "schedule",
-            ),
-            now,
-        )
-        .await?;
-        if live.iter().any(|j| j.status == JobStatus::Running) {
-            skip(&txn, job.id, PREVIOUS_RUNNING, now).await?;
-            tracing::info!(
-                job_id = job.id,
-                plan_id = plan.id,
-                host_id = host.id,
-                "scheduled backup skipped: previous run still running"
-            );
-        } else {
-            for old in &live {
-                skip(&txn, old.id, SUPERSEDED, now).await?;
+        for (row, plan, host, repo, next) in chunk {
+            if !store::plans::move_schedule(&txn, row.id, row.next_run_at, *next, &plan.basis())
+                .await?
+            {
+                continue;
+            }
+            let live = store::plans::live_backups(&txn, plan.id, host.id).await?;
+            let options = backup_options(plan, &host.name);
+            let job = store::jobs::create_restic(
+                &txn,
+                &new_job(
+                    repo,
+                    host.id,
+                    JobKind::Backup,
+                    Some(plan.id),
+                    &options,
+                    "schedule",
+                ),
+                now,
+            )
+            .await?;
+            if live.iter().any(|j| j.status == JobStatus::Running) {
+                skip(&txn, job.id, PREVIOUS_RUNNING, now).await?;
                 tracing::info!(
-                    job_id = old.id,
+                    job_id = job.id,
                     plan_id = plan.id,
                     host_id = host.id,
-                    "queued backup superseded by the next run"
+                    "scheduled backup skipped: previous run still running"
                 );
+            } else {
+                for old in &live {
+                    skip(&txn, old.id, SUPERSEDED, now).await?;
+                    tracing::info!(
+                        job_id = old.id,
+                        plan_id = plan.id,
+                        host_id = host.id,
+                        "queued backup superseded by the next run"
+                    );
+                }
+                fired.push(job);
             }
-            queued.push(job);
         }
         txn.commit().await?;
+        drop(_marked);
+        ops.queued(&fired).await;
+        queued.extend(fired);
     }
-    ops.queued(&queued).await;
     Ok(queued)
 }
+
+/// Due (plan, host) rows fired per transaction.
+const FIRE_BATCH: usize = 256;
 
 async fn skip<C: sea_orm::ConnectionTrait>(
     db: &C,

@@ -541,3 +541,58 @@ async fn a_plan_over_many_hosts_stores_one_run_each_in_batches() {
     let never = [a, b, c].into_iter().find(|h| !done.contains(h)).unwrap();
     assert_eq!(status_of(never), Some(None));
 }
+
+#[tokio::test]
+async fn many_hosts_due_at_once_fire_in_batches_each_with_its_own_rules() {
+    let f = Fake::new("2026-05-04T10:15:00Z", "UTC").await;
+    // Three batches, the last one partial.
+    let n = 2 * FIRE_BATCH + 7;
+    let mut hosts = Vec::with_capacity(n);
+    for i in 0..n {
+        hosts.push(f.host(&format!("w{i}"), &[]).await);
+    }
+    let repo = f.repo("/srv/repo").await;
+    f.plan(repo.id, "0 * * * *", "UTC", &hosts, &[]).await;
+    pass(&f).await.unwrap();
+    f.set("2026-05-04T11:00:00Z");
+    let first = fire_due(&f).await.unwrap();
+    assert_eq!(first.len(), n, "one job per host");
+    assert_eq!(f.queued().len(), n, "the dispatcher heard of each");
+    let mut seen: Vec<i64> = first.iter().map(|j| j.host_id).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, hosts);
+    // The same minute again fires nothing: every row moved on.
+    assert!(fire_due(&f).await.unwrap().is_empty());
+
+    // An hour on: the host whose run is still running (in the last batch)
+    // gets a skipped run; every other host's queued run is superseded.
+    let running = first[n - 1].clone();
+    assert!(
+        store::jobs::mark_dispatched(&f.db, running.id, 0)
+            .await
+            .unwrap()
+    );
+    f.set("2026-05-04T12:00:00Z");
+    let second = fire_due(&f).await.unwrap();
+    assert_eq!(second.len(), n - 1);
+    assert!(second.iter().all(|j| j.host_id != running.host_id));
+    assert_eq!(f.job(running.id).await.status, JobStatus::Running);
+    for old in &first[..n - 1] {
+        let old = f.job(old.id).await;
+        assert_eq!(old.status, JobStatus::Skipped);
+        assert_eq!(old.error.as_deref(), Some(SUPERSEDED));
+    }
+    let skipped: Vec<Job> = store::jobs::list(
+        &f.db,
+        &store::jobs::JobFilter {
+            host_id: Some(running.host_id),
+            status: Some(JobStatus::Skipped),
+            ..Default::default()
+        },
+        Page::new(Some(10), None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].error.as_deref(), Some(PREVIOUS_RUNNING));
+}

@@ -124,6 +124,44 @@ pub async fn mark_dispatched<C: ConnectionTrait>(db: &C, job_id: i64, _now: i64)
     Ok(res.rows_affected == 1)
 }
 
+/// [`mark_dispatched`] for many jobs in three statements (in `txn`, which
+/// should be a transaction): the rows are taken for writing first (see
+/// `super::lock_job`), then those still queued are read and marked.
+/// Returns the ids this call marked.
+pub async fn mark_dispatched_many<C: ConnectionTrait>(
+    txn: &C,
+    ids: &[i64],
+) -> Result<std::collections::HashSet<i64>> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    jobs::Entity::update_many()
+        .col_expr(jobs::Column::Status, Expr::col(jobs::Column::Status))
+        .filter(jobs::Column::Id.is_in(ids.iter().copied()))
+        .exec(txn)
+        .await?;
+    let queued: Vec<i64> = jobs::Entity::find()
+        .select_only()
+        .column(jobs::Column::Id)
+        .filter(jobs::Column::Id.is_in(ids.iter().copied()))
+        .filter(jobs::Column::Status.eq(JobStatus::Queued.as_str()))
+        .into_tuple::<i64>()
+        .all(txn)
+        .await?;
+    if !queued.is_empty() {
+        jobs::Entity::update_many()
+            .col_expr(
+                jobs::Column::Status,
+                Expr::value(JobStatus::Running.as_str()),
+            )
+            .filter(jobs::Column::Id.is_in(queued.iter().copied()))
+            .filter(jobs::Column::Status.eq(JobStatus::Queued.as_str()))
+            .exec(txn)
+            .await?;
+    }
+    Ok(queued.into_iter().collect())
+}
+
 /// running → queued when the command could not be handed to the agent.
 pub async fn requeue<C: ConnectionTrait>(db: &C, job_id: i64) -> Result<bool> {
     let res = jobs::Entity::update_many()
