@@ -34,10 +34,24 @@ use crate::{
     },
 };
 
-/// Messages one transaction takes at most: enough that a wave costs few
-/// transactions, few enough that the dispatcher's batches do not wait long
-/// behind one.
+/// Messages one transaction takes at most on SQLite: enough that a wave
+/// costs few transactions, few enough that the dispatcher's batches do not
+/// wait long behind one.
 const MAX_EVENTS: usize = 1_000;
+
+/// On Postgres, which takes concurrent writers, groups stay small: each
+/// message is a savepoint (a backup's end up to four, with its index and
+/// health writes), and past 64 subtransactions in one transaction every
+/// other session's reads slow down while it is open.
+const MAX_EVENTS_POSTGRES: usize = 16;
+
+fn max_events(state: &AppState) -> usize {
+    if state.settings.is_sqlite() {
+        MAX_EVENTS
+    } else {
+        MAX_EVENTS_POSTGRES
+    }
+}
 
 /// Ids per `IN (…)` list.
 const IN_CHUNK: usize = 5_000;
@@ -119,7 +133,7 @@ impl EventBatcher {
             }
             let group: Vec<Pending> = {
                 let mut queue = lock(&self.queue);
-                let n = queue.len().min(MAX_EVENTS);
+                let n = queue.len().min(max_events(state));
                 queue.drain(..n).collect()
             };
             // Its own task: a connection dropped while it records must not

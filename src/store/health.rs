@@ -16,7 +16,8 @@ use std::collections::HashMap;
 
 use sea_orm::{ColumnTrait, QuerySelect};
 use sea_orm::{
-    ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Statement,
+    ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Statement, TransactionSession,
+    TransactionTrait,
     sea_query::{Expr, SimpleExpr},
 };
 use serde::Serialize;
@@ -402,8 +403,32 @@ fn finished_backups(plan_id: i64, host_id: i64) -> sea_orm::Select<jobs::Entity>
 /// Recomputes a (plan, host) row's health columns from its jobs (two
 /// lookups through `jobs_plan_host`). Called when a backup of the plan on
 /// the host ends and when the row is created, so it is right whatever order
-/// those happen in; a row that does not exist is left alone.
-pub async fn refresh<C: ConnectionTrait>(db: &C, plan_id: i64, host_id: i64) -> Result<()> {
+/// those happen in; a row that does not exist is left alone. The row is
+/// taken for writing before the jobs are read, in a transaction (or a
+/// savepoint) of its own: a refresh waiting behind another's open write
+/// (an end still being committed) then reads that end, never writes over
+/// it with what it read before.
+pub async fn refresh<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    plan_id: i64,
+    host_id: i64,
+) -> Result<()> {
+    let txn = db.begin().await?;
+    plan_schedules::Entity::update_many()
+        .col_expr(
+            plan_schedules::Column::LastStatus,
+            Expr::col(plan_schedules::Column::LastStatus).into(),
+        )
+        .filter(plan_schedules::Column::PlanId.eq(plan_id))
+        .filter(plan_schedules::Column::HostId.eq(host_id))
+        .exec(&txn)
+        .await?;
+    recompute(&txn, plan_id, host_id).await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+async fn recompute<C: ConnectionTrait>(db: &C, plan_id: i64, host_id: i64) -> Result<()> {
     let last: Option<Job> = finished_backups(plan_id, host_id)
         .filter(
             jobs::Column::Status.is_in([JobStatus::Succeeded.as_str(), JobStatus::Failed.as_str()]),

@@ -243,7 +243,10 @@ async fn job_end(state: &AppState, job: &Job, health_recorded: bool) -> Result<(
     }
     match (job.kind, job.status, job.plan_id) {
         (JobKind::Backup, JobStatus::Succeeded, Some(plan_id)) => {
-            resolve_backup_alerts(state, job.host_id, plan_id).await?;
+            // A failed alert lookup must not cost the plan its forget.
+            if let Err(e) = resolve_backup_alerts(state, job.host_id, plan_id).await {
+                tracing::error!(error = %e, job_id = job.id, "settling the host's backup alerts failed");
+            }
             let Ok(plan) = store::plans::get(&state.db, plan_id).await else {
                 return Ok(());
             };

@@ -341,7 +341,11 @@ pub async fn fire_due<O: SchedulerOps>(ops: &O) -> store::Result<Vec<Job>> {
             {
                 continue;
             }
-            let live = store::plans::live_backups(&txn, plan.id, host.id).await?;
+            let live = settled(
+                &txn,
+                store::plans::live_backups(&txn, plan.id, host.id).await?,
+            )
+            .await?;
             let options = backup_options(plan, &host.name);
             let job = store::jobs::create_restic(
                 &txn,
@@ -387,6 +391,26 @@ pub async fn fire_due<O: SchedulerOps>(ops: &O) -> store::Result<Vec<Job>> {
 
 /// Due (plan, host) rows fired per transaction.
 const FIRE_BATCH: usize = 256;
+
+/// The live backups as they are once each queued one is taken for writing:
+/// one the dispatcher is marking running at this moment (Postgres) is read
+/// again after its commit, so it counts as running and is never superseded
+/// while its agent runs it. Those that ended meanwhile drop out.
+async fn settled<C: sea_orm::ConnectionTrait>(txn: &C, live: Vec<Job>) -> store::Result<Vec<Job>> {
+    let mut out = Vec::with_capacity(live.len());
+    for job in live {
+        if job.status != JobStatus::Queued {
+            out.push(job);
+            continue;
+        }
+        store::jobs::lock_job(txn, job.id).await?;
+        let again = store::jobs::get(txn, job.id).await?;
+        if !again.status.is_terminal() {
+            out.push(again);
+        }
+    }
+    Ok(out)
+}
 
 async fn skip<C: sea_orm::ConnectionTrait>(
     db: &C,

@@ -320,6 +320,44 @@ async fn a_run_still_running_makes_the_next_one_skipped() {
     assert_eq!(f.next(p.id, h).await, Some(ms("2026-05-04T13:00:00Z")));
 }
 
+/// The dispatcher marks a queued run running just as the next run falls
+/// due: the scheduler waits for it and counts it as running (the next run
+/// is skipped); it never supersedes a run its agent has been sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_being_dispatched_as_the_next_falls_due_counts_as_running() {
+    use sea_orm::TransactionTrait;
+    let f = Arc::new(Fake::new("2026-05-04T10:15:00Z", "UTC").await);
+    let h = f.host("db-2", &[]).await;
+    let repo = f.repo("/srv/repo").await;
+    let p = f.plan(repo.id, "0 * * * *", "UTC", &[h], &[]).await;
+    pass(&*f).await.unwrap();
+    f.set("2026-05-04T11:00:00Z");
+    pass(&*f).await.unwrap();
+    let first = f.queued()[0];
+    f.set("2026-05-04T12:00:00Z");
+    // The dispatcher's transaction, not yet committed when the run falls due.
+    let txn = f.db.begin().await.unwrap();
+    assert!(store::jobs::mark_dispatched(&txn, first, 0).await.unwrap());
+    let scheduler = tokio::spawn({
+        let f = f.clone();
+        async move { pass(&*f).await }
+    });
+    // Let the pass reach the queued run before the dispatcher commits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    txn.commit().await.unwrap();
+    scheduler.await.unwrap().unwrap();
+    assert_eq!(
+        f.job(first).await.status,
+        JobStatus::Running,
+        "never superseded"
+    );
+    let all = f.backups(p.id).await;
+    assert_eq!(all.len(), 2);
+    let next = all.iter().find(|j| j.id != first).unwrap();
+    assert_eq!(next.status, JobStatus::Skipped);
+    assert_eq!(next.error.as_deref(), Some(PREVIOUS_RUNNING));
+}
+
 #[tokio::test]
 async fn a_server_down_across_several_due_times_runs_each_plan_and_host_once() {
     let f = Fake::new("2026-05-04T10:15:00Z", "UTC").await;
