@@ -417,7 +417,7 @@ pub async fn refresh<C: ConnectionTrait + TransactionTrait>(
     plan_schedules::Entity::update_many()
         .col_expr(
             plan_schedules::Column::LastStatus,
-            Expr::col(plan_schedules::Column::LastStatus).into(),
+            Expr::col(plan_schedules::Column::LastStatus),
         )
         .filter(plan_schedules::Column::PlanId.eq(plan_id))
         .filter(plan_schedules::Column::HostId.eq(host_id))
