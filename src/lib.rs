@@ -127,6 +127,7 @@ pub async fn start_with_clock(settings: Settings, clock: Clock) -> anyhow::Resul
         )),
         marks: Arc::new(marks),
         agent_secrets: Arc::new(agent_secrets),
+        write_gate: Arc::new(store::gate::WriteGate::new(settings.is_sqlite())),
     };
     alerts::spawn_sweeper(state.clone());
     restic::dispatch::spawn(state.clone());

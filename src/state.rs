@@ -37,4 +37,6 @@ pub struct AppState {
     pub marks: Arc<crate::agents::marks::HostMarks>,
     /// Agent secrets known to be good.
     pub agent_secrets: Arc<crate::agents::secret_cache::SecretCache>,
+    /// Turns at SQLite's write lock for the bulk writers (`store::gate`).
+    pub write_gate: Arc<crate::store::gate::WriteGate>,
 }

@@ -35,9 +35,10 @@ use crate::{
 };
 
 /// Messages one transaction takes at most on SQLite: enough that a wave
-/// costs few transactions, few enough that the dispatcher's batches do not
-/// wait long behind one.
-const MAX_EVENTS: usize = 1_000;
+/// costs few transactions, few enough that the scheduler's and dispatcher's
+/// writes, which go next (`store::gate`), do not wait long behind one (a
+/// group of 1,000 ends held the lock for up to 2 s).
+const MAX_EVENTS: usize = 256;
 
 /// On Postgres, which takes concurrent writers, groups stay small: each
 /// message is a savepoint (a backup's end up to four, with its index and
@@ -154,7 +155,11 @@ impl EventBatcher {
 async fn write(state: &AppState, group: Vec<Pending>) {
     let (items, dones): (Vec<Item>, Vec<_>) = group.into_iter().map(|p| (p.item, p.done)).unzip();
     let started = std::time::Instant::now();
-    match record_retrying(state, &items).await {
+    // After the scheduler's and dispatcher's waiting writes (`store::gate`).
+    let turn = state.write_gate.bulk().await;
+    let recorded = record_retrying(state, &items).await;
+    drop(turn);
+    match recorded {
         Ok(answers) => {
             tracing::debug!(
                 messages = items.len(),

@@ -197,6 +197,8 @@ const MARK_BATCH: usize = 1024;
 /// statements; says which were.
 async fn mark_dispatched(state: &AppState, jobs: &[(Job, String)]) -> store::Result<Vec<bool>> {
     let ids: Vec<i64> = jobs.iter().map(|(j, _)| j.id).collect();
+    // Ahead of the job writer's groups: when a backup starts is decided here.
+    let _turn = state.write_gate.urgent().await;
     let txn = state.db.begin().await?;
     let marked = store::jobs::mark_dispatched_many(&txn, &ids).await?;
     txn.commit().await?;

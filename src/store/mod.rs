@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod audit;
 pub mod enrollment;
 pub mod fleet_updates;
+pub mod gate;
 pub mod health;
 pub mod hosts;
 pub mod jobs;

@@ -37,6 +37,7 @@ use crate::{
     state::AppState,
     store::{
         self, Page,
+        gate::WriteGate,
         jobs::{ActorKind, Job, JobKind, JobStatus, NewResticJob, Outcome},
         plans::{NewSchedule, Plan, ScheduleRow},
         repositories::Repository,
@@ -59,6 +60,10 @@ pub trait SchedulerOps: Send + Sync + 'static {
     fn queued(&self, jobs: &[Job]) -> impl Future<Output = ()> + Send;
     /// The record of hosts with live jobs (held across each job's write).
     fn marks(&self) -> &Arc<HostMarks>;
+    /// Turns at SQLite's write lock (`store::gate`); none in tests.
+    fn write_gate(&self) -> Option<&WriteGate> {
+        None
+    }
 }
 
 pub struct StateOps(pub AppState);
@@ -75,6 +80,9 @@ impl SchedulerOps for StateOps {
     }
     fn marks(&self) -> &Arc<HostMarks> {
         &self.0.marks
+    }
+    fn write_gate(&self) -> Option<&WriteGate> {
+        Some(&self.0.write_gate)
     }
     async fn queued(&self, jobs: &[Job]) {
         for j in jobs {
@@ -292,10 +300,15 @@ pub async fn fire_due<O: SchedulerOps>(ops: &O) -> store::Result<Vec<Job>> {
     host_ids.dedup();
     let hosts = store::hosts::get_many(db, &host_ids).await?;
     let mut repos: HashMap<i64, Option<Repository>> = HashMap::new();
+    // Each plan's schedule parsed once, and its next run worked out once per
+    // splay (with splay 0, once for every host it covers).
+    let mut schedules: HashMap<i64, Option<(Schedule, Tz)>> = HashMap::new();
+    let mut nexts: HashMap<(i64, i64), Option<i64>> = HashMap::new();
+    let mut gone = Vec::new();
     let mut ready = Vec::with_capacity(due.len());
     for row in due {
         let Some(plan) = plans.get(&row.plan_id).filter(|p| p.enabled) else {
-            store::plans::delete_schedules(db, &[row.id]).await?;
+            gone.push(row.id);
             continue;
         };
         let host = hosts.get(&row.host_id);
@@ -307,23 +320,30 @@ pub async fn fire_due<O: SchedulerOps>(ops: &O) -> store::Result<Vec<Job>> {
                 r
             }
         };
-        let (Some(host), Some(repo), Some((s, tz))) = (host, repo, parsed(plan, ops.timezone()))
-        else {
-            store::plans::delete_schedules(db, &[row.id]).await?;
+        let schedule = schedules
+            .entry(plan.id)
+            .or_insert_with(|| parsed(plan, ops.timezone()));
+        let (Some(host), Some(repo), Some((s, tz))) = (host, repo, schedule.as_ref()) else {
+            gone.push(row.id);
             continue;
         };
         let splay = splay_ms(plan.id, host.id, plan.splay_secs);
-        let Some(next) = next_run(&s, tz, splay, now) else {
-            store::plans::delete_schedules(db, &[row.id]).await?;
+        let next = *nexts
+            .entry((plan.id, splay))
+            .or_insert_with(|| next_run(s, *tz, splay, now));
+        let Some(next) = next else {
+            gone.push(row.id);
             continue;
         };
         ready.push((row, plan, host, repo, next));
     }
+    store::plans::delete_schedules(db, &gone).await?;
     let mut queued = Vec::new();
-    // A few hundred rows a transaction, and the dispatcher woken after
-    // each: in a wave it starts on the first jobs while later ones are
-    // still being written, and ten thousand due rows cost a few dozen
-    // writes instead of ten thousand (BENCHMARKS.md, scheduling wave).
+    // A few hundred rows a transaction of a few statements, and the
+    // dispatcher woken after each: in a wave it starts on the first jobs
+    // while later ones are still being written, and ten thousand due rows
+    // cost a few dozen writes instead of ten thousand (BENCHMARKS.md,
+    // scheduling wave).
     for chunk in ready.chunks(FIRE_BATCH) {
         // Each host's next hello looks for its job (`agents::marks`).
         let _marked: Vec<_> = chunk
@@ -331,36 +351,45 @@ pub async fn fire_due<O: SchedulerOps>(ops: &O) -> store::Result<Vec<Job>> {
             .map(|(_, _, host, _, _)| ops.marks().guard(Mark::Jobs, host.id))
             .collect();
         let mut fired = Vec::with_capacity(chunk.len());
+        // Ahead of the job writer's groups on SQLite (`store::gate`).
+        let _turn = match ops.write_gate() {
+            Some(g) => Some(g.urgent().await),
+            None => None,
+        };
         // One transaction that writes first (SQLite hands the write lock to
-        // the first writer): each row's move, then its jobs. A row another
+        // the first writer): the rows' moves, then their jobs. A row another
         // pass already moved is left alone.
         let txn = db.begin().await?;
-        for (row, plan, host, repo, next) in chunk {
-            if !store::plans::move_schedule(&txn, row.id, row.next_run_at, *next, &plan.basis())
-                .await?
-            {
-                continue;
-            }
-            let live = settled(
-                &txn,
-                store::plans::live_backups(&txn, plan.id, host.id).await?,
-            )
-            .await?;
-            let options = backup_options(plan, &host.name);
-            let job = store::jobs::create_restic(
-                &txn,
-                &new_job(
+        let moves: Vec<store::plans::Move> = chunk
+            .iter()
+            .map(|(row, plan, _, _, next)| (row.id, row.next_run_at, *next, plan.basis()))
+            .collect();
+        let moved = store::plans::move_schedules(&txn, &moves).await?;
+        let chunk: Vec<_> = chunk
+            .iter()
+            .filter(|(row, ..)| moved.contains(&row.id))
+            .collect();
+        let pairs: Vec<(i64, i64)> = chunk.iter().map(|(_, p, h, ..)| (p.id, h.id)).collect();
+        let mut live = store::plans::live_backups_many(&txn, &pairs).await?;
+        let new_jobs: Vec<NewResticJob> = chunk
+            .iter()
+            .map(|(_, plan, host, repo, _)| {
+                let options = backup_options(plan, &host.name);
+                new_job(
                     repo,
                     host.id,
                     JobKind::Backup,
                     Some(plan.id),
                     &options,
                     "schedule",
-                ),
-                now,
-            )
-            .await?;
-            if live.iter().any(|j| j.status == JobStatus::Running) {
+                )
+            })
+            .collect();
+        let jobs = store::jobs::create_restic_many(&txn, &new_jobs, now).await?;
+        for ((_, plan, host, ..), job) in chunk.iter().zip(jobs) {
+            let before = live.remove(&(plan.id, host.id)).unwrap_or_default();
+            let before = settled(&txn, before).await?;
+            if before.iter().any(|j| j.status == JobStatus::Running) {
                 skip(&txn, job.id, PREVIOUS_RUNNING, now).await?;
                 tracing::info!(
                     job_id = job.id,
@@ -369,7 +398,7 @@ pub async fn fire_due<O: SchedulerOps>(ops: &O) -> store::Result<Vec<Job>> {
                     "scheduled backup skipped: previous run still running"
                 );
             } else {
-                for old in &live {
+                for old in &before {
                     skip(&txn, old.id, SUPERSEDED, now).await?;
                     tracing::info!(
                         job_id = old.id,
@@ -382,6 +411,7 @@ pub async fn fire_due<O: SchedulerOps>(ops: &O) -> store::Result<Vec<Job>> {
             }
         }
         txn.commit().await?;
+        drop(_turn);
         drop(_marked);
         ops.queued(&fired).await;
         queued.extend(fired);

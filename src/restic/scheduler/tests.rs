@@ -634,3 +634,48 @@ async fn many_hosts_due_at_once_fire_in_batches_each_with_its_own_rules() {
     assert_eq!(skipped.len(), 1);
     assert_eq!(skipped[0].error.as_deref(), Some(PREVIOUS_RUNNING));
 }
+
+/// The batched move takes only rows still at the time the pass read: one
+/// that another pass moved meanwhile keeps its new time and fires nothing
+/// here; rows with different next times (splay) each get their own.
+#[tokio::test]
+async fn a_batched_move_leaves_a_row_another_pass_moved() {
+    let f = Fake::new("2026-05-04T10:15:00Z", "UTC").await;
+    let mut hosts = Vec::new();
+    for i in 0..3 {
+        hosts.push(f.host(&format!("m{i}"), &[]).await);
+    }
+    let repo = f.repo("/srv/repo").await;
+    let plan = f.plan(repo.id, "0 * * * *", "UTC", &hosts, &[]).await;
+    pass(&f).await.unwrap();
+    let rows = store::plans::schedules_of_plan(&f.db, plan.id)
+        .await
+        .unwrap();
+    let was = rows[0].next_run_at;
+    assert!(rows.iter().all(|r| r.next_run_at == was));
+    // Another pass moved the first host's row already.
+    let elsewhere = was + 7_000;
+    let other = rows.iter().find(|r| r.host_id == hosts[0]).unwrap();
+    assert!(
+        store::plans::move_schedule(&f.db, other.id, was, elsewhere, "b")
+            .await
+            .unwrap()
+    );
+    let moves: Vec<store::plans::Move> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id, was, was + 3_600_000 + i as i64, "b".to_string()))
+        .collect();
+    let moved = store::plans::move_schedules(&f.db, &moves).await.unwrap();
+    assert_eq!(moved.len(), 2);
+    assert!(!moved.contains(&other.id));
+    assert_eq!(f.next(plan.id, hosts[0]).await, Some(elsewhere));
+    for (i, r) in rows.iter().enumerate() {
+        if r.id != other.id {
+            assert_eq!(
+                f.next(plan.id, r.host_id).await,
+                Some(was + 3_600_000 + i as i64)
+            );
+        }
+    }
+}

@@ -21,8 +21,8 @@ pub use query::{
     JobFilter, count, hosts_with_live_jobs, list, live_of_kind, next_deadline, overdue,
 };
 pub use restic::{
-    NewResticJob, create_restic, live_restic_on_host, mark_dispatched, mark_dispatched_many,
-    queued_restic, requeue, running_restic, running_restic_on_host,
+    NewResticJob, create_restic, create_restic_many, live_restic_on_host, mark_dispatched,
+    mark_dispatched_many, queued_restic, requeue, running_restic, running_restic_on_host,
 };
 
 /// Default per-job log cap; past it one "log truncated" line is kept and

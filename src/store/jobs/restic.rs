@@ -24,8 +24,8 @@ pub struct NewResticJob {
     pub scope: String,
 }
 
-pub async fn create_restic<C: ConnectionTrait>(db: &C, j: &NewResticJob, now: i64) -> Result<Job> {
-    let m = jobs::ActiveModel {
+fn active(j: &NewResticJob, now: i64) -> jobs::ActiveModel {
+    jobs::ActiveModel {
         host_id: Set(j.host_id),
         kind: Set(j.kind.as_str().into()),
         status: Set(JobStatus::Queued.as_str().into()),
@@ -43,9 +43,44 @@ pub async fn create_restic<C: ConnectionTrait>(db: &C, j: &NewResticJob, now: i6
         scope: Set(Some(j.scope.clone())),
         ..Default::default()
     }
-    .insert(db)
-    .await?;
-    Ok(m.into())
+}
+
+pub async fn create_restic<C: ConnectionTrait>(db: &C, j: &NewResticJob, now: i64) -> Result<Job> {
+    Ok(active(j, now).insert(db).await?.into())
+}
+
+/// Rows per multi-row INSERT: well under either database's limit on bound
+/// values (17 columns a row).
+const INSERT_CHUNK: usize = 256;
+
+/// Queues every job of `list` in one INSERT per [`INSERT_CHUNK`] (the
+/// scheduler's batches); returns them in the order given.
+pub async fn create_restic_many<C: ConnectionTrait>(
+    db: &C,
+    list: &[NewResticJob],
+    now: i64,
+) -> Result<Vec<Job>> {
+    let mut out = Vec::with_capacity(list.len());
+    for chunk in list.chunks(INSERT_CHUNK) {
+        let mut rows = jobs::Entity::insert_many(chunk.iter().map(|j| active(j, now)))
+            .exec_with_returning(db)
+            .await?;
+        // One statement's ids follow its rows' order; checked, not assumed.
+        rows.sort_by_key(|r| r.id);
+        let matches = rows.len() == chunk.len()
+            && rows
+                .iter()
+                .zip(chunk)
+                .all(|(r, j)| r.host_id == j.host_id && r.plan_id == j.plan_id);
+        if !matches {
+            return Err(sea_orm::DbErr::Custom(
+                "the queued jobs came back in another order than they were written".into(),
+            )
+            .into());
+        }
+        out.extend(rows.into_iter().map(Job::from));
+    }
+    Ok(out)
 }
 
 /// Queued restic jobs, oldest first (the dispatcher's work list). A
