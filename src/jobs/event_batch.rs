@@ -155,11 +155,7 @@ impl EventBatcher {
 async fn write(state: &AppState, group: Vec<Pending>) {
     let (items, dones): (Vec<Item>, Vec<_>) = group.into_iter().map(|p| (p.item, p.done)).unzip();
     let started = std::time::Instant::now();
-    // After the scheduler's and dispatcher's waiting writes (`store::gate`).
-    let turn = state.write_gate.bulk().await;
-    let recorded = record_retrying(state, &items).await;
-    drop(turn);
-    match recorded {
+    match record_retrying(state, &items).await {
         Ok(answers) => {
             tracing::debug!(
                 messages = items.len(),
@@ -187,7 +183,12 @@ async fn record_retrying(
 ) -> store::Result<Vec<store::Result<Recorded>>> {
     let mut delays = RETRIES.iter();
     loop {
-        match record(state, items).await {
+        // Each try after the scheduler's and dispatcher's waiting writes
+        // (`store::gate`); the turn is let go before a retry's sleep.
+        let turn = state.write_gate.bulk().await;
+        let recorded = record(state, items).await;
+        drop(turn);
+        match recorded {
             Err(e) => {
                 let Some(delay) = delays.next() else {
                     return Err(e);

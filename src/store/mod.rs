@@ -11,6 +11,7 @@ pub mod health;
 pub mod hosts;
 pub mod jobs;
 pub mod notifications;
+pub mod plan_batches;
 pub mod plans;
 pub mod repositories;
 pub mod retention;

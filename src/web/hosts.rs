@@ -242,20 +242,21 @@ async fn dashboard(
         (&filter.backup, filter.status, &filter.behind),
         (Some(_), None, None) | (None, None, None)
     );
-    let filtered_total = async {
-        match own_total {
-            true => store::hosts::count(db, &filter).await.map(Some),
-            false => Ok(None),
-        }
+    // Three at once at most: the pool is shared with the agents' writers.
+    let counted = async {
+        let filtered = match own_total {
+            true => Some(store::hosts::count(db, &filter).await?),
+            false => None,
+        };
+        Ok::<_, store::StoreError>((
+            store::hosts::count(db, &everyone).await?,
+            store::hosts::count(db, &online).await?,
+            store::hosts::behind_count(db, version::VERSION).await?,
+            filtered,
+        ))
     };
-    let ((hosts, health), backup_counts, count_all, count_online, count_behind, filtered) = tokio::try_join!(
-        listed,
-        store::health::counts(db, staleness),
-        store::hosts::count(db, &everyone),
-        store::hosts::count(db, &online),
-        store::hosts::behind_count(db, version::VERSION),
-        filtered_total,
-    )?;
+    let ((hosts, health), backup_counts, (count_all, count_online, count_behind, filtered)) =
+        tokio::try_join!(listed, store::health::counts(db, staleness), counted)?;
     let total = match (filtered, &filter.backup) {
         (Some(n), _) => n,
         (None, Some((b, _))) => backup_counts.get(b).copied().unwrap_or(0),
