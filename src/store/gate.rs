@@ -133,8 +133,9 @@ mod tests {
                 };
                 order.lock().unwrap().push(name);
             }));
-            // Each is waiting before the next arrives.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // The test runtime has one thread: the task just spawned runs
+            // to its wait here, before the next one arrives.
+            tokio::task::yield_now().await;
         }
         drop(first);
         for t in tasks {
@@ -157,7 +158,8 @@ mod tests {
                 let _t = gate.urgent().await;
             })
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // One thread: the spawned task is waiting once this returns.
+        tokio::task::yield_now().await;
         waiting.abort();
         let _ = waiting.await;
         drop(held);
